@@ -1,0 +1,24 @@
+//! Types shared by mailguard's kernel programs (guard-ebpf) and its userspace (guard-userspace).
+//! Both sides use these definitions; neither keeps a copy.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod maps;
+pub mod policy;
+pub mod reason;
+
+pub use policy::*;
+pub use reason::{COUNTER_SLOTS, Reason, Verdict};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is repr(C) or repr(C, packed), made only of integers and byte arrays,
+    // and has no padding (sizes asserted next to the definitions): every bit pattern is valid.
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for OpenSourceV4 {}
+    unsafe impl aya::Pod for OpenSourceV6 {}
+}

@@ -1,0 +1,246 @@
+//! Header parsers. Each parses one header at a given offset and returns what the policy needs
+//! and where the next header starts, or the `Reason` a packet that cannot be parsed is counted
+//! under. Every packet read goes through `ptr_at`, the one bounds-checked accessor.
+
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use guard_common::Reason;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const ETH_HDR_LEN: usize = 14;
+const VLAN_HDR_LEN: usize = 4;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 extension headers the parser walks before giving up (RFC 8200 allows any number;
+/// real traffic carries at most a few).
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Returns a pointer to a `T` at `offset` bytes into the packet, or `Truncated` when the packet
+/// is shorter than `offset + size_of::<T>()`.
+///
+/// # SAFETY
+/// The returned pointer is in bounds of the packet for `size_of::<T>()` bytes, which is what
+/// the verifier checks too. Callers read through it with `read_unaligned` (packet data has no
+/// alignment guarantee) and never keep it beyond the program run.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Reason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(Reason::Truncated);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Reads a `T` (a byte array) at `offset`, bounds-checked.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Reason> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: ptr_at proved `size_of::<T>()` bytes at `p` lie inside the packet.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// The Ethernet header and up to two VLAN tags (802.1Q / 802.1ad): returns the EtherType of
+/// the payload and its offset.
+#[inline(always)]
+pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
+    let mut proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
+    let mut off = ETH_HDR_LEN;
+    // Unrolled: a tag's EtherType field is the last two bytes of the tag.
+    if is_vlan(proto) {
+        proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, off + 2)?);
+        off += VLAN_HDR_LEN;
+        if is_vlan(proto) {
+            proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, off + 2)?);
+            off += VLAN_HDR_LEN;
+            if is_vlan(proto) {
+                return Err(Reason::VlanTooDeep);
+            }
+        }
+    }
+    Ok((proto, off))
+}
+
+#[inline(always)]
+fn is_vlan(proto: u16) -> bool {
+    proto == ETH_P_8021Q || proto == ETH_P_8021AD
+}
+
+/// Where a packet stands with respect to IP fragmentation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented (an IPv6 atomic fragment counts as not fragmented).
+    None,
+    /// Offset 0 with more fragments to come: the transport header is here.
+    First,
+    /// Offset > 0: no transport header.
+    Later,
+}
+
+/// What the policy needs from the IP layer. Addresses are not copied: they are read from
+/// `l3_off` only on the paths that need them.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    pub v6: bool,
+    /// Offset of the IPv4/IPv6 header.
+    pub l3_off: usize,
+    /// Upper-layer protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Offset of the upper-layer header.
+    pub l4_off: usize,
+    pub fragment: Fragment,
+}
+
+/// Offsets of the source and destination addresses within each IP header.
+pub const IPV4_SRC: usize = 12;
+pub const IPV6_SRC: usize = 8;
+
+/// The IPv4 header, options included (IHL honoured).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
+    let h = read::<[u8; 20]>(ctx, off)?;
+    if h[0] >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(Reason::Malformed);
+    }
+    // The options must be inside the packet too.
+    read::<u8>(ctx, off + ihl - 1)?;
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let fragment = if frag & 0x1fff != 0 {
+        Fragment::Later
+    } else if more_fragments {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    Ok(Ip {
+        v6: false,
+        l3_off: off,
+        proto: h[9],
+        l4_off: off + ihl,
+        fragment,
+    })
+}
+
+const IPV6_HDR_LEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+const NEXTHDR_MOBILITY: u8 = 135;
+const NEXTHDR_HIP: u8 = 139;
+const NEXTHDR_SHIM6: u8 = 140;
+
+/// The IPv6 header and its extension headers (at most `MAX_IPV6_EXT_HEADERS`).
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
+    let h = read::<[u8; 8]>(ctx, off)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    // The addresses must be present even on paths that do not read them.
+    read::<u8>(ctx, off + IPV6_HDR_LEN - 1)?;
+    let mut next = h[6];
+    let mut l4_off = off + IPV6_HDR_LEN;
+    let mut fragment = Fragment::None;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_MOBILITY | NEXTHDR_HIP
+            | NEXTHDR_SHIM6 => {
+                // Next header, then length in 8-octet units not counting the first 8.
+                let e = read::<[u8; 2]>(ctx, l4_off)?;
+                next = e[0];
+                l4_off += (e[1] as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                // Length in 4-octet units minus 2 (RFC 4302).
+                let e = read::<[u8; 2]>(ctx, l4_off)?;
+                next = e[0];
+                l4_off += (e[1] as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let f = read::<[u8; 4]>(ctx, l4_off)?;
+                next = f[0];
+                l4_off += 8;
+                let offset_flags = u16::from_be_bytes([f[2], f[3]]);
+                if offset_flags & 0xfff8 != 0 {
+                    // A later fragment: what follows is payload, not headers.
+                    return Ok(Ip {
+                        v6: true,
+                        l3_off: off,
+                        proto: next,
+                        l4_off,
+                        fragment: Fragment::Later,
+                    });
+                }
+                if offset_flags & 1 != 0 {
+                    fragment = Fragment::First;
+                }
+            }
+            _ => {
+                return Ok(Ip {
+                    v6: true,
+                    l3_off: off,
+                    proto: next,
+                    l4_off,
+                    fragment,
+                });
+            }
+        }
+    }
+    Err(Reason::Ipv6ExtTooDeep)
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Ports and flags of a TCP header. Ports are as on the wire (network byte order).
+#[derive(Clone, Copy)]
+pub struct Tcp {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub flags: u8,
+}
+
+/// The TCP header (the fixed 20 bytes; options are not needed).
+#[inline(always)]
+pub fn tcp(ctx: &XdpContext, off: usize) -> Result<Tcp, Reason> {
+    let h = read::<[u8; 20]>(ctx, off)?;
+    if h[12] >> 4 < 5 {
+        return Err(Reason::Malformed);
+    }
+    Ok(Tcp {
+        sport: [h[0], h[1]],
+        dport: [h[2], h[3]],
+        flags: h[13],
+    })
+}
+
+/// Source and destination port of a UDP header, network byte order.
+#[inline(always)]
+pub fn udp(ctx: &XdpContext, off: usize) -> Result<([u8; 2], [u8; 2]), Reason> {
+    let h = read::<[u8; 8]>(ctx, off)?;
+    Ok(([h[0], h[1]], [h[2], h[3]]))
+}
+
+/// Type and code of an ICMP or ICMPv6 header.
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext, off: usize) -> Result<(u8, u8), Reason> {
+    let h = read::<[u8; 4]>(ctx, off)?;
+    Ok((h[0], h[1]))
+}

@@ -1,0 +1,216 @@
+//! The packet policy of DESIGN.md, in its order. `decide` returns the `Reason` a packet is
+//! counted under; the reason fixes the verdict (`Reason::verdict`).
+//!
+//! 1. Non-IP passes; up to two VLAN tags are looked through.
+//! 2. (blocklist: later)
+//! 3. Mail ports: impossible TCP flags and fragments are dropped, the rest passes.
+//! 4. Ports opened on purpose pass, optionally only from given CIDRs.
+//! 5. Everything else is dropped unless it is a reply to something the host started; essential
+//!    ICMP/ICMPv6 always passes, echo requests follow the setting.
+
+use aya_ebpf::programs::XdpContext;
+use guard_common::{
+    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED, PortKind,
+    PortRule, Reason, SETTING_ECHO_ALLOW, Settings, Transport, port_rule_index,
+};
+
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::{
+    maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES},
+    parse::{
+        self, Fragment, IPV4_SRC, IPV6_SRC, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, read,
+    },
+    sockets,
+};
+
+#[inline(always)]
+pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
+    let (ethertype, l3_off) = parse::ethernet(ctx)?;
+    let ip = match ethertype {
+        parse::ETH_P_IPV4 => parse::ipv4(ctx, l3_off)?,
+        parse::ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
+        _ => return Ok(Reason::NonIp),
+    };
+    if ip.fragment == Fragment::Later {
+        // No transport header to judge. The first fragment carried the verdict: if it was
+        // dropped, reassembly fails and the kernel discards the rest.
+        return Ok(if ip.proto == parse::IPPROTO_TCP {
+            Reason::TcpFragment
+        } else {
+            Reason::LaterFragment
+        });
+    }
+    match ip.proto {
+        parse::IPPROTO_TCP => tcp(ctx, &ip),
+        parse::IPPROTO_UDP => udp(ctx, &ip),
+        parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip, settings),
+        parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
+        _ => Ok(Reason::OtherProtocol),
+    }
+}
+
+/// Impossible flag combinations: nothing of SYN/FIN/RST/ACK (null scans, PSH- or URG-only),
+/// SYN+FIN, SYN+RST, FIN+RST, and FIN without ACK (FIN and Xmas scans).
+#[inline(always)]
+pub fn tcp_flags_impossible(flags: u8) -> bool {
+    flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == 0
+        || flags & (TCP_SYN | TCP_FIN) == TCP_SYN | TCP_FIN
+        || flags & (TCP_SYN | TCP_RST) == TCP_SYN | TCP_RST
+        || flags & (TCP_FIN | TCP_RST) == TCP_FIN | TCP_RST
+        || flags & (TCP_FIN | TCP_ACK) == TCP_FIN
+}
+
+/// A connection attempt: SYN without ACK (flags already checked for impossible combinations).
+#[inline(always)]
+fn bare_syn(t: &Tcp) -> bool {
+    t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn port_rule(transport: Transport, port: [u8; 2]) -> PortRule {
+    // Byte-order trap: the index takes the port in host order (25, never 6400).
+    let index = port_rule_index(transport, u16::from_be_bytes(port));
+    match PORT_RULES.get(index) {
+        Some(rule) => *rule,
+        None => PortRule::CLOSED,
+    }
+}
+
+#[inline(always)]
+fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+    let t = parse::tcp(ctx, ip.l4_off)?;
+    if ip.fragment == Fragment::First {
+        return Ok(Reason::TcpFragment);
+    }
+    if tcp_flags_impossible(t.flags) {
+        return Ok(Reason::TcpBadFlags);
+    }
+    let rule = port_rule(Transport::Tcp, t.dport);
+    if rule.kind == PortKind::Mail as u8 {
+        return Ok(if bare_syn(&t) {
+            Reason::MailNew
+        } else {
+            Reason::MailOther
+        });
+    }
+    if rule.kind == PortKind::Open as u8 {
+        return open_port(ctx, ip, Transport::Tcp, t.dport, &rule);
+    }
+    if bare_syn(&t) {
+        // A new connection to a port nobody opened: no socket lookup needed.
+        return Ok(Reason::TcpNotAllowed);
+    }
+    if sockets::tcp_connection_exists(ctx, ip, t.sport, t.dport)? {
+        Ok(Reason::TcpReply)
+    } else {
+        Ok(Reason::TcpNotAllowed)
+    }
+}
+
+const DHCP_SERVER_PORT: [u8; 2] = 67u16.to_be_bytes();
+const DHCP_CLIENT_PORT: [u8; 2] = 68u16.to_be_bytes();
+const DHCPV6_SERVER_PORT: [u8; 2] = 547u16.to_be_bytes();
+const DHCPV6_CLIENT_PORT: [u8; 2] = 546u16.to_be_bytes();
+
+#[inline(always)]
+fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+    let (sport, dport) = parse::udp(ctx, ip.l4_off)?;
+    // DHCP clients often read replies on packet sockets, which see packets only after XDP:
+    // without this the host would lose its address lease.
+    let dhcp = if ip.v6 {
+        sport == DHCPV6_SERVER_PORT && dport == DHCPV6_CLIENT_PORT
+    } else {
+        sport == DHCP_SERVER_PORT && dport == DHCP_CLIENT_PORT
+    };
+    if dhcp {
+        return Ok(Reason::DhcpReply);
+    }
+    let rule = port_rule(Transport::Udp, dport);
+    if rule.kind == PortKind::Open as u8 {
+        return open_port(ctx, ip, Transport::Udp, dport, &rule);
+    }
+    if sockets::udp_connected_socket_exists(ctx, ip, sport, dport)? {
+        Ok(Reason::UdpReply)
+    } else {
+        Ok(Reason::UdpNotAllowed)
+    }
+}
+
+#[inline(always)]
+fn open_port(
+    ctx: &XdpContext,
+    ip: &Ip,
+    transport: Transport,
+    port: [u8; 2],
+    rule: &PortRule,
+) -> Result<Reason, Reason> {
+    if rule.flags & PORT_SOURCE_RESTRICTED == 0 {
+        return Ok(Reason::OpenPort);
+    }
+    let allowed = if ip.v6 {
+        let addr = read::<[u8; 16]>(ctx, ip.l3_off + IPV6_SRC)?;
+        let data = OpenSourceV6 {
+            proto: transport.ip_proto(),
+            port,
+            addr,
+        };
+        OPEN_SOURCES_V6
+            .get(Key::new(OPEN_SOURCE_PREFIX_BITS + 128, data))
+            .is_some()
+    } else {
+        let addr = read::<[u8; 4]>(ctx, ip.l3_off + IPV4_SRC)?;
+        let data = OpenSourceV4 {
+            proto: transport.ip_proto(),
+            port,
+            addr,
+        };
+        OPEN_SOURCES_V4
+            .get(Key::new(OPEN_SOURCE_PREFIX_BITS + 32, data))
+            .is_some()
+    };
+    Ok(if allowed {
+        Reason::OpenPort
+    } else {
+        Reason::OpenPortDenied
+    })
+}
+
+#[inline(always)]
+fn echo_request(settings: &Settings) -> Reason {
+    if settings.has(SETTING_ECHO_ALLOW) {
+        Reason::EchoRequestAllowed
+    } else {
+        Reason::EchoRequestDenied
+    }
+}
+
+#[inline(always)]
+fn icmp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+    let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
+    Ok(match kind {
+        0 => Reason::EchoReply,
+        8 => echo_request(settings),
+        // Destination unreachable (fragmentation needed included), time exceeded,
+        // parameter problem.
+        3 | 11 | 12 => Reason::IcmpError,
+        _ => Reason::IcmpOther,
+    })
+}
+
+#[inline(always)]
+fn icmpv6(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+    let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
+    Ok(match kind {
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        1..=4 => Reason::IcmpError,
+        128 => echo_request(settings),
+        129 => Reason::EchoReply,
+        // Multicast listener query/report/done and MLDv2 report: switches with MLD snooping
+        // stop forwarding neighbour solicitations to hosts that do not answer queries.
+        130..=132 | 143 => Reason::Ndp,
+        // Router/neighbour solicitation and advertisement, redirect.
+        133..=137 => Reason::Ndp,
+        _ => Reason::IcmpOther,
+    })
+}

@@ -1,0 +1,295 @@
+//! The loaded eBPF object: loading (with the verifier log on failure), attaching, and access to
+//! the maps that hold the policy and the counters.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use guard_common::{COUNTER_SLOTS, Reason, Settings, maps as names};
+
+use crate::policy::PolicyMaps;
+
+/// The eBPF object built from guard-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("cannot parse the embedded eBPF object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the kernel refused to load program `{program}`: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot attach XDP to interface `{iface}` in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot pin map `{map}` at {path}: {source}")]
+    Pin {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot create pin directory {}: {source}", path.display())]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read program information: {0}")]
+    Info(#[source] ProgramError),
+}
+
+impl GuardError {
+    pub fn map(map: &'static str) -> impl FnOnce(MapError) -> GuardError {
+        move |source| GuardError::Map { map, source }
+    }
+}
+
+/// How to attach: the config's `attach_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic when the driver has no XDP support.
+    Auto,
+    Native,
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+/// The mode an attachment really got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Skb,
+}
+
+impl AttachedMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Skb => "skb",
+        }
+    }
+}
+
+/// The loaded programs and maps.
+pub struct Guard {
+    ebpf: Ebpf,
+}
+
+impl Guard {
+    /// Loads the embedded object and its XDP program into the kernel (not attached yet).
+    pub fn load() -> Result<Guard, GuardError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(GuardError::Object)?;
+        let program = xdp_program_mut(&mut ebpf)?;
+        program.load().map_err(|source| GuardError::Load {
+            program: names::XDP_PROGRAM,
+            source,
+        })?;
+        Ok(Guard { ebpf })
+    }
+
+    pub fn xdp(&self) -> Result<&Xdp, GuardError> {
+        let program = self
+            .ebpf
+            .program(names::XDP_PROGRAM)
+            .ok_or(GuardError::MissingProgram(names::XDP_PROGRAM))?;
+        program.try_into().map_err(|source| GuardError::Load {
+            program: names::XDP_PROGRAM,
+            source,
+        })
+    }
+
+    /// Instructions the verifier processed for the XDP program (kernel 5.16+).
+    pub fn verified_instructions(&self) -> Result<Option<u32>, GuardError> {
+        let info = self.xdp()?.info().map_err(GuardError::Info)?;
+        Ok(info.verified_instruction_count())
+    }
+
+    /// The kernel's id of the loaded XDP program.
+    pub fn program_id(&self) -> Result<u32, GuardError> {
+        Ok(self.xdp()?.info().map_err(GuardError::Info)?.id())
+    }
+
+    /// Attaches the XDP program to `iface`; `Auto` tries native mode first, then generic.
+    /// The attachment lasts until this `Guard` is dropped.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachedMode, GuardError> {
+        let program = xdp_program_mut(&mut self.ebpf)?;
+        let try_mode = |program: &mut Xdp, mode: AttachedMode| {
+            let flags = match mode {
+                AttachedMode::Native => XdpMode::Driver,
+                AttachedMode::Skb => XdpMode::Skb,
+            };
+            program
+                .attach(iface, flags)
+                .map(|_| mode)
+                .map_err(|source| GuardError::Attach {
+                    iface: iface.to_string(),
+                    mode: mode.name(),
+                    source,
+                })
+        };
+        match mode {
+            AttachMode::Native => try_mode(program, AttachedMode::Native),
+            AttachMode::Skb => try_mode(program, AttachedMode::Skb),
+            AttachMode::Auto => match try_mode(program, AttachedMode::Native) {
+                Ok(m) => Ok(m),
+                Err(GuardError::Attach {
+                    source: ProgramError::UnknownInterface { name },
+                    ..
+                }) => Err(GuardError::Attach {
+                    iface: iface.to_string(),
+                    mode: "native",
+                    source: ProgramError::UnknownInterface { name },
+                }),
+                Err(native) => {
+                    log::warn!("{native}; falling back to generic (skb) mode");
+                    try_mode(program, AttachedMode::Skb)
+                }
+            },
+        }
+    }
+
+    /// The policy maps, for writing a configuration into them.
+    pub fn policy_maps(&mut self) -> Result<PolicyMaps<&mut MapData>, GuardError> {
+        let [settings, ports, v4, v6] = self.ebpf.maps_disjoint_mut([
+            names::SETTINGS,
+            names::PORT_RULES,
+            names::OPEN_SOURCES_V4,
+            names::OPEN_SOURCES_V6,
+        ]);
+        Ok(PolicyMaps {
+            settings: Array::try_from(settings.ok_or(GuardError::MissingMap(names::SETTINGS))?)
+                .map_err(GuardError::map(names::SETTINGS))?,
+            ports: Array::try_from(ports.ok_or(GuardError::MissingMap(names::PORT_RULES))?)
+                .map_err(GuardError::map(names::PORT_RULES))?,
+            open_v4: LpmTrie::try_from(v4.ok_or(GuardError::MissingMap(names::OPEN_SOURCES_V4))?)
+                .map_err(GuardError::map(names::OPEN_SOURCES_V4))?,
+            open_v6: LpmTrie::try_from(v6.ok_or(GuardError::MissingMap(names::OPEN_SOURCES_V6))?)
+                .map_err(GuardError::map(names::OPEN_SOURCES_V6))?,
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Result<Settings, GuardError> {
+        let map = self
+            .ebpf
+            .map(names::SETTINGS)
+            .ok_or(GuardError::MissingMap(names::SETTINGS))?;
+        let array: Array<_, Settings> =
+            Array::try_from(map).map_err(GuardError::map(names::SETTINGS))?;
+        array.get(&0, 0).map_err(GuardError::map(names::SETTINGS))
+    }
+
+    /// The packet counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, GuardError> {
+        let map = self
+            .ebpf
+            .map(names::COUNTERS)
+            .ok_or(GuardError::MissingMap(names::COUNTERS))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(GuardError::map(names::COUNTERS))?;
+        Counters::read(&array)
+    }
+
+    /// Pins every map under `dir` (created if missing), so that `mailguard status` can read
+    /// them while `run` is in the foreground.
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), GuardError> {
+        std::fs::create_dir_all(dir).map_err(|source| GuardError::PinDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for &name in names::ALL {
+            let path = dir.join(name);
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(GuardError::MissingMap(name))?;
+            map.pin(&path).map_err(|source| GuardError::Pin {
+                map: name,
+                path,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn xdp_program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, GuardError> {
+    let program = ebpf
+        .program_mut(names::XDP_PROGRAM)
+        .ok_or(GuardError::MissingProgram(names::XDP_PROGRAM))?;
+    program.try_into().map_err(|source| GuardError::Load {
+        program: names::XDP_PROGRAM,
+        source,
+    })
+}
+
+/// Packet counts by reason, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    slots: Vec<u64>,
+}
+
+impl Counters {
+    pub fn read<T: std::borrow::Borrow<MapData>>(
+        array: &PerCpuArray<T, u64>,
+    ) -> Result<Counters, GuardError> {
+        let mut slots = Vec::with_capacity(COUNTER_SLOTS as usize);
+        for slot in 0..COUNTER_SLOTS {
+            let per_cpu = array
+                .get(&slot, 0)
+                .map_err(GuardError::map(names::COUNTERS))?;
+            slots.push(per_cpu.iter().sum());
+        }
+        Ok(Counters { slots })
+    }
+
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.slots.get(reason as usize).copied().unwrap_or(0)
+    }
+
+    /// Counts that grew from `earlier` to `self`, by reason (reasons that did not change are
+    /// left out).
+    pub fn delta(&self, earlier: &Counters) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|&r| (r, self.get(r).saturating_sub(earlier.get(r))))
+            .filter(|&(_, d)| d > 0)
+            .collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        Reason::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+}

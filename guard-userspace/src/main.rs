@@ -1,0 +1,203 @@
+//! The `mailguard` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mailguard::{
+    config::{self, Config},
+    guard::AttachMode,
+    run::{self, RunOptions},
+    state::{self, Dirs, RunState, StateError},
+    status::Status,
+};
+
+/// Exit codes, as documented in README.md.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_CONFIG: u8 = 2;
+    pub const NOT_RUNNING: u8 = 3;
+}
+
+/// XDP connection guard for mail servers.
+///
+/// Drops traffic that has no business reaching a mail server at the NIC, before the kernel
+/// spends anything on it, while mail, opened ports, replies to the host's own connections and
+/// the ICMP/NDP the network needs pass.
+#[derive(Parser)]
+#[command(name = "mailguard", version, propagate_version = true)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 failure, 2 invalid configuration or arguments, 3 mailguard not running."
+)]
+struct Cli {
+    /// bpffs directory for mailguard's pinned maps.
+    #[arg(long, global = true, env = "MAILGUARD_PIN_DIR", default_value = state::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Directory for the state file of the running mailguard.
+    #[arg(long, global = true, env = "MAILGUARD_RUN_DIR", default_value = state::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to an interface and guard it until SIGINT or SIGTERM (SIGHUP re-reads the
+    /// configuration). Runs in the foreground; detaches cleanly when it ends.
+    Run {
+        /// Interface to attach to (overrides `interface` in the configuration).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Configuration file [default: /etc/mailguard/mailguard.toml when it exists,
+        /// else built-in defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Attach mode (overrides `attach_mode`): auto tries native, then generic (skb).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Count every verdict but drop nothing (overrides `monitor`).
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Show where mailguard is attached and its packet counters by reason.
+    Status {
+        /// Print JSON (all reasons, zero counts included).
+        #[arg(long)]
+        json: bool,
+        /// Also list reasons that counted no packet.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Validate a configuration file without applying it.
+    CheckConfig {
+        /// File to check.
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print the resolved configuration as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Auto,
+    Native,
+    Skb,
+}
+
+impl From<ModeArg> for AttachMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Auto => AttachMode::Auto,
+            ModeArg::Native => AttachMode::Native,
+            ModeArg::Skb => AttachMode::Skb,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MAILGUARD_LOG", "info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    let dirs = Dirs {
+        pin: cli.pin_dir,
+        run: cli.run_dir,
+    };
+    match dispatch(cli.command, dirs) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("mailguard: {e:#}");
+            ExitCode::from(exit_code_of(&e))
+        }
+    }
+}
+
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<config::ConfigError>().is_some() {
+            return exit::INVALID_CONFIG;
+        }
+        if let Some(run::RunError::NoInterface | run::RunError::BadInterface(_)) =
+            cause.downcast_ref()
+        {
+            return exit::INVALID_CONFIG;
+        }
+        if let Some(StateError::NotRunning { .. } | StateError::Stale { .. }) = cause.downcast_ref()
+        {
+            return exit::NOT_RUNNING;
+        }
+    }
+    exit::FAILURE
+}
+
+fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
+    match command {
+        Command::Run {
+            iface,
+            config,
+            mode,
+            monitor,
+        } => {
+            raise_memlock_limit();
+            let opts = RunOptions {
+                iface,
+                config,
+                mode: mode.map(Into::into),
+                monitor,
+                dirs,
+            };
+            run::run(opts).context("mailguard run")?;
+            Ok(exit::OK)
+        }
+        Command::Status { json, all } => {
+            let state = RunState::read(&dirs)?;
+            let counters = state::pinned_counters(&dirs)?;
+            let settings = state::pinned_settings(&dirs)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let status = Status::new(state, settings, &counters, now);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render(all));
+            }
+            Ok(exit::OK)
+        }
+        Command::CheckConfig { config, json } => {
+            let (cfg, warnings) = Config::load(&config)?;
+            if json {
+                let out = serde_json::json!({
+                    "valid": true,
+                    "config": cfg,
+                    "warnings": warnings.iter().map(|w| w.0.clone()).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("{}: valid", config.display());
+                for w in &warnings {
+                    println!("warning: {w}");
+                }
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer ones).
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "cannot raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

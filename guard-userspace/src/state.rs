@@ -1,0 +1,187 @@
+//! Where a running mailguard leaves what other commands need: maps pinned under the pin
+//! directory (bpffs) and a small JSON state file under the run directory.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use guard_common::{Settings, maps as names};
+use serde::{Deserialize, Serialize};
+
+use crate::guard::{Counters, GuardError};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mailguard";
+pub const DEFAULT_RUN_DIR: &str = "/run/mailguard";
+
+/// Where the state of one mailguard lives.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    pub pin: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Dirs {
+    pub fn state_file(&self) -> PathBuf {
+        self.run.join("state.json")
+    }
+}
+
+/// What `run` records about itself for `status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunState {
+    pub pid: u32,
+    pub interface: String,
+    /// "native" or "skb".
+    pub mode: String,
+    pub monitor: bool,
+    pub config: Option<PathBuf>,
+    pub program_id: u32,
+    pub verified_instructions: Option<u32>,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a mailguard state file: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("mailguard is not running (no {})", path.display())]
+    NotRunning { path: PathBuf },
+    #[error("mailguard is not running (pid {pid} recorded in {} has exited)", path.display())]
+    Stale { pid: u32, path: PathBuf },
+    #[error("mailguard is already running as pid {pid} (see {})", path.display())]
+    AlreadyRunning { pid: u32, path: PathBuf },
+    #[error("pinned map {}: {source}", path.display())]
+    Pinned {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+impl RunState {
+    /// The state of the running mailguard, or why there is none.
+    pub fn read(dirs: &Dirs) -> Result<RunState, StateError> {
+        let path = dirs.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StateError::NotRunning { path });
+            }
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        let state: RunState =
+            serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if !process_alive(state.pid) {
+            return Err(StateError::Stale {
+                pid: state.pid,
+                path,
+            });
+        }
+        Ok(state)
+    }
+
+    pub fn write(&self, dirs: &Dirs) -> Result<(), StateError> {
+        fs::create_dir_all(&dirs.run).map_err(io_error("create", &dirs.run))?;
+        let path = dirs.state_file();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("state serializes");
+        fs::write(&tmp, text).map_err(io_error("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_error("rename", &path))
+    }
+}
+
+/// Makes sure no other mailguard uses `dirs`, and clears what a dead one left behind.
+pub fn claim(dirs: &Dirs) -> Result<(), StateError> {
+    match RunState::read(dirs) {
+        Ok(state) => Err(StateError::AlreadyRunning {
+            pid: state.pid,
+            path: dirs.state_file(),
+        }),
+        Err(StateError::NotRunning { .. })
+        | Err(StateError::Stale { .. })
+        | Err(StateError::Corrupt { .. }) => release(dirs),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the pins and the state file.
+pub fn release(dirs: &Dirs) -> Result<(), StateError> {
+    for name in names::ALL {
+        let path = dirs.pin.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("remove", &path)(e)),
+        }
+    }
+    match fs::remove_dir(&dirs.pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Not empty: something else lives there too; leave it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+        Err(e) => return Err(io_error("remove", &dirs.pin)(e)),
+    }
+    let state = dirs.state_file();
+    match fs::remove_file(&state) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("remove", &state)(e)),
+    }
+}
+
+fn pinned(dirs: &Dirs, name: &'static str) -> Result<Map, StateError> {
+    let path = dirs.pin.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| StateError::Pinned {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| StateError::Pinned { path, source })
+}
+
+/// The counters of the running mailguard, read from its pinned map.
+pub fn pinned_counters(dirs: &Dirs) -> Result<Counters, StateError> {
+    let map = pinned(dirs, names::COUNTERS)?;
+    let array: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map).map_err(GuardError::map(names::COUNTERS))?;
+    Ok(Counters::read(&array)?)
+}
+
+/// The settings in force, read from the pinned map.
+pub fn pinned_settings(dirs: &Dirs) -> Result<Settings, StateError> {
+    let map = pinned(dirs, names::SETTINGS)?;
+    let array: Array<_, Settings> =
+        Array::try_from(map).map_err(GuardError::map(names::SETTINGS))?;
+    Ok(array.get(&0, 0).map_err(GuardError::map(names::SETTINGS))?)
+}

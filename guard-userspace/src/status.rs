@@ -1,0 +1,146 @@
+//! `mailguard status`: what is attached where, and the packet counters by reason.
+
+use std::fmt::Write as _;
+
+use guard_common::{Reason, SETTING_ECHO_ALLOW, SETTING_MONITOR, Settings, Verdict};
+use serde::Serialize;
+
+use crate::{guard::Counters, state::RunState};
+
+#[derive(Serialize)]
+pub struct Status {
+    pub running: bool,
+    pub pid: u32,
+    pub interface: String,
+    pub mode: String,
+    pub monitor: bool,
+    pub icmp_echo: &'static str,
+    pub program_id: u32,
+    pub verified_instructions: Option<u32>,
+    pub uptime_seconds: u64,
+    /// Every reason, in counter order.
+    pub counters: Vec<ReasonCount>,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+#[derive(Serialize)]
+pub struct ReasonCount {
+    pub reason: &'static str,
+    /// The verdict of the policy ("pass" or "drop"); in monitor mode drops are only counted.
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub description: &'static str,
+}
+
+impl Status {
+    pub fn new(state: RunState, settings: Settings, counters: &Counters, now: u64) -> Status {
+        let monitor = settings.has(SETTING_MONITOR);
+        let counters: Vec<ReasonCount> = Reason::ALL
+            .iter()
+            .map(|&r| ReasonCount {
+                reason: r.name(),
+                verdict: r.verdict().name(),
+                packets: counters.get(r),
+                description: r.describe(),
+            })
+            .collect();
+        let sum = |v: Verdict| {
+            counters
+                .iter()
+                .filter(|c| c.verdict == v.name())
+                .map(|c| c.packets)
+                .sum()
+        };
+        Status {
+            running: true,
+            pid: state.pid,
+            interface: state.interface,
+            mode: state.mode,
+            monitor,
+            icmp_echo: if settings.has(SETTING_ECHO_ALLOW) {
+                "allow"
+            } else {
+                "drop"
+            },
+            program_id: state.program_id,
+            verified_instructions: state.verified_instructions,
+            uptime_seconds: now.saturating_sub(state.started),
+            passed: sum(Verdict::Pass),
+            dropped: sum(Verdict::Drop),
+            counters,
+        }
+    }
+
+    /// The human-readable table. Reasons with no packets are left out unless `all`.
+    pub fn render(&self, all: bool) -> String {
+        let mut out = String::new();
+        let enforcing = if self.monitor {
+            "MONITOR mode (counting only, nothing dropped)"
+        } else {
+            "enforcing"
+        };
+        let _ = writeln!(
+            out,
+            "mailguard on {} ({} XDP), {enforcing}\npid {}, program id {}, up {}, ping {}",
+            self.interface,
+            self.mode,
+            self.pid,
+            self.program_id,
+            human_duration(self.uptime_seconds),
+            self.icmp_echo,
+        );
+        let drop_label = if self.monitor { "would drop" } else { "drop" };
+        let _ = writeln!(
+            out,
+            "\n{:<22} {:<10} {:>12}  {}",
+            "REASON", "VERDICT", "PACKETS", "MEANING"
+        );
+        for c in self.counters.iter().filter(|c| all || c.packets > 0) {
+            let verdict = if c.verdict == "drop" {
+                drop_label
+            } else {
+                c.verdict
+            };
+            let _ = writeln!(
+                out,
+                "{:<22} {:<10} {:>12}  {}",
+                c.reason, verdict, c.packets, c.description
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\npassed {}, {} {}",
+            self.passed,
+            if self.monitor {
+                "would have dropped"
+            } else {
+                "dropped"
+            },
+            self.dropped
+        );
+        out
+    }
+}
+
+fn human_duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m05s");
+        assert_eq!(human_duration(7260), "2h01m");
+        assert_eq!(human_duration(90000), "1d01h");
+    }
+}
