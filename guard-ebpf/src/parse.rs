@@ -156,7 +156,8 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
     let mut next = h[6];
     let mut l4_off = off + IPV6_HDR_LEN;
     let mut fragment = Fragment::None;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    // One pass per extension header, plus one to reach the upper-layer header.
+    for _ in 0..MAX_IPV6_EXT_HEADERS + 1 {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_MOBILITY | NEXTHDR_HIP
             | NEXTHDR_SHIM6 => {
@@ -238,9 +239,9 @@ pub fn udp(ctx: &XdpContext, off: usize) -> Result<([u8; 2], [u8; 2]), Reason> {
     Ok(([h[0], h[1]], [h[2], h[3]]))
 }
 
-/// Type and code of an ICMP or ICMPv6 header.
+/// Type and code of an ICMP or ICMPv6 header (8 bytes: type, code, checksum, 4 more).
 #[inline(always)]
 pub fn icmp(ctx: &XdpContext, off: usize) -> Result<(u8, u8), Reason> {
-    let h = read::<[u8; 4]>(ctx, off)?;
+    let h = read::<[u8; 8]>(ctx, off)?;
     Ok((h[0], h[1]))
 }

@@ -1,1 +1,6 @@
+//! Test support for mailguard: crafted packets and the BPF_PROG_TEST_RUN harness (fixture
+//! tier), network namespaces and the mail lab (end-to-end tier and `cargo xtask demo`).
 
+pub mod fixture;
+pub mod netns;
+pub mod packet;
