@@ -2,5 +2,6 @@
 //! tier), network namespaces and the mail lab (end-to-end tier and `cargo xtask demo`).
 
 pub mod fixture;
+pub mod lab;
 pub mod netns;
 pub mod packet;

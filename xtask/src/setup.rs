@@ -18,6 +18,7 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("postfix", "the real mail server in the test lab"),
     ("swaks", "the SMTP client that delivers test messages"),
+    ("libio-socket-inet6-perl", "swaks over IPv6"),
     ("nmap", "SYN scans from the client namespace"),
     ("hping3", "SYN floods"),
     ("bpftool", "inspecting loaded programs and maps"),
