@@ -584,7 +584,7 @@ protocol = "udp"
             let e = parse(&text).unwrap_err();
             assert_eq!(
                 e,
-                format!("t.toml:3:28: `open_ports[0].from[1]`: {message}"),
+                format!("t.toml:3:26: `open_ports[0].from[1]`: {message}"),
                 "{cidr}"
             );
         }

@@ -120,8 +120,10 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<config::ConfigError>().is_some() {
             return exit::INVALID_CONFIG;
         }
-        if let Some(run::RunError::NoInterface | run::RunError::BadInterface(_)) =
-            cause.downcast_ref()
+        // RunError's variants are transparent: the ConfigError inside is not in the chain.
+        if let Some(
+            run::RunError::Config(_) | run::RunError::NoInterface | run::RunError::BadInterface(_),
+        ) = cause.downcast_ref()
         {
             return exit::INVALID_CONFIG;
         }

@@ -47,7 +47,9 @@ pub const SSH_PORT: u16 = 22;
 pub const IMAPS_PORT: u16 = 993;
 
 /// Serialises labs across test binaries and threads: they share names and kernel state.
-pub struct LabLock(File);
+pub struct LabLock {
+    _held: File,
+}
 
 impl LabLock {
     pub fn acquire() -> LabLock {
@@ -56,7 +58,7 @@ impl LabLock {
         // SAFETY: flock on an open file descriptor; released when the file closes.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "flock {path}: {}", std::io::Error::last_os_error());
-        LabLock(f)
+        LabLock { _held: f }
     }
 }
 

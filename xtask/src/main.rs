@@ -2,6 +2,7 @@
 
 mod cmd;
 mod setup;
+mod tiers;
 
 use std::{fmt, process::ExitCode};
 
@@ -33,13 +34,60 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  setup   install what the build and tests need (idempotent)
+  setup   install what the build and tests need (idempotent; every command below runs it)
+  build   set up, then build mailguard and the test binaries
+  test    set up, build, and run every test tier (unit, BPF_PROG_TEST_RUN fixtures,
+          network-namespace end to end); prints what each tier executed
+  demo    set up, build, and run the lab: a real Postfix, a client and an attacker in
+          network namespaces, with mailguard attached to the mail host
+  bench   set up, build, and measure per-packet cost with BPF_PROG_TEST_RUN; writes
+          docs/BENCHMARKS.md
 ";
+
+/// Builds the `mailguard` binary and the test-support binaries (demo, bench).
+pub fn build_binaries() -> Result<()> {
+    println!("== building mailguard (the eBPF object is built by guard-userspace's build.rs)");
+    cmd::run(
+        "build",
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "guard-userspace",
+            "-p",
+            "guard-tests",
+            "--bins",
+        ],
+        &[],
+    )
+}
+
+/// The workspace's debug build of a binary.
+fn binary(name: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("target/debug").join(name).display().to_string()
+}
+
+fn demo() -> Result<()> {
+    setup::setup()?;
+    build_binaries()?;
+    println!("== mailguard demo");
+    let mailguard = binary("mailguard");
+    cmd::run(
+        "demo",
+        &binary("mailguard-demo"),
+        &[],
+        &[("MAILGUARD_BIN", &mailguard), ("MAILGUARD_LOG", "warn")],
+    )
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::setup(),
+        Some("build") => setup::setup().and_then(|()| build_binaries()),
+        Some("test") => tiers::test(),
+        Some("demo") => demo(),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,174 @@
+//! `cargo xtask test`: every test tier, each reported with what it executed.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use crate::{Result, TaskError};
+
+/// One `cargo test` invocation of a tier.
+struct Run {
+    tier: &'static str,
+    what: &'static str,
+    args: &'static [&'static str],
+}
+
+const RUNS: &[Run] = &[
+    Run {
+        tier: "1 unit",
+        what: "shared types, config parsing and errors, policy maps, packet builder, CLI",
+        args: &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "guard-ebpf",
+            "--exclude",
+            "guard-tests",
+        ],
+    },
+    Run {
+        tier: "1 unit",
+        what: "test-support library",
+        args: &["test", "-p", "guard-tests", "--lib"],
+    },
+    Run {
+        tier: "2 fixtures",
+        what: "BPF_PROG_TEST_RUN over crafted packets (verdict and counter per packet)",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "fixtures",
+            "--",
+            "--show-output",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
+        what: "network namespaces: Postfix, swaks, nmap, the mailguard binary",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "e2e",
+            "--",
+            "--test-threads=1",
+        ],
+    },
+];
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    suites: u64,
+}
+
+impl Tally {
+    /// Adds a libtest summary line: "test result: ok. 8 passed; 0 failed; 0 ignored; ...".
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        self.suites += 1;
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if let [.., n, kind] = words.as_slice() {
+                let n: u64 = n.parse().unwrap_or(0);
+                match *kind {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn test() -> Result<()> {
+    crate::setup::setup()?;
+    crate::build_binaries()?;
+    let mut report = Vec::new();
+    let mut failed = Vec::new();
+    for run in RUNS {
+        println!(
+            "\n== tier {}: {}\n   $ cargo {}",
+            run.tier,
+            run.what,
+            run.args.join(" ")
+        );
+        let started = Instant::now();
+        let mut child = Command::new("cargo")
+            .args(run.args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| TaskError::step("test", format!("cannot start cargo: {e}")))?;
+        let mut tally = Tally::default();
+        for line in BufReader::new(child.stdout.take().expect("piped stdout"))
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            println!("{line}");
+            tally.add(&line);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| TaskError::step("test", e.to_string()))?;
+        let secs = started.elapsed().as_secs_f64();
+        let mut problems = Vec::new();
+        if !status.success() {
+            problems.push(format!("cargo exited with {status}"));
+        }
+        if tally.passed == 0 {
+            problems.push("executed no test".to_string());
+        }
+        if tally.ignored > 0 {
+            problems.push(format!(
+                "{} test(s) ignored: every test must run",
+                tally.ignored
+            ));
+        }
+        report.push(format!(
+            "  tier {:<13} {:>4} passed {:>3} failed {:>3} ignored  {:>6.1}s  {}",
+            run.tier, tally.passed, tally.failed, tally.ignored, secs, run.what
+        ));
+        if !problems.is_empty() {
+            failed.push(format!(
+                "tier {} ({}): {}",
+                run.tier,
+                run.what,
+                problems.join("; ")
+            ));
+        }
+    }
+    println!("\n== test summary");
+    for line in &report {
+        println!("{line}");
+    }
+    if failed.is_empty() {
+        println!("all tiers passed");
+        Ok(())
+    } else {
+        Err(TaskError::step("test", failed.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn reads_libtest_summaries() {
+        let mut t = Tally::default();
+        t.add("test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.66s");
+        t.add("test result: FAILED. 6 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.76s");
+        t.add("running 8 tests");
+        assert_eq!((t.passed, t.failed, t.ignored, t.suites), (14, 2, 1, 2));
+    }
+}
