@@ -67,7 +67,8 @@ impl MailClass {
 pub const PORT_SOURCE_RESTRICTED: u8 = 1 << 0;
 
 /// The rule for one (protocol, destination port); value of the `PORT_RULES` array map.
-#[repr(C)]
+/// Aligned to 4 so that XDP reads it with one load.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRule {
     /// A `PortKind` value.

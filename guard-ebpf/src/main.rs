@@ -9,32 +9,22 @@ mod policy;
 mod sockets;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use guard_common::{Reason, SETTING_MONITOR, Settings};
+use guard_common::{Reason, SETTING_MONITOR, Verdict};
 
-use crate::maps::{COUNTERS, SETTINGS};
-
-/// Used when the settings entry cannot be read (it always can: it is an array slot): enforce,
-/// and let ping through.
-const FALLBACK_SETTINGS: Settings = Settings {
-    flags: guard_common::SETTING_ECHO_ALLOW,
-    reserved: [0; 3],
-};
+use crate::maps::COUNTERS;
 
 #[xdp]
 pub fn mailguard_xdp(ctx: XdpContext) -> u32 {
-    let settings = match SETTINGS.get(0) {
-        Some(s) => s,
-        None => &FALLBACK_SETTINGS,
-    };
     // A packet that cannot be parsed gets the verdict of the reason the parser gave.
-    let reason = match policy::decide(&ctx, settings) {
+    let reason = match policy::decide(&ctx) {
         Ok(reason) | Err(reason) => reason,
     };
     count(reason);
-    if settings.has(SETTING_MONITOR) {
-        xdp_action::XDP_PASS
-    } else {
-        reason.verdict() as u32
+    match reason.verdict() {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        // Monitor mode counts the drop but lets the packet through.
+        Verdict::Drop if policy::settings().has(SETTING_MONITOR) => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
 

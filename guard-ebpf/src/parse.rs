@@ -28,8 +28,8 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 ///
 /// # SAFETY
 /// The returned pointer is in bounds of the packet for `size_of::<T>()` bytes, which is what
-/// the verifier checks too. Callers read through it with `read_unaligned` (packet data has no
-/// alignment guarantee) and never keep it beyond the program run.
+/// the verifier checks too. Callers view it as a byte array (`bytes`), which has no alignment
+/// requirement, and never keep it beyond the program run.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Reason> {
     let start = ctx.data();
@@ -40,26 +40,35 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Reason> {
     Ok((start + offset) as *const T)
 }
 
-/// Reads a `T` (a byte array) at `offset`, bounds-checked.
+/// A view of `N` bytes at `offset`, bounds-checked: only the bytes the caller indexes are
+/// loaded from the packet.
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Reason> {
-    let p = ptr_at::<T>(ctx, offset)?;
-    // SAFETY: ptr_at proved `size_of::<T>()` bytes at `p` lie inside the packet.
-    Ok(unsafe { p.read_unaligned() })
+pub fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<&[u8; N], Reason> {
+    let p = ptr_at::<[u8; N]>(ctx, offset)?;
+    // SAFETY: ptr_at proved the N bytes lie inside the packet, which stays valid while the
+    // program runs (the borrow of `ctx`); a byte array has no alignment requirement.
+    Ok(unsafe { &*p })
+}
+
+/// A big-endian `u16` at `offset`, bounds-checked.
+#[inline(always)]
+pub fn be16(ctx: &XdpContext, offset: usize) -> Result<u16, Reason> {
+    let b = bytes::<2>(ctx, offset)?;
+    Ok(u16::from_be_bytes(*b))
 }
 
 /// The Ethernet header and up to two VLAN tags (802.1Q / 802.1ad): returns the EtherType of
 /// the payload and its offset.
 #[inline(always)]
 pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Reason> {
-    let mut proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, 12)?);
+    let mut proto = be16(ctx, 12)?;
     let mut off = ETH_HDR_LEN;
     // Unrolled: a tag's EtherType field is the last two bytes of the tag.
     if is_vlan(proto) {
-        proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, off + 2)?);
+        proto = be16(ctx, off + 2)?;
         off += VLAN_HDR_LEN;
         if is_vlan(proto) {
-            proto = u16::from_be_bytes(read::<[u8; 2]>(ctx, off + 2)?);
+            proto = be16(ctx, off + 2)?;
             off += VLAN_HDR_LEN;
             if is_vlan(proto) {
                 return Err(Reason::VlanTooDeep);
@@ -106,21 +115,26 @@ pub const IPV6_SRC: usize = 8;
 /// The IPv4 header, options included (IHL honoured).
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
-    let h = read::<[u8; 20]>(ctx, off)?;
-    if h[0] >> 4 != 4 {
-        return Err(Reason::Malformed);
-    }
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
-    if ihl < 20 {
-        return Err(Reason::Malformed);
-    }
-    // The options must be inside the packet too.
-    read::<u8>(ctx, off + ihl - 1)?;
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    let fragment = if frag & 0x1fff != 0 {
+    let h = bytes::<20>(ctx, off)?;
+    let l4_off = if h[0] == 0x45 {
+        // Version 4 without options: nearly every packet.
+        off + 20
+    } else {
+        if h[0] >> 4 != 4 {
+            return Err(Reason::Malformed);
+        }
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return Err(Reason::Malformed);
+        }
+        // The options must be inside the packet too.
+        bytes::<1>(ctx, off + ihl - 1)?;
+        off + ihl
+    };
+    // Flags and fragment offset: bytes 6-7 are [0, DF, MF, offset(13 bits)].
+    let fragment = if (h[6] & 0x1f) | h[7] != 0 {
         Fragment::Later
-    } else if more_fragments {
+    } else if h[6] & 0x20 != 0 {
         Fragment::First
     } else {
         Fragment::None
@@ -129,7 +143,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
         v6: false,
         l3_off: off,
         proto: h[9],
-        l4_off: off + ihl,
+        l4_off,
         fragment,
     })
 }
@@ -147,12 +161,12 @@ const NEXTHDR_SHIM6: u8 = 140;
 /// The IPv6 header and its extension headers (at most `MAX_IPV6_EXT_HEADERS`).
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
-    let h = read::<[u8; 8]>(ctx, off)?;
+    let h = bytes::<8>(ctx, off)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
     // The addresses must be present even on paths that do not read them.
-    read::<u8>(ctx, off + IPV6_HDR_LEN - 1)?;
+    bytes::<1>(ctx, off + IPV6_HDR_LEN - 1)?;
     let mut next = h[6];
     let mut l4_off = off + IPV6_HDR_LEN;
     let mut fragment = Fragment::None;
@@ -162,18 +176,18 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_MOBILITY | NEXTHDR_HIP
             | NEXTHDR_SHIM6 => {
                 // Next header, then length in 8-octet units not counting the first 8.
-                let e = read::<[u8; 2]>(ctx, l4_off)?;
+                let e = bytes::<2>(ctx, l4_off)?;
                 next = e[0];
                 l4_off += (e[1] as usize + 1) * 8;
             }
             NEXTHDR_AUTH => {
                 // Length in 4-octet units minus 2 (RFC 4302).
-                let e = read::<[u8; 2]>(ctx, l4_off)?;
+                let e = bytes::<2>(ctx, l4_off)?;
                 next = e[0];
                 l4_off += (e[1] as usize + 2) * 4;
             }
             NEXTHDR_FRAGMENT => {
-                let f = read::<[u8; 4]>(ctx, l4_off)?;
+                let f = bytes::<4>(ctx, l4_off)?;
                 next = f[0];
                 l4_off += 8;
                 let offset_flags = u16::from_be_bytes([f[2], f[3]]);
@@ -210,38 +224,50 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// Ports and flags of a TCP header. Ports are as on the wire (network byte order).
+/// A TCP header, read field by field where the policy needs it. Ports are as on the wire
+/// (network byte order).
 #[derive(Clone, Copy)]
-pub struct Tcp {
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub flags: u8,
+pub struct Tcp<'a> {
+    h: &'a [u8; 20],
+}
+
+impl Tcp<'_> {
+    #[inline(always)]
+    pub fn sport(&self) -> [u8; 2] {
+        [self.h[0], self.h[1]]
+    }
+
+    #[inline(always)]
+    pub fn dport(&self) -> [u8; 2] {
+        [self.h[2], self.h[3]]
+    }
+
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.h[13]
+    }
 }
 
 /// The TCP header (the fixed 20 bytes; options are not needed).
 #[inline(always)]
-pub fn tcp(ctx: &XdpContext, off: usize) -> Result<Tcp, Reason> {
-    let h = read::<[u8; 20]>(ctx, off)?;
+pub fn tcp(ctx: &XdpContext, off: usize) -> Result<Tcp<'_>, Reason> {
+    let h = bytes::<20>(ctx, off)?;
     if h[12] >> 4 < 5 {
         return Err(Reason::Malformed);
     }
-    Ok(Tcp {
-        sport: [h[0], h[1]],
-        dport: [h[2], h[3]],
-        flags: h[13],
-    })
+    Ok(Tcp { h })
 }
 
 /// Source and destination port of a UDP header, network byte order.
 #[inline(always)]
 pub fn udp(ctx: &XdpContext, off: usize) -> Result<([u8; 2], [u8; 2]), Reason> {
-    let h = read::<[u8; 8]>(ctx, off)?;
+    let h = bytes::<8>(ctx, off)?;
     Ok(([h[0], h[1]], [h[2], h[3]]))
 }
 
 /// Type and code of an ICMP or ICMPv6 header (8 bytes: type, code, checksum, 4 more).
 #[inline(always)]
 pub fn icmp(ctx: &XdpContext, off: usize) -> Result<(u8, u8), Reason> {
-    let h = read::<[u8; 8]>(ctx, off)?;
+    let h = bytes::<8>(ctx, off)?;
     Ok((h[0], h[1]))
 }

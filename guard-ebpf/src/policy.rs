@@ -17,15 +17,15 @@ use guard_common::{
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES},
+    maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES, SETTINGS},
     parse::{
-        self, Fragment, IPV4_SRC, IPV6_SRC, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, read,
+        self, Fragment, IPV4_SRC, IPV6_SRC, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes,
     },
     sockets,
 };
 
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
+pub fn decide(ctx: &XdpContext) -> Result<Reason, Reason> {
     let (ethertype, l3_off) = parse::ethernet(ctx)?;
     let ip = match ethertype {
         parse::ETH_P_IPV4 => parse::ipv4(ctx, l3_off)?,
@@ -44,36 +44,54 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
     match ip.proto {
         parse::IPPROTO_TCP => tcp(ctx, &ip),
         parse::IPPROTO_UDP => udp(ctx, &ip),
-        parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip, settings),
-        parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
+        parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip),
+        parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip),
         _ => Ok(Reason::OtherProtocol),
     }
 }
 
 /// Impossible flag combinations: nothing of SYN/FIN/RST/ACK (null scans, PSH- or URG-only),
-/// SYN+FIN, SYN+RST, FIN+RST, and FIN without ACK (FIN and Xmas scans).
+/// SYN+FIN, SYN+RST, FIN+RST, and FIN without ACK (FIN and Xmas scans). PSH, URG, ECE and CWR
+/// do not matter.
 #[inline(always)]
 pub fn tcp_flags_impossible(flags: u8) -> bool {
-    flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK) == 0
-        || flags & (TCP_SYN | TCP_FIN) == TCP_SYN | TCP_FIN
-        || flags & (TCP_SYN | TCP_RST) == TCP_SYN | TCP_RST
-        || flags & (TCP_FIN | TCP_RST) == TCP_FIN | TCP_RST
-        || flags & (TCP_FIN | TCP_ACK) == TCP_FIN
+    // Index the 16 combinations of FIN (bit 0), SYN (1), RST (2) and ACK (bit 4, moved to 3).
+    let index = (flags & (TCP_FIN | TCP_SYN | TCP_RST)) | ((flags & TCP_ACK) >> 1);
+    (IMPOSSIBLE_FLAGS >> index) & 1 != 0
 }
+
+/// Bit `i` is set when flag combination `i` (see `tcp_flags_impossible`) is impossible.
+const IMPOSSIBLE_FLAGS: u16 = {
+    let mut mask = 0u16;
+    let mut i = 0u8;
+    while i < 16 {
+        let (fin, syn, rst, ack) = (i & 1 != 0, i & 2 != 0, i & 4 != 0, i & 8 != 0);
+        let impossible = !(fin || syn || rst || ack)
+            || (syn && fin)
+            || (syn && rst)
+            || (fin && rst)
+            || (fin && !ack);
+        if impossible {
+            mask |= 1 << i;
+        }
+        i += 1;
+    }
+    mask
+};
 
 /// A connection attempt: SYN without ACK (flags already checked for impossible combinations).
 #[inline(always)]
 fn bare_syn(t: &Tcp) -> bool {
-    t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    t.flags() & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 #[inline(always)]
-fn port_rule(transport: Transport, port: [u8; 2]) -> PortRule {
+fn port_rule(transport: Transport, port: [u8; 2]) -> &'static PortRule {
     // Byte-order trap: the index takes the port in host order (25, never 6400).
     let index = port_rule_index(transport, u16::from_be_bytes(port));
     match PORT_RULES.get(index) {
-        Some(rule) => *rule,
-        None => PortRule::CLOSED,
+        Some(rule) => rule,
+        None => &PortRule::CLOSED,
     }
 }
 
@@ -83,10 +101,10 @@ fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     if ip.fragment == Fragment::First {
         return Ok(Reason::TcpFragment);
     }
-    if tcp_flags_impossible(t.flags) {
+    if tcp_flags_impossible(t.flags()) {
         return Ok(Reason::TcpBadFlags);
     }
-    let rule = port_rule(Transport::Tcp, t.dport);
+    let rule = port_rule(Transport::Tcp, t.dport());
     if rule.kind == PortKind::Mail as u8 {
         return Ok(if bare_syn(&t) {
             Reason::MailNew
@@ -95,13 +113,13 @@ fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
         });
     }
     if rule.kind == PortKind::Open as u8 {
-        return open_port(ctx, ip, Transport::Tcp, t.dport, &rule);
+        return open_port(ctx, ip, Transport::Tcp, t.dport(), rule);
     }
     if bare_syn(&t) {
         // A new connection to a port nobody opened: no socket lookup needed.
         return Ok(Reason::TcpNotAllowed);
     }
-    if sockets::tcp_connection_exists(ctx, ip, t.sport, t.dport)? {
+    if sockets::tcp_connection_exists(ctx, ip, t.sport(), t.dport())? {
         Ok(Reason::TcpReply)
     } else {
         Ok(Reason::TcpNotAllowed)
@@ -128,7 +146,7 @@ fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let rule = port_rule(Transport::Udp, dport);
     if rule.kind == PortKind::Open as u8 {
-        return open_port(ctx, ip, Transport::Udp, dport, &rule);
+        return open_port(ctx, ip, Transport::Udp, dport, rule);
     }
     if sockets::udp_connected_socket_exists(ctx, ip, sport, dport)? {
         Ok(Reason::UdpReply)
@@ -149,7 +167,7 @@ fn open_port(
         return Ok(Reason::OpenPort);
     }
     let allowed = if ip.v6 {
-        let addr = read::<[u8; 16]>(ctx, ip.l3_off + IPV6_SRC)?;
+        let addr = *bytes::<16>(ctx, ip.l3_off + IPV6_SRC)?;
         let data = OpenSourceV6 {
             proto: transport.ip_proto(),
             port,
@@ -159,7 +177,7 @@ fn open_port(
             .get(Key::new(OPEN_SOURCE_PREFIX_BITS + 128, data))
             .is_some()
     } else {
-        let addr = read::<[u8; 4]>(ctx, ip.l3_off + IPV4_SRC)?;
+        let addr = *bytes::<4>(ctx, ip.l3_off + IPV4_SRC)?;
         let data = OpenSourceV4 {
             proto: transport.ip_proto(),
             port,
@@ -177,20 +195,37 @@ fn open_port(
 }
 
 #[inline(always)]
-fn echo_request(settings: &Settings) -> Reason {
-    if settings.has(SETTING_ECHO_ALLOW) {
+fn echo_request() -> Reason {
+    if settings().has(SETTING_ECHO_ALLOW) {
         Reason::EchoRequestAllowed
     } else {
         Reason::EchoRequestDenied
     }
 }
 
+/// Used when the settings entry cannot be read (it always can: it is an array slot): enforce,
+/// and let ping through.
+const FALLBACK_SETTINGS: Settings = Settings {
+    flags: SETTING_ECHO_ALLOW,
+    reserved: [0; 3],
+};
+
+/// The run-time switches. Read only where they matter (echo requests, and drops, which
+/// monitor mode turns into passes), not for every packet.
 #[inline(always)]
-fn icmp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+pub fn settings() -> &'static Settings {
+    match SETTINGS.get(0) {
+        Some(s) => s,
+        None => &FALLBACK_SETTINGS,
+    }
+}
+
+#[inline(always)]
+fn icmp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
     Ok(match kind {
         0 => Reason::EchoReply,
-        8 => echo_request(settings),
+        8 => echo_request(),
         // Destination unreachable (fragmentation needed included), time exceeded,
         // parameter problem.
         3 | 11 | 12 => Reason::IcmpError,
@@ -199,12 +234,12 @@ fn icmp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason
 }
 
 #[inline(always)]
-fn icmpv6(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+fn icmpv6(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
     Ok(match kind {
         // Destination unreachable, packet too big, time exceeded, parameter problem.
         1..=4 => Reason::IcmpError,
-        128 => echo_request(settings),
+        128 => echo_request(),
         129 => Reason::EchoReply,
         // Multicast listener query/report/done and MLDv2 report: switches with MLD snooping
         // stop forwarding neighbour solicitations to hosts that do not answer queries.

@@ -16,6 +16,11 @@ use crate::policy::PolicyMaps;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
+/// The benchmarks' floor (an XDP program that only returns XDP_DROP), built from guard-ebpf's
+/// `xdp-floor` binary with the same toolchain. mailguard never loads it.
+pub static BENCH_FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error("cannot parse the embedded eBPF object: {0}")]

@@ -81,6 +81,19 @@ fn demo() -> Result<()> {
     )
 }
 
+fn bench() -> Result<()> {
+    setup::setup()?;
+    build_binaries()?;
+    println!("== mailguard bench (BPF_PROG_TEST_RUN; takes about a minute)");
+    let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
+    cmd::run(
+        "bench",
+        &binary("mailguard-bench"),
+        &[&report.display().to_string()],
+        &[],
+    )
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -88,6 +101,7 @@ fn main() -> ExitCode {
         Some("build") => setup::setup().and_then(|()| build_binaries()),
         Some("test") => tiers::test(),
         Some("demo") => demo(),
+        Some("bench") => bench(),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())
