@@ -93,8 +93,8 @@ impl Status {
         let drop_label = if self.monitor { "would drop" } else { "drop" };
         let _ = writeln!(
             out,
-            "\n{:<22} {:<10} {:>12}  {}",
-            "REASON", "VERDICT", "PACKETS", "MEANING"
+            "\n{:<22} {:<10} {:>12}  MEANING",
+            "REASON", "VERDICT", "PACKETS"
         );
         for c in self.counters.iter().filter(|c| all || c.packets > 0) {
             let verdict = if c.verdict == "drop" {

@@ -85,7 +85,7 @@ pub struct Lab {
 
 impl Lab {
     /// Namespaces, bridge, addresses (IPv4 and IPv6, DAD off), and the neighbour tables warmed.
-    pub fn new() -> Lab {
+    pub fn create() -> Lab {
         let lock = LabLock::acquire();
         let dir = TempDir::new("mailguard-lab");
         let switch = Netns::create("mg-switch");

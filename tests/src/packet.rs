@@ -232,7 +232,7 @@ impl Packet {
 
     /// IPv4 options of `bytes` bytes (a multiple of 4; NOPs ending in End of List).
     pub fn ip_options(mut self, bytes: usize) -> Packet {
-        assert!(bytes % 4 == 0 && bytes <= 40);
+        assert!(bytes.is_multiple_of(4) && bytes <= 40);
         if let Some(Net::V4 { options, .. }) = &mut self.net {
             *options = bytes;
         }

@@ -29,7 +29,7 @@ port = 22
 const SCANNED: [u16; 8] = [22, 25, 465, 587, 993, 3306, 8080, 12345];
 
 fn lab() -> Lab {
-    let mut lab = Lab::new();
+    let mut lab = Lab::create();
     lab.start_services();
     lab
 }
@@ -271,7 +271,7 @@ fn sigterm_detaches_and_removes_pins() {
 
 #[test]
 fn status_reports_not_running_after_exit() {
-    let mut lab = lab::Lab::new();
+    let mut lab = lab::Lab::create();
     lab.start_mailguard(CONFIG, &[]);
     let mg = lab.mailguard.take().expect("mailguard");
     let (pin, run) = (mg.pin_dir.clone(), mg.run_dir.clone());

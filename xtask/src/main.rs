@@ -42,6 +42,8 @@ commands:
           network namespaces, with mailguard attached to the mail host
   bench   set up, build, and measure per-packet cost with BPF_PROG_TEST_RUN; writes
           docs/BENCHMARKS.md
+  lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
+          with nightly for its target
 ";
 
 /// Builds the `mailguard` binary and the test-support binaries (demo, bench).
@@ -81,6 +83,51 @@ fn demo() -> Result<()> {
     )
 }
 
+fn lint() -> Result<()> {
+    setup::setup()?;
+    cmd::run("lint", "cargo", &["fmt", "--all", "--check"], &[])?;
+    cmd::run(
+        "lint",
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "guard-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    let ebpf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guard-ebpf");
+    let status = std::process::Command::new("cargo")
+        .current_dir(&ebpf)
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()
+        .map_err(|e| TaskError::step("lint", e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(TaskError::step(
+            "lint",
+            "clippy found problems in guard-ebpf",
+        ))
+    }
+}
+
 fn bench() -> Result<()> {
     setup::setup()?;
     build_binaries()?;
@@ -102,6 +149,7 @@ fn main() -> ExitCode {
         Some("test") => tiers::test(),
         Some("demo") => demo(),
         Some("bench") => bench(),
+        Some("lint") => lint(),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

@@ -70,7 +70,7 @@ fn demo() {
         1,
         "building the lab: mail host, client, attacker on one bridge (198.18.0.0/24, 2001:db8::/64)",
     );
-    let mut lab = Lab::new();
+    let mut lab = Lab::create();
     lab.start_services();
     lab.listen(|l| &l.mail.ns, 6379);
     lab.listen(|l| &l.client.ns, 7000);
