@@ -204,7 +204,8 @@ impl Config {
         validate(raw, &place)
     }
 
-    /// The mail ports and open ports as `(protocol, port)` pairs, for port-rule maps.
+    /// Valid but risky choices to show the operator: SSH not open or limited to some
+    /// sources, monitor mode on.
     pub fn warnings(&self) -> Vec<Warning> {
         let mut warnings = Vec::new();
         let ssh_open = self

@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode},
 };
-use guard_common::{COUNTER_SLOTS, Reason, Settings, maps as names};
+use guard_common::{COUNTER_SLOTS, Reason, maps as names};
 
 use crate::policy::PolicyMaps;
 
@@ -205,17 +205,6 @@ impl Guard {
         })
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> Result<Settings, GuardError> {
-        let map = self
-            .ebpf
-            .map(names::SETTINGS)
-            .ok_or(GuardError::MissingMap(names::SETTINGS))?;
-        let array: Array<_, Settings> =
-            Array::try_from(map).map_err(GuardError::map(names::SETTINGS))?;
-        array.get(&0, 0).map_err(GuardError::map(names::SETTINGS))
-    }
-
     /// The packet counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, GuardError> {
         let map = self
@@ -292,9 +281,5 @@ impl Counters {
             .map(|&r| (r, self.get(r).saturating_sub(earlier.get(r))))
             .filter(|&(_, d)| d > 0)
             .collect()
-    }
-
-    pub fn total(&self) -> u64 {
-        Reason::ALL.iter().map(|&r| self.get(r)).sum()
     }
 }

@@ -91,13 +91,16 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     let iface = config.interface.clone().ok_or(RunError::NoInterface)?;
 
     state::claim(&opts.dirs)?;
-    let mut guard = Guard::load()?;
-    guard.policy_maps()?.apply(None, &config)?;
-    guard.pin_maps(&opts.dirs.pin)?;
-    let result = attached(&mut guard, &opts, config, &iface, &signals);
-    drop(guard);
+    // From here on, whatever happens, the pins and the state file go when we do.
+    let result = Guard::load().map_err(RunError::from).and_then(|mut guard| {
+        guard.policy_maps()?.apply(None, &config)?;
+        guard.pin_maps(&opts.dirs.pin)?;
+        let result = attached(&mut guard, &opts, config, &iface, &signals);
+        drop(guard);
+        log::info!("detached from {iface}");
+        result
+    });
     let released = state::release(&opts.dirs);
-    log::info!("detached from {iface}");
     result.and(released.map_err(RunError::from))
 }
 
