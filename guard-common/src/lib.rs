@@ -5,10 +5,12 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod budget;
 pub mod maps;
 pub mod policy;
 pub mod reason;
 
+pub use budget::*;
 pub use policy::*;
 pub use reason::{COUNTER_SLOTS, Reason, Verdict};
 
@@ -21,4 +23,9 @@ mod pod {
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for OpenSourceV4 {}
     unsafe impl aya::Pod for OpenSourceV6 {}
+    unsafe impl aya::Pod for Gcra {}
+    unsafe impl aya::Pod for ClassBudget {}
+    unsafe impl aya::Pod for BudgetSettings {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for SourceState {}
 }

@@ -1,4 +1,4 @@
-//! Names and capacities of mailguard's BPF maps. The kernel side declares the maps with these
+//! Names of mailguard's BPF maps and programs. The kernel side declares the maps with these
 //! names (see guard-ebpf/src/maps.rs for key, value, byte order and capacity of each); userspace
 //! looks them up by the same names.
 
@@ -12,6 +12,30 @@ pub const PORT_RULES: &str = "MG_PORT_RULES";
 pub const OPEN_SOURCES_V4: &str = "MG_OPEN_SRC_V4";
 /// LPM trie of `OpenSourceV6` -> `u8` (1).
 pub const OPEN_SOURCES_V6: &str = "MG_OPEN_SRC_V6";
+/// Array of `ClassBudget`, indexed by `MailClass`.
+pub const BUDGETS: &str = "MG_BUDGETS";
+/// Single-entry array of `BudgetSettings`.
+pub const BUDGET_SETTINGS: &str = "MG_BUDGET_CFG";
+/// LRU hash `SourceKey` -> `SourceState`: rate state per source and class.
+pub const SOURCES: &str = "MG_SOURCES";
+/// Hash `SourceKey` -> `u32`: concurrent connections per source and class (sock_ops).
+pub const CONNECTIONS: &str = "MG_CONNS";
+/// Hash socket cookie (`u64`) -> `SourceKey`: the connections sock_ops counted.
+pub const SOCKETS: &str = "MG_SOCKETS";
+/// LRU hash `SourceKey` (class 0) -> `u64` time: sources seen completing a connection.
+pub const VERIFIED: &str = "MG_VERIFIED";
+/// LPM trie of trusted IPv4 sources (exempt from budgets): address -> `u8`.
+pub const TRUSTED_V4: &str = "MG_TRUSTED_V4";
+/// LPM trie of trusted IPv6 sources.
+pub const TRUSTED_V6: &str = "MG_TRUSTED_V6";
+/// Per-CPU `u64`: GCRA state of the global SYN ceiling.
+pub const SYN_CEILING: &str = "MG_CEILING";
+/// Per-CPU `u64`: GCRA state of the RST rate limit.
+pub const RST_LIMIT: &str = "MG_RST_LIMIT";
+/// Per-CPU `u64` budget outcomes by class (`class_counter_slot`).
+pub const CLASS_COUNTERS: &str = "MG_CLASS_CNT";
+/// Per-CPU `u64` sock_ops events (`AccountingEvent`).
+pub const ACCOUNTING: &str = "MG_ACCOUNTING";
 
 /// Every map, for pinning and inspection.
 pub const ALL: &[&str] = &[
@@ -20,7 +44,21 @@ pub const ALL: &[&str] = &[
     PORT_RULES,
     OPEN_SOURCES_V4,
     OPEN_SOURCES_V6,
+    BUDGETS,
+    BUDGET_SETTINGS,
+    SOURCES,
+    CONNECTIONS,
+    SOCKETS,
+    VERIFIED,
+    TRUSTED_V4,
+    TRUSTED_V6,
+    SYN_CEILING,
+    RST_LIMIT,
+    CLASS_COUNTERS,
+    ACCOUNTING,
 ];
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "mailguard_xdp";
+/// Name of the sock_ops program in the object file.
+pub const SOCKOPS_PROGRAM: &str = "mailguard_sockops";

@@ -7,6 +7,8 @@
 pub enum Verdict {
     Drop = 1,
     Pass = 2,
+    /// Sent back out of the interface it came in on (a TCP RST made from the packet).
+    Tx = 3,
 }
 
 impl Verdict {
@@ -14,6 +16,7 @@ impl Verdict {
         match self {
             Verdict::Drop => "drop",
             Verdict::Pass => "pass",
+            Verdict::Tx => "reject",
         }
     }
 }
@@ -35,14 +38,28 @@ macro_rules! reasons {
             /// monitor mode, where everything passes).
             #[inline(always)]
             pub const fn verdict(self) -> Verdict {
-                // A bit test instead of a match: the XDP program calls this for every packet.
-                if (Self::PASS_MASK >> (self as u32)) & 1 != 0 { Verdict::Pass } else { Verdict::Drop }
+                // Bit tests instead of a match: the XDP program calls this for every packet.
+                let bit = 1u64 << (self as u32);
+                if Self::PASS_MASK & bit != 0 {
+                    Verdict::Pass
+                } else if Self::TX_MASK & bit != 0 {
+                    Verdict::Tx
+                } else {
+                    Verdict::Drop
+                }
             }
 
             /// Bit `r` is set when the reason with slot `r` passes its packet.
             const PASS_MASK: u64 = {
                 let mut mask = 0u64;
                 $( if matches!(Verdict::$verdict, Verdict::Pass) { mask |= 1 << $value; } )*
+                mask
+            };
+
+            /// Bit `r` is set when the reason with slot `r` answers with a RST.
+            const TX_MASK: u64 = {
+                let mut mask = 0u64;
+                $( if matches!(Verdict::$verdict, Verdict::Tx) { mask |= 1 << $value; } )*
                 mask
             };
 
@@ -113,6 +130,20 @@ reasons! {
         "any other ICMP or ICMPv6 type (redirect, timestamp, node information, ...)";
     OtherProtocol = 23, Drop, "other_protocol",
         "an IP protocol mailguard does not serve (GRE, ESP, SCTP, ...)";
+    TrustedSource = 24, Pass, "trusted_source",
+        "new connection to a mail port from a trusted source (no budget applies)";
+    SynCeiling = 25, Drop, "syn_ceiling",
+        "new connection from a source never seen completing one, over the global SYN ceiling";
+    SynRate = 26, Drop, "syn_rate",
+        "new connection over the source's rate budget";
+    ConnectionCap = 27, Drop, "connection_cap",
+        "new connection while the source holds its maximum of concurrent connections";
+    SynRateRejected = 28, Tx, "syn_rate_rejected",
+        "over the rate budget, refused with a TCP RST (action reject)";
+    ConnectionCapRejected = 29, Tx, "connection_cap_rejected",
+        "over the connection cap, refused with a TCP RST (action reject)";
+    RejectLimited = 30, Drop, "reject_limited",
+        "over budget with action reject, dropped: the global RST rate limit was reached";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in
@@ -159,6 +190,10 @@ mod tests {
         assert_eq!(Reason::TcpNotAllowed.verdict(), Verdict::Drop);
         assert_eq!(Reason::NonIp.verdict(), Verdict::Pass);
         assert_eq!(Reason::OtherProtocol.verdict(), Verdict::Drop);
+        assert_eq!(Verdict::Tx as u32, 3, "XDP_TX");
+        assert_eq!(Reason::SynRateRejected.verdict(), Verdict::Tx);
+        assert_eq!(Reason::ConnectionCapRejected.verdict(), Verdict::Tx);
+        assert_eq!(Reason::ConnectionCap.verdict(), Verdict::Drop);
         let passing: Vec<&str> = Reason::ALL
             .iter()
             .filter(|r| r.verdict() == Verdict::Pass)
@@ -178,7 +213,8 @@ mod tests {
                 "icmp_error",
                 "echo_request_allowed",
                 "echo_reply",
-                "ndp"
+                "ndp",
+                "trusted_source"
             ]
         );
     }

@@ -1,12 +1,20 @@
-//! mailguard's kernel programs. `mailguard_xdp` decides every inbound packet; the policy is in
-//! `policy.rs`, header parsing in `parse.rs`, socket lookups in `sockets.rs`, maps in `maps.rs`.
+//! mailguard's kernel programs. `mailguard_xdp` decides every inbound packet: the policy is in
+//! `policy.rs`, per-source budgets in `budget.rs`, the RST of the reject action in `reject.rs`,
+//! header parsing in `parse.rs`, socket lookups in `sockets.rs`. `mailguard_sockops`
+//! (`sockops.rs`) keeps the concurrent-connection counts exact. Every map is in `maps.rs`.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (sock_ops counts): core has no atomic types for the BPF target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod budget;
 mod maps;
 mod parse;
 mod policy;
+mod reject;
 mod sockets;
+mod sockops;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use guard_common::{Reason, SETTING_MONITOR, Verdict};
@@ -14,7 +22,7 @@ use guard_common::{Reason, SETTING_MONITOR, Verdict};
 use crate::maps::COUNTERS;
 
 #[xdp]
-pub fn mailguard_xdp(ctx: XdpContext) -> u32 {
+pub fn mailguard_xdp(mut ctx: XdpContext) -> u32 {
     // A packet that cannot be parsed gets the verdict of the reason the parser gave.
     let reason = match policy::decide(&ctx) {
         Ok(reason) | Err(reason) => reason,
@@ -22,9 +30,15 @@ pub fn mailguard_xdp(ctx: XdpContext) -> u32 {
     count(reason);
     match reason.verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
-        // Monitor mode counts the drop but lets the packet through.
-        Verdict::Drop if policy::settings().has(SETTING_MONITOR) => xdp_action::XDP_PASS,
+        // Monitor mode counts drops and rejections but lets the packet through untouched.
+        Verdict::Drop | Verdict::Tx if policy::settings().has(SETTING_MONITOR) => {
+            xdp_action::XDP_PASS
+        }
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => match reject::answer_with_rst(&mut ctx) {
+            Ok(()) => xdp_action::XDP_TX,
+            Err(_) => xdp_action::XDP_DROP,
+        },
     }
 }
 

@@ -3,11 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use guard_common::{
-    COUNTER_SLOTS, OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule,
-    Settings, maps as names,
+    ACCOUNTING_SLOTS, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS, ClassBudget,
+    DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, OPEN_SOURCE_ENTRIES, OpenSourceV4,
+    OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings, SourceKey, SourceState, TRUSTED_ENTRIES,
+    VERIFIED_ENTRIES, maps as names,
 };
 
 /// Packets counted by reason.
@@ -44,6 +46,76 @@ pub static OPEN_SOURCES_V4: LpmTrie<OpenSourceV4, u8> =
 pub static OPEN_SOURCES_V6: LpmTrie<OpenSourceV6, u8> =
     LpmTrie::with_max_entries(OPEN_SOURCE_ENTRIES, 0);
 
+/// Budget of each service class.
+/// key: `u32` `MailClass` value (1 mx, 2 submission, 3 mailbox; 0 unused);
+/// value: `ClassBudget` (host order); capacity: `CLASS_SLOTS` (4).
+#[map(name = "MG_BUDGETS")]
+pub static BUDGETS: Array<ClassBudget> = Array::with_max_entries(CLASS_SLOTS, 0);
+
+/// Global budget settings: SYN ceiling, RST limit, counted namespace, source prefix masks.
+/// key: `u32` 0; value: `BudgetSettings` (numbers host order, masks network order); capacity 1.
+#[map(name = "MG_BUDGET_CFG")]
+pub static BUDGET_SETTINGS: Array<BudgetSettings> = Array::with_max_entries(1, 0);
+
+/// Rate state of each source prefix and class, least recently used evicted when full (the
+/// evicted source starts again with a full bucket: fails open).
+/// key: `SourceKey` (address network order); value: `SourceState` (host order);
+/// capacity: `budgets.tracked_sources` (default 65536), set at load.
+#[map(name = "MG_SOURCES")]
+pub static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(DEFAULT_TRACKED_SOURCES, 0);
+
+/// Concurrent connections of each source prefix and class, kept exact by sock_ops
+/// (incremented at passive establishment, decremented at close). Entries are removed at zero.
+/// When full, new sources are not counted (fails open).
+/// key: `SourceKey`; value: `u32` count (host order; top bit set reads as 0);
+/// capacity: `budgets.tracked_connections` (default 65536), set at load.
+#[map(name = "MG_CONNS")]
+pub static CONNECTIONS: HashMap<SourceKey, u32> =
+    HashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// The connections sock_ops counted, so that exactly those are uncounted at close.
+/// key: `u64` socket cookie (host order); value: `SourceKey`;
+/// capacity: `budgets.tracked_connections` (default 65536), set at load.
+#[map(name = "MG_SOCKETS")]
+pub static SOCKETS: HashMap<u64, SourceKey> =
+    HashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// Sources seen completing a connection: exempt from the global SYN ceiling (spoofed
+/// sources never complete one). key: `SourceKey` with class 0; value: `u64`
+/// `bpf_ktime_get_ns` of the last completion; capacity: `VERIFIED_ENTRIES` (65536), LRU.
+#[map(name = "MG_VERIFIED")]
+pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIFIED_ENTRIES, 0);
+
+/// Trusted IPv4 sources, exempt from budgets. key: LPM prefix length (host order) + address
+/// (network order); value: `u8` 1; capacity: `TRUSTED_ENTRIES` (16384).
+#[map(name = "MG_TRUSTED_V4")]
+pub static TRUSTED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(TRUSTED_ENTRIES, 0);
+
+/// Trusted IPv6 sources; as `TRUSTED_V4` with 16-byte addresses.
+#[map(name = "MG_TRUSTED_V6")]
+pub static TRUSTED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRUSTED_ENTRIES, 0);
+
+/// GCRA state (theoretical arrival time, ns) of the global SYN ceiling, one per CPU.
+/// key: `u32` 0; value: `u64`; capacity 1.
+#[map(name = "MG_CEILING")]
+pub static SYN_CEILING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// GCRA state of the RST rate limit of the `reject` action, one per CPU.
+/// key: `u32` 0; value: `u64`; capacity 1.
+#[map(name = "MG_RST_LIMIT")]
+pub static RST_LIMIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Budget outcomes per class. key: `u32` `class_counter_slot(class, outcome)`;
+/// value: `u64` per CPU; capacity: `CLASS_COUNTER_SLOTS` (32).
+#[map(name = "MG_CLASS_CNT")]
+pub static CLASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CLASS_COUNTER_SLOTS, 0);
+
+/// What sock_ops did. key: `u32` `AccountingEvent`; value: `u64` per CPU;
+/// capacity: `ACCOUNTING_SLOTS` (8).
+#[map(name = "MG_ACCOUNTING")]
+pub static ACCOUNTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACCOUNTING_SLOTS, 0);
+
 // The names above must be the ones userspace looks up.
 const _: () = {
     assert!(const_str_eq(names::COUNTERS, "MG_COUNTERS"));
@@ -51,6 +123,18 @@ const _: () = {
     assert!(const_str_eq(names::PORT_RULES, "MG_PORT_RULES"));
     assert!(const_str_eq(names::OPEN_SOURCES_V4, "MG_OPEN_SRC_V4"));
     assert!(const_str_eq(names::OPEN_SOURCES_V6, "MG_OPEN_SRC_V6"));
+    assert!(const_str_eq(names::BUDGETS, "MG_BUDGETS"));
+    assert!(const_str_eq(names::BUDGET_SETTINGS, "MG_BUDGET_CFG"));
+    assert!(const_str_eq(names::SOURCES, "MG_SOURCES"));
+    assert!(const_str_eq(names::CONNECTIONS, "MG_CONNS"));
+    assert!(const_str_eq(names::SOCKETS, "MG_SOCKETS"));
+    assert!(const_str_eq(names::VERIFIED, "MG_VERIFIED"));
+    assert!(const_str_eq(names::TRUSTED_V4, "MG_TRUSTED_V4"));
+    assert!(const_str_eq(names::TRUSTED_V6, "MG_TRUSTED_V6"));
+    assert!(const_str_eq(names::SYN_CEILING, "MG_CEILING"));
+    assert!(const_str_eq(names::RST_LIMIT, "MG_RST_LIMIT"));
+    assert!(const_str_eq(names::CLASS_COUNTERS, "MG_CLASS_CNT"));
+    assert!(const_str_eq(names::ACCOUNTING, "MG_ACCOUNTING"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

@@ -50,6 +50,18 @@ pub fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<&[u8; N]
     Ok(unsafe { &*p })
 }
 
+/// A writable view of `N` bytes at `offset`, bounds-checked (for the `reject` rewrite).
+#[inline(always)]
+pub fn bytes_mut<const N: usize>(
+    ctx: &mut XdpContext,
+    offset: usize,
+) -> Result<&mut [u8; N], Reason> {
+    let p = ptr_at::<[u8; N]>(ctx, offset)? as *mut [u8; N];
+    // SAFETY: as `bytes`; XDP packet data is writable, and the `&mut` borrow of `ctx` makes
+    // this the only view while it lives.
+    Ok(unsafe { &mut *p })
+}
+
 /// A big-endian `u16` at `offset`, bounds-checked.
 #[inline(always)]
 pub fn be16(ctx: &XdpContext, offset: usize) -> Result<u16, Reason> {

@@ -17,6 +17,7 @@ use guard_common::{
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
+    budget,
     maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES, SETTINGS},
     parse::{
         self, Fragment, IPV4_SRC, IPV6_SRC, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes,
@@ -106,11 +107,12 @@ fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let rule = port_rule(Transport::Tcp, t.dport());
     if rule.kind == PortKind::Mail as u8 {
-        return Ok(if bare_syn(&t) {
-            Reason::MailNew
+        // New connections are charged to the source's budget for the port's class.
+        return if bare_syn(&t) {
+            budget::charge(ctx, ip, rule.class)
         } else {
-            Reason::MailOther
-        });
+            Ok(Reason::MailOther)
+        };
     }
     if rule.kind == PortKind::Open as u8 {
         return open_port(ctx, ip, Transport::Tcp, t.dport(), rule);

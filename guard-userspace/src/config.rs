@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::guard::AttachMode;
+use crate::{budgets::Budgets, guard::AttachMode};
 
 /// Where `mailguard` looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/mailguard/mailguard.toml";
@@ -26,7 +26,7 @@ pub const DEFAULT_MAIL_PORTS: [u16; 7] = [25, 465, 587, 110, 995, 143, 993];
 pub const SSH_PORT: u16 = 22;
 
 /// A validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Config {
     /// Interface to attach to (`--iface` overrides it).
     pub interface: Option<String>,
@@ -38,6 +38,8 @@ pub struct Config {
     pub mail_ports: Vec<u16>,
     /// Ports opened on purpose.
     pub open_ports: Vec<OpenPort>,
+    /// Per-source budgets for new connections to mail ports.
+    pub budgets: Budgets,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -80,7 +82,10 @@ pub struct OpenPort {
     pub from: Vec<IpNet>,
 }
 
-fn serialize_nets<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_nets<S: serde::Serializer>(
+    nets: &[IpNet],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_seq(nets.iter().map(|n| n.to_string()))
 }
 
@@ -97,6 +102,7 @@ impl Default for Config {
                 protocol: Protocol::Tcp,
                 from: vec![],
             }],
+            budgets: Budgets::default(),
         }
     }
 }
@@ -170,6 +176,7 @@ struct RawConfig {
     icmp_echo: Option<EchoPolicy>,
     mail_ports: Option<Vec<Spanned<i64>>>,
     open_ports: Option<Vec<Spanned<RawOpenPort>>>,
+    budgets: Option<crate::budgets::RawBudgets>,
 }
 
 #[derive(Deserialize)]
@@ -235,13 +242,18 @@ impl Config {
     }
 }
 
-struct Place<'a> {
+pub(crate) struct Place<'a> {
     text: &'a str,
     origin: &'a str,
 }
 
 impl Place<'_> {
-    fn error(&self, span: Range<usize>, key: Option<String>, message: String) -> ConfigError {
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        key: Option<String>,
+        message: String,
+    ) -> ConfigError {
         let (line, column) = line_column(self.text, span.start);
         ConfigError::Invalid {
             origin: self.origin.to_string(),
@@ -369,6 +381,7 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         icmp_echo: raw.icmp_echo.unwrap_or(defaults.icmp_echo),
         mail_ports,
         open_ports,
+        budgets: crate::budgets::validate(raw.budgets, place)?,
     };
     let warnings = config.warnings();
     Ok((config, warnings))

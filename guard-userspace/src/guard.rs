@@ -1,16 +1,22 @@
 //! The loaded eBPF object: loading (with the verifier log on failure), attaching, and access to
 //! the maps that hold the policy and the counters.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, SockOps, Xdp, XdpMode, links::CgroupAttachMode},
 };
 use guard_common::{COUNTER_SLOTS, Reason, maps as names};
 
-use crate::policy::PolicyMaps;
+use crate::{
+    budgets::Budgets,
+    policy::{HostFacts, PolicyMaps},
+};
 
 /// The eBPF object built from guard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -61,6 +67,22 @@ pub enum GuardError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open cgroup {}: {source}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup v2 mount in /proc/mounts: connection counting needs one")]
+    NoCgroup2,
+    #[error("cannot attach sock_ops to cgroup {}: {source}", path.display())]
+    AttachSockOps {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot read this host's facts: {0}")]
+    Host(#[source] std::io::Error),
     #[error("cannot read program information: {0}")]
     Info(#[source] ProgramError),
 }
@@ -113,15 +135,45 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Loads the embedded object and its XDP program into the kernel (not attached yet).
-    pub fn load() -> Result<Guard, GuardError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(GuardError::Object)?;
+    /// Loads the embedded object and its programs into the kernel (not attached yet), with the
+    /// tracking maps sized as `budgets` says.
+    pub fn load(budgets: &Budgets) -> Result<Guard, GuardError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::SOURCES, budgets.tracked_sources)
+            .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
+            .map_max_entries(names::SOCKETS, budgets.tracked_connections)
+            .load(EBPF_OBJECT)
+            .map_err(GuardError::Object)?;
         let program = xdp_program_mut(&mut ebpf)?;
         program.load().map_err(|source| GuardError::Load {
             program: names::XDP_PROGRAM,
             source,
         })?;
+        let sockops = sockops_program_mut(&mut ebpf)?;
+        sockops.load().map_err(|source| GuardError::Load {
+            program: names::SOCKOPS_PROGRAM,
+            source,
+        })?;
         Ok(Guard { ebpf })
+    }
+
+    /// Attaches the sock_ops program (connection counting) to the cgroup v2 root with a BPF
+    /// link, which runs alongside any other programs there. It stays attached until this
+    /// `Guard` is dropped.
+    pub fn attach_sockops(&mut self) -> Result<PathBuf, GuardError> {
+        let root = cgroup2_root()?;
+        let dir = File::open(&root).map_err(|source| GuardError::Cgroup {
+            path: root.clone(),
+            source,
+        })?;
+        sockops_program_mut(&mut self.ebpf)?
+            // Cgroup links are always multi-attach; the kernel wants no flags with them.
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| GuardError::AttachSockOps {
+                path: root.clone(),
+                source,
+            })?;
+        Ok(root)
     }
 
     pub fn xdp(&self) -> Result<&Xdp, GuardError> {
@@ -187,22 +239,60 @@ impl Guard {
 
     /// The policy maps, for writing a configuration into them.
     pub fn policy_maps(&mut self) -> Result<PolicyMaps<&mut MapData>, GuardError> {
-        let [settings, ports, v4, v6] = self.ebpf.maps_disjoint_mut([
+        let host = HostFacts::of_this_host()?;
+        let [
+            settings,
+            ports,
+            v4,
+            v6,
+            budgets,
+            budget_settings,
+            trusted_v4,
+            trusted_v6,
+        ] = self.ebpf.maps_disjoint_mut([
             names::SETTINGS,
             names::PORT_RULES,
             names::OPEN_SOURCES_V4,
             names::OPEN_SOURCES_V6,
+            names::BUDGETS,
+            names::BUDGET_SETTINGS,
+            names::TRUSTED_V4,
+            names::TRUSTED_V6,
         ]);
+        fn get<'a>(
+            m: Option<&'a mut aya::maps::Map>,
+            name: &'static str,
+        ) -> Result<&'a mut aya::maps::Map, GuardError> {
+            m.ok_or(GuardError::MissingMap(name))
+        }
         Ok(PolicyMaps {
-            settings: Array::try_from(settings.ok_or(GuardError::MissingMap(names::SETTINGS))?)
+            settings: Array::try_from(get(settings, names::SETTINGS)?)
                 .map_err(GuardError::map(names::SETTINGS))?,
-            ports: Array::try_from(ports.ok_or(GuardError::MissingMap(names::PORT_RULES))?)
+            ports: Array::try_from(get(ports, names::PORT_RULES)?)
                 .map_err(GuardError::map(names::PORT_RULES))?,
-            open_v4: LpmTrie::try_from(v4.ok_or(GuardError::MissingMap(names::OPEN_SOURCES_V4))?)
+            open_v4: LpmTrie::try_from(get(v4, names::OPEN_SOURCES_V4)?)
                 .map_err(GuardError::map(names::OPEN_SOURCES_V4))?,
-            open_v6: LpmTrie::try_from(v6.ok_or(GuardError::MissingMap(names::OPEN_SOURCES_V6))?)
+            open_v6: LpmTrie::try_from(get(v6, names::OPEN_SOURCES_V6)?)
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?,
+            budgets: Array::try_from(get(budgets, names::BUDGETS)?)
+                .map_err(GuardError::map(names::BUDGETS))?,
+            budget_settings: Array::try_from(get(budget_settings, names::BUDGET_SETTINGS)?)
+                .map_err(GuardError::map(names::BUDGET_SETTINGS))?,
+            trusted_v4: LpmTrie::try_from(get(trusted_v4, names::TRUSTED_V4)?)
+                .map_err(GuardError::map(names::TRUSTED_V4))?,
+            trusted_v6: LpmTrie::try_from(get(trusted_v6, names::TRUSTED_V6)?)
+                .map_err(GuardError::map(names::TRUSTED_V6))?,
+            host,
         })
+    }
+
+    /// A map of the loaded object, by name (for tests and inspection).
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
     }
 
     /// The packet counters, summed over CPUs.
@@ -236,6 +326,67 @@ impl Guard {
             })?;
         }
         Ok(())
+    }
+}
+
+fn sockops_program_mut(ebpf: &mut Ebpf) -> Result<&mut SockOps, GuardError> {
+    let program = ebpf
+        .program_mut(names::SOCKOPS_PROGRAM)
+        .ok_or(GuardError::MissingProgram(names::SOCKOPS_PROGRAM))?;
+    program.try_into().map_err(|source| GuardError::Load {
+        program: names::SOCKOPS_PROGRAM,
+        source,
+    })
+}
+
+/// Where the cgroup v2 hierarchy is mounted (its root), from /proc/mounts.
+pub fn cgroup2_root() -> Result<PathBuf, GuardError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(GuardError::Host)?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .ok_or(GuardError::NoCgroup2)
+}
+
+impl HostFacts {
+    /// CPUs online, and the cookie of the network namespace this process runs in.
+    pub fn of_this_host() -> Result<HostFacts, GuardError> {
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, e)| GuardError::Host(e))?
+            .len() as u32;
+        Ok(HostFacts {
+            cpus,
+            netns_cookie: netns_cookie().map_err(GuardError::Host)?,
+        })
+    }
+}
+
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14+).
+pub fn netns_cookie() -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a plain UDP socket, closed below; getsockopt writes at most `len` bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(cookie)
     }
 }
 

@@ -1,13 +1,14 @@
 //! mailguard's userspace: configuration, loading and attaching the eBPF programs, writing the
 //! policy maps, and the commands of the `mailguard` binary.
 //!
-//! - `config`: the TOML file and its validation
+//! - `config`: the TOML file and its validation (`budgets`: its `[budgets]` section)
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `policy`: a `Config` turned into map contents
 //! - `run`: the foreground daemon
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
 
+pub mod budgets;
 pub mod config;
 pub mod guard;
 pub mod policy;

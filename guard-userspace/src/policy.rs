@@ -7,22 +7,99 @@ use std::{
 
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{
-    MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_ECHO_ALLOW,
-    SETTING_MONITOR, Settings, Transport, maps as names, port_rule_index,
+    BUDGET_ACTIVE, BUDGET_REJECT, BudgetSettings, ClassBudget, Gcra, MailClass,
+    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_ECHO_ALLOW,
+    SETTING_MONITOR, Settings, Transport, maps as names, port_rule_index, prefix_mask,
 };
 use ipnet::IpNet;
 
 use crate::{
+    budgets::{Action, Budgets, ClassLimits},
     config::{Config, EchoPolicy},
     guard::GuardError,
 };
 
-/// The policy maps of a loaded or pinned program.
+/// The policy maps of a loaded or pinned program, and the facts of the host that go into them.
 pub struct PolicyMaps<T> {
     pub settings: Array<T, Settings>,
     pub ports: Array<T, PortRule>,
     pub open_v4: LpmTrie<T, OpenSourceV4, u8>,
     pub open_v6: LpmTrie<T, OpenSourceV6, u8>,
+    pub budgets: Array<T, ClassBudget>,
+    pub budget_settings: Array<T, BudgetSettings>,
+    pub trusted_v4: LpmTrie<T, [u8; 4], u8>,
+    pub trusted_v6: LpmTrie<T, [u8; 16], u8>,
+    pub host: HostFacts,
+}
+
+/// What the budget settings depend on besides the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFacts {
+    /// CPUs XDP runs on: the per-CPU global limits each get their share.
+    pub cpus: u32,
+    /// Cookie of the network namespace whose connections sock_ops counts (0: all).
+    pub netns_cookie: u64,
+}
+
+/// The `ClassBudget` of a class's limits.
+pub fn class_budget(limits: &ClassLimits) -> ClassBudget {
+    if limits.is_unlimited() {
+        return ClassBudget::default();
+    }
+    let mut flags = BUDGET_ACTIVE;
+    if limits.action == Action::Reject {
+        flags |= BUDGET_REJECT;
+    }
+    ClassBudget {
+        rate: Gcra::new(limits.rate, limits.burst),
+        max_connections: limits.max_connections,
+        flags,
+    }
+}
+
+/// Budgets by `MailClass` slot.
+pub fn class_budgets(b: &Budgets) -> [(u32, ClassBudget); 3] {
+    [
+        (MailClass::Mx as u32, class_budget(&b.mx)),
+        (MailClass::Submission as u32, class_budget(&b.submission)),
+        (MailClass::Mailbox as u32, class_budget(&b.mailbox)),
+    ]
+}
+
+/// The global budget settings; per-CPU limits get an equal share of the configured rate.
+pub fn budget_settings(b: &Budgets, host: HostFacts) -> BudgetSettings {
+    let cpus = host.cpus.max(1);
+    let share = |rate: f64, burst: u32| Gcra::new(rate / cpus as f64, (burst / cpus).max(1));
+    BudgetSettings {
+        syn_ceiling: share(b.syn_ceiling, b.syn_ceiling_burst),
+        reject_limit: share(b.reject_limit, (b.reject_limit.ceil() as u32).max(1)),
+        netns_cookie: host.netns_cookie,
+        mask_v4: prefix_mask::<4>(b.source_prefix_v4 as u32),
+        mask_v6: prefix_mask::<16>(b.source_prefix_v6 as u32),
+        reserved: [0; 4],
+    }
+}
+
+/// Entries of the trusted tries: (prefix length, address).
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Trusted {
+    pub v4: BTreeSet<(u32, [u8; 4])>,
+    pub v6: BTreeSet<(u32, [u8; 16])>,
+}
+
+pub fn trusted(b: &Budgets) -> Trusted {
+    let mut t = Trusted::default();
+    for net in &b.trusted {
+        match net {
+            IpNet::V4(n) => {
+                t.v4.insert((n.prefix_len() as u32, n.network().octets()));
+            }
+            IpNet::V6(n) => {
+                t.v6.insert((n.prefix_len() as u32, n.network().octets()));
+            }
+        }
+    }
+    t
 }
 
 /// The `Settings` a configuration asks for.
@@ -165,9 +242,46 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
         }
 
+        self.apply_budgets(old.map(|c| &c.budgets), &new.budgets)?;
         self.settings
             .set(0, settings(new), 0)
             .map_err(GuardError::map(names::SETTINGS))?;
+        Ok(())
+    }
+
+    /// Writes the budgets: trusted sources added first and removed last, so that a source
+    /// trusted before and after is never charged in between.
+    fn apply_budgets(&mut self, old: Option<&Budgets>, new: &Budgets) -> Result<(), GuardError> {
+        let old_trusted = old.map(trusted).unwrap_or_default();
+        let new_trusted = trusted(new);
+        for (len, addr) in new_trusted.v4.difference(&old_trusted.v4) {
+            self.trusted_v4
+                .insert(&Key::new(*len, *addr), 1, 0)
+                .map_err(GuardError::map(names::TRUSTED_V4))?;
+        }
+        for (len, addr) in new_trusted.v6.difference(&old_trusted.v6) {
+            self.trusted_v6
+                .insert(&Key::new(*len, *addr), 1, 0)
+                .map_err(GuardError::map(names::TRUSTED_V6))?;
+        }
+        self.budget_settings
+            .set(0, budget_settings(new, self.host), 0)
+            .map_err(GuardError::map(names::BUDGET_SETTINGS))?;
+        for (slot, budget) in class_budgets(new) {
+            self.budgets
+                .set(slot, budget, 0)
+                .map_err(GuardError::map(names::BUDGETS))?;
+        }
+        for (len, addr) in old_trusted.v4.difference(&new_trusted.v4) {
+            self.trusted_v4
+                .remove(&Key::new(*len, *addr))
+                .map_err(GuardError::map(names::TRUSTED_V4))?;
+        }
+        for (len, addr) in old_trusted.v6.difference(&new_trusted.v6) {
+            self.trusted_v6
+                .remove(&Key::new(*len, *addr))
+                .map_err(GuardError::map(names::TRUSTED_V6))?;
+        }
         Ok(())
     }
 }
@@ -176,6 +290,53 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn budgets_become_map_values() {
+        let (c, _) = Config::parse(
+            "[budgets]\nsyn_ceiling = 1000\nsyn_ceiling_burst = 100\nsource_prefix_v6 = 56\ntrusted = [\"198.18.9.0/24\"]\n[budgets.mx]\nrate = 4\nburst = 8\nmax_connections = 3\naction = \"reject\"\n",
+            "t",
+        )
+        .unwrap();
+        let host = HostFacts {
+            cpus: 2,
+            netns_cookie: 4096,
+        };
+        let [(mx_slot, mx), (_, sub), (_, mbox)] = class_budgets(&c.budgets);
+        assert_eq!(mx_slot, 1);
+        assert_eq!(
+            mx.rate,
+            Gcra {
+                interval_ns: 250_000_000,
+                tolerance_ns: 7 * 250_000_000
+            }
+        );
+        assert_eq!(
+            (mx.max_connections, mx.flags),
+            (3, BUDGET_ACTIVE | BUDGET_REJECT)
+        );
+        assert_eq!(
+            sub.flags, BUDGET_ACTIVE,
+            "default submission budget, action drop"
+        );
+        assert_eq!(mbox, ClassBudget::default(), "mailbox unlimited: inactive");
+        let s = budget_settings(&c.budgets, host);
+        // 1000/s over 2 CPUs: one every 2 ms per CPU, bursts of 50 each.
+        assert_eq!(
+            s.syn_ceiling,
+            Gcra {
+                interval_ns: 2_000_000,
+                tolerance_ns: 49 * 2_000_000
+            }
+        );
+        assert_eq!(s.netns_cookie, 4096);
+        assert_eq!(s.mask_v4, [255; 4]);
+        assert_eq!(&s.mask_v6[..8], &[255, 255, 255, 255, 255, 255, 255, 0]);
+        assert_eq!(
+            trusted(&c.budgets).v4.iter().collect::<Vec<_>>(),
+            [&(24, [198, 18, 9, 0])]
+        );
+    }
 
     #[test]
     fn default_config_rules() {

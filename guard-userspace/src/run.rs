@@ -92,14 +92,16 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
     state::claim(&opts.dirs)?;
     // From here on, whatever happens, the pins and the state file go when we do.
-    let result = Guard::load().map_err(RunError::from).and_then(|mut guard| {
-        guard.policy_maps()?.apply(None, &config)?;
-        guard.pin_maps(&opts.dirs.pin)?;
-        let result = attached(&mut guard, &opts, config, &iface, &signals);
-        drop(guard);
-        log::info!("detached from {iface}");
-        result
-    });
+    let result = Guard::load(&config.budgets)
+        .map_err(RunError::from)
+        .and_then(|mut guard| {
+            guard.policy_maps()?.apply(None, &config)?;
+            guard.pin_maps(&opts.dirs.pin)?;
+            let result = attached(&mut guard, &opts, config, &iface, &signals);
+            drop(guard);
+            log::info!("detached from {iface}");
+            result
+        });
     let released = state::release(&opts.dirs);
     result.and(released.map_err(RunError::from))
 }
@@ -112,6 +114,14 @@ fn attached(
     signals: &Signals,
 ) -> Result<(), RunError> {
     let mode = guard.attach(iface, config.attach_mode)?;
+    match guard.attach_sockops() {
+        Ok(cgroup) => log::info!(
+            "counting connections to mail ports from cgroup {}",
+            cgroup.display()
+        ),
+        // Without counts the caps cannot bite: keep protecting with everything else.
+        Err(e) => log::error!("connection caps are NOT enforced: {e}"),
+    }
     let verified = guard.verified_instructions()?;
     let state = RunState {
         pid: std::process::id(),

@@ -2,12 +2,37 @@
 //! configuration written into its maps. Each packet run must return the expected action and
 //! move exactly the expected counter by exactly one.
 
-use aya::programs::{TestRun, TestRunOptions};
-use guard_common::{Reason, Verdict};
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{TestRun, TestRunOptions},
+};
+use guard_common::{AccountingEvent, Reason, SourceKey, SourceState, Verdict, maps as names};
 use mailguard::{
     config::Config,
     guard::{Counters, Guard},
 };
+
+/// Pins the calling thread to the first CPU it may run on.
+pub fn pin_to_one_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls read and write only it, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set),
+            0
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("a CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "pin to CPU {first}"
+        );
+    }
+}
 
 pub struct Harness {
     guard: Guard,
@@ -39,10 +64,13 @@ pub struct Outcome {
 }
 
 impl Harness {
+    /// Loads the program with `config_toml`. The calling thread is pinned to one CPU, so that
+    /// per-CPU limiters see every run.
     pub fn new(config_toml: &str) -> Harness {
+        pin_to_one_cpu();
         let (config, _) =
             Config::parse(config_toml, "fixture config").expect("fixture config is valid");
-        let mut guard = Guard::load().unwrap_or_else(|e| panic!("load: {e}"));
+        let mut guard = Guard::load(&config.budgets).unwrap_or_else(|e| panic!("load: {e}"));
         guard
             .policy_maps()
             .expect("policy maps")
@@ -64,6 +92,74 @@ impl Harness {
 
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+
+    /// Sets the concurrent-connection count of a source, as sock_ops would.
+    pub fn set_connections(&mut self, key: SourceKey, count: u32) {
+        let map = self
+            .guard
+            .map_mut(names::CONNECTIONS)
+            .expect("connections map");
+        let mut conns: HashMap<_, SourceKey, u32> = HashMap::try_from(map).expect("hash map");
+        conns.insert(key, count, 0).expect("set count");
+    }
+
+    /// The concurrent-connection count of a source, as sock_ops keeps it (`None`: no entry).
+    pub fn connections(&self, key: &SourceKey) -> Option<u32> {
+        let map = self.guard.map(names::CONNECTIONS).expect("connections map");
+        let conns: HashMap<_, SourceKey, u32> = HashMap::try_from(map).expect("hash map");
+        conns.get(key, 0).ok()
+    }
+
+    /// How many times sock_ops (or XDP) recorded `event`, summed over CPUs.
+    pub fn accounting(&self, event: AccountingEvent) -> u64 {
+        let map = self.guard.map(names::ACCOUNTING).expect("accounting map");
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).expect("per-CPU array");
+        array.get(&(event as u32), 0).expect("slot").iter().sum()
+    }
+
+    /// Marks a source as having completed a connection, as sock_ops would.
+    pub fn mark_verified(&mut self, mut key: SourceKey) {
+        key.class = 0;
+        let map = self.guard.map_mut(names::VERIFIED).expect("verified map");
+        let mut verified: HashMap<_, SourceKey, u64> = HashMap::try_from(map).expect("LRU map");
+        verified.insert(key, 1, 0).expect("mark verified");
+    }
+
+    /// The rate state XDP keeps for a source, if any.
+    pub fn source_state(&self, key: &SourceKey) -> Option<SourceState> {
+        let map = self.guard.map(names::SOURCES).expect("sources map");
+        let sources: HashMap<_, SourceKey, SourceState> = HashMap::try_from(map).expect("LRU map");
+        sources.get(key, 0).ok()
+    }
+
+    /// Runs a packet and returns what the program left in it (for XDP_TX rewrites).
+    pub fn run_capture(&self, packet: &[u8]) -> (Outcome, Vec<u8>) {
+        let before = self.counters();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = self
+            .guard
+            .xdp()
+            .expect("xdp program")
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (
+            Outcome {
+                action: result.return_value,
+                counted: self.counters().delta(&before),
+            },
+            out,
+        )
     }
 
     pub fn counters(&self) -> Counters {

@@ -172,6 +172,8 @@ pub struct Packet {
     ethertype: Option<u16>,
     net: Option<Net>,
     upper: Option<Upper>,
+    /// Bytes of data after the transport header.
+    payload: usize,
 }
 
 pub const MAC_DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -184,6 +186,7 @@ impl Packet {
             ethertype: None,
             net: Some(net),
             upper: Some(upper),
+            payload: 0,
         }
     }
 
@@ -221,6 +224,7 @@ impl Packet {
             ethertype: Some(ethertype),
             net: None,
             upper: None,
+            payload: 0,
         }
     }
 
@@ -252,6 +256,12 @@ impl Packet {
             }
             _ => panic!("fragment() is for IPv4; use ext(Ext::Fragment) for IPv6"),
         }
+        self
+    }
+
+    /// Appends `n` bytes of data after the transport header.
+    pub fn payload(mut self, n: usize) -> Packet {
+        self.payload = n;
         self
     }
 
@@ -314,11 +324,12 @@ impl Packet {
         }
         b.extend_from_slice(&payload_type.to_be_bytes());
         marks.push(b.len());
-        let upper = self
+        let mut upper = self
             .upper
             .as_ref()
             .map(|u| u.bytes())
             .unwrap_or_else(|| vec![0x42; 28]);
+        upper.extend(std::iter::repeat_n(0x61, self.payload));
         match &self.net {
             None => b.extend_from_slice(&upper),
             Some(Net::V4 {

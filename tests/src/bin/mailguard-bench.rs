@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     let _accepted = listener.accept().expect("accept");
 
     let (config, _) = Config::parse("", "defaults").expect("default config");
-    let mut guard = Guard::load().expect("load mailguard");
+    let mut guard = Guard::load(&config.budgets).expect("load mailguard");
     guard
         .policy_maps()
         .expect("maps")
