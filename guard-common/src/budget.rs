@@ -148,10 +148,12 @@ pub struct SourceState {
     pub syns: u64,
     /// SYNs refused by the budget (approximate, as `syns`).
     pub refused: u64,
+    /// `bpf_ktime_get_ns` of the first SYN since the source was tracked.
+    pub first_ns: u64,
     /// `bpf_ktime_get_ns` of the last SYN.
     pub last_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SourceState>() == 32);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 40);
 
 /// Prefix masks (network byte order) for a source prefix length.
 pub fn prefix_mask<const N: usize>(prefix_len: u32) -> [u8; N] {

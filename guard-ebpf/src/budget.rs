@@ -132,6 +132,7 @@ fn tracked_state(key: &SourceKey, now: u64) -> Option<*mut SourceState> {
         tat_ns: now,
         syns: 0,
         refused: 0,
+        first_ns: now,
         last_ns: now,
     };
     // Another CPU may insert the same source first: then its entry is used.

@@ -22,8 +22,9 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
-/// The benchmarks' floor (an XDP program that only returns XDP_DROP), built from guard-ebpf's
-/// `xdp-floor` binary with the same toolchain. mailguard never loads it.
+/// Reference programs built with the same toolchain (guard-ebpf's `xdp-floor` binary):
+/// `xdp_floor` (XDP_DROP only, the benchmarks' floor) and `xdp_pass` (XDP_PASS only, for the
+/// test lab's veth peers). mailguard never loads them.
 pub static BENCH_FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));
 

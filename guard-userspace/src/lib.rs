@@ -8,6 +8,7 @@
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
 
+pub mod budget_view;
 pub mod budgets;
 pub mod config;
 pub mod guard;

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mailguard::{
+    budget_view::{self, BudgetView},
     config::{self, Config},
     guard::AttachMode,
     run::{self, RunOptions},
@@ -68,6 +69,16 @@ enum Command {
         /// Also list reasons that counted no packet.
         #[arg(long)]
         all: bool,
+    },
+    /// List the sources with the most concurrent connections to mail ports, then the most
+    /// refused and new connections, from the running mailguard's maps.
+    Top {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many sources to list.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
     },
     /// Validate a configuration file without applying it.
     CheckConfig {
@@ -158,14 +169,26 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             let state = RunState::read(&dirs)?;
             let counters = state::pinned_counters(&dirs)?;
             let settings = state::pinned_settings(&dirs)?;
+            let cpus = mailguard::policy::HostFacts::of_this_host()?.cpus;
+            let budgets = BudgetView::read(&dirs, cpus)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let status = Status::new(state, settings, &counters, now);
+            let status = Status::new(state, settings, &counters, budgets, now);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render(all));
+            }
+            Ok(exit::OK)
+        }
+        Command::Top { json, limit } => {
+            RunState::read(&dirs)?;
+            let rows = budget_view::top(&dirs, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", budget_view::render_top(&rows));
             }
             Ok(exit::OK)
         }

@@ -161,7 +161,7 @@ pub fn release(dirs: &Dirs) -> Result<(), StateError> {
     }
 }
 
-fn pinned(dirs: &Dirs, name: &'static str) -> Result<Map, StateError> {
+pub(crate) fn pinned(dirs: &Dirs, name: &'static str) -> Result<Map, StateError> {
     let path = dirs.pin.join(name);
     let data = MapData::from_pin(&path).map_err(|source| StateError::Pinned {
         path: path.clone(),

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use guard_common::{Reason, SETTING_ECHO_ALLOW, SETTING_MONITOR, Settings, Verdict};
 use serde::Serialize;
 
-use crate::{guard::Counters, state::RunState};
+use crate::{budget_view::BudgetView, guard::Counters, state::RunState};
 
 #[derive(Serialize)]
 pub struct Status {
@@ -22,6 +22,10 @@ pub struct Status {
     pub counters: Vec<ReasonCount>,
     pub passed: u64,
     pub dropped: u64,
+    /// Packets answered with a TCP RST (the `reject` action).
+    pub rejected: u64,
+    /// The budgets in force and what they decided.
+    pub budgets: BudgetView,
 }
 
 #[derive(Serialize)]
@@ -34,7 +38,13 @@ pub struct ReasonCount {
 }
 
 impl Status {
-    pub fn new(state: RunState, settings: Settings, counters: &Counters, now: u64) -> Status {
+    pub fn new(
+        state: RunState,
+        settings: Settings,
+        counters: &Counters,
+        budgets: BudgetView,
+        now: u64,
+    ) -> Status {
         let monitor = settings.has(SETTING_MONITOR);
         let counters: Vec<ReasonCount> = Reason::ALL
             .iter()
@@ -68,6 +78,8 @@ impl Status {
             uptime_seconds: now.saturating_sub(state.started),
             passed: sum(Verdict::Pass),
             dropped: sum(Verdict::Drop),
+            rejected: sum(Verdict::Tx),
+            budgets,
             counters,
         }
     }
@@ -97,10 +109,10 @@ impl Status {
             "REASON", "VERDICT", "PACKETS"
         );
         for c in self.counters.iter().filter(|c| all || c.packets > 0) {
-            let verdict = if c.verdict == "drop" {
-                drop_label
-            } else {
-                c.verdict
+            let verdict = match c.verdict {
+                "drop" => drop_label,
+                "reject" if self.monitor => "would reject",
+                v => v,
             };
             let _ = writeln!(
                 out,
@@ -108,17 +120,17 @@ impl Status {
                 c.reason, verdict, c.packets, c.description
             );
         }
+        let (dropped, rejected) = if self.monitor {
+            ("would have dropped", "would have rejected")
+        } else {
+            ("dropped", "rejected")
+        };
         let _ = writeln!(
             out,
-            "\npassed {}, {} {}",
-            self.passed,
-            if self.monitor {
-                "would have dropped"
-            } else {
-                "dropped"
-            },
-            self.dropped
+            "\npassed {}, {dropped} {}, {rejected} {} (with a TCP RST)",
+            self.passed, self.dropped, self.rejected
         );
+        out.push_str(&self.budgets.render());
         out
     }
 }

@@ -70,11 +70,13 @@ pub struct Host {
     pub v6: &'static str,
 }
 
-/// The lab. Fields drop in order: mailguard, services, then the namespaces.
+/// The lab. Fields drop in order: mailguard, services, the switch ports' XDP, then the
+/// namespaces.
 pub struct Lab {
     pub mailguard: Option<Mailguard>,
     pub postfix: Option<Postfix>,
     listeners: Vec<Listener>,
+    _switch_xdp: aya::Ebpf,
     pub mail: Host,
     pub client: Host,
     pub attacker: Host,
@@ -131,10 +133,12 @@ impl Lab {
         let client = host("mg-client", "cli", CLIENT4, CLIENT6);
         let attacker = host("mg-attacker", "atk", ATTACKER4, ATTACKER6);
         assert_eq!(mail.iface, MAIL_IFACE);
+        let switch_xdp = pass_on_switch_ports(&switch, &["sw-mail", "sw-cli", "sw-atk"]);
         Lab {
             mailguard: None,
             postfix: None,
             listeners: Vec::new(),
+            _switch_xdp: switch_xdp,
             mail,
             client,
             attacker,
@@ -184,6 +188,30 @@ impl Lab {
     pub fn mailguard(&self) -> &Mailguard {
         self.mailguard.as_ref().expect("mailguard is running")
     }
+}
+
+/// Attaches an XDP_PASS program (native mode) to the switch's ports, so that frames a host's
+/// native XDP sends back with XDP_TX are delivered by the veth pair. Detached on drop.
+fn pass_on_switch_ports(switch: &Netns, ports: &'static [&'static str]) -> aya::Ebpf {
+    switch
+        .spawn(move || {
+            let mut ebpf =
+                aya::Ebpf::load(mailguard::guard::BENCH_FLOOR_OBJECT).expect("reference programs");
+            let program: &mut aya::programs::Xdp = ebpf
+                .program_mut("xdp_pass")
+                .expect("xdp_pass")
+                .try_into()
+                .expect("an XDP program");
+            program.load().expect("load xdp_pass");
+            for port in ports {
+                program
+                    .attach(port, aya::programs::XdpMode::Driver)
+                    .unwrap_or_else(|e| panic!("xdp_pass on {port}: {e}"));
+            }
+            ebpf
+        })
+        .join()
+        .expect("switch thread")
 }
 
 /// A directory removed when dropped.
