@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -331,7 +331,6 @@ fn legitimate_mail_flows_under_a_spoofed_syn_flood() {
         "[budgets]\nsyn_ceiling = 2000\n[budgets.mx]\nrate = 200\nburst = 200\nmax_connections = 20\n",
         &[],
     );
-    let _ = &mut lab;
     // The sender has delivered here before: it is a source seen completing connections.
     swaks(&lab.client.ns, MAIL4, 25, "before the flood").expect("warm-up delivery");
     let postfix = lab.postfix.as_ref().expect("postfix");
