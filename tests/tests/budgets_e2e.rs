@@ -327,7 +327,7 @@ impl Drop for Killed {
 #[test]
 fn legitimate_mail_flows_under_a_spoofed_syn_flood() {
     // A large sender's budget, so that the sender's own 200 connections are within it.
-    let mut lab = lab_with(
+    let lab = lab_with(
         "[budgets]\nsyn_ceiling = 2000\n[budgets.mx]\nrate = 200\nburst = 200\nmax_connections = 20\n",
         &[],
     );
