@@ -84,8 +84,14 @@ pub struct BudgetSettings {
     /// Masks applied to source addresses: the source prefix (e.g. /32 for IPv4, /64 for IPv6).
     pub mask_v4: [u8; 4],
     pub mask_v6: [u8; 16],
-    pub reserved: [u8; 4],
+    /// `TRUSTED_*` bits: which trusted tries have entries (empty ones are not looked up).
+    pub flags: u32,
 }
+
+/// `BudgetSettings::flags`: `TRUSTED_V4` has entries.
+pub const TRUSTED_V4_USED: u32 = 1 << 0;
+/// `BudgetSettings::flags`: `TRUSTED_V6` has entries.
+pub const TRUSTED_V6_USED: u32 = 1 << 1;
 const _: () = assert!(core::mem::size_of::<BudgetSettings>() == 64);
 
 /// Address family tags in `SourceKey::family`.
@@ -142,15 +148,16 @@ impl SourceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// GCRA theoretical arrival time of the next SYN, in `bpf_ktime_get_ns` time.
+    /// GCRA theoretical arrival time of the next SYN, in `bpf_ktime_get_coarse_ns` time
+    /// (CLOCK_MONOTONIC_COARSE).
     pub tat_ns: u64,
     /// SYNs seen (approximate under concurrency: not atomic).
     pub syns: u64,
     /// SYNs refused by the budget (approximate, as `syns`).
     pub refused: u64,
-    /// `bpf_ktime_get_ns` of the first SYN since the source was tracked.
+    /// Time (as `tat_ns`) of the first SYN since the source was tracked.
     pub first_ns: u64,
-    /// `bpf_ktime_get_ns` of the last SYN.
+    /// Time (as `tat_ns`) of the last SYN.
     pub last_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<SourceState>() == 40);

@@ -2,6 +2,7 @@
 //! `guard_common::maps`; the types of keys and values come from guard-common.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -58,12 +59,13 @@ pub static BUDGETS: Array<ClassBudget> = Array::with_max_entries(CLASS_SLOTS, 0)
 pub static BUDGET_SETTINGS: Array<BudgetSettings> = Array::with_max_entries(1, 0);
 
 /// Rate state of each source prefix and class, least recently used evicted when full (the
-/// evicted source starts again with a full bucket: fails open).
+/// evicted source starts again with a full bucket: fails open). LRU lists are per CPU (faster
+/// inserts; each CPU evicts from its own share).
 /// key: `SourceKey` (address network order); value: `SourceState` (host order);
 /// capacity: `budgets.tracked_sources` (default 65536), set at load.
 #[map(name = "MG_SOURCES")]
 pub static SOURCES: LruHashMap<SourceKey, SourceState> =
-    LruHashMap::with_max_entries(DEFAULT_TRACKED_SOURCES, 0);
+    LruHashMap::with_max_entries(DEFAULT_TRACKED_SOURCES, BPF_F_NO_COMMON_LRU);
 
 /// Concurrent connections of each source prefix and class, kept exact by sock_ops
 /// (incremented at passive establishment, decremented at close). Entries are removed at zero.
@@ -83,9 +85,11 @@ pub static SOCKETS: HashMap<u64, SourceKey> =
 
 /// Sources seen completing a connection: exempt from the global SYN ceiling (spoofed
 /// sources never complete one). key: `SourceKey` with class 0; value: `u64`
-/// `bpf_ktime_get_ns` of the last completion; capacity: `VERIFIED_ENTRIES` (65536), LRU.
+/// `bpf_ktime_get_ns` of the first completion seen; capacity: `VERIFIED_ENTRIES` (65536), LRU
+/// with per-CPU lists.
 #[map(name = "MG_VERIFIED")]
-pub static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIFIED_ENTRIES, 0);
+pub static VERIFIED: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(VERIFIED_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Trusted IPv4 sources, exempt from budgets. key: LPM prefix length (host order) + address
 /// (network order); value: `u8` 1; capacity: `TRUSTED_ENTRIES` (16384).

@@ -92,8 +92,11 @@ fn established(ctx: &SockOpsContext) {
     };
     add(count, 1);
     let verified = SourceKey { class: 0, ..key };
-    // SAFETY: a helper without arguments.
-    let _ = VERIFIED.insert(verified, unsafe { bpf_ktime_get_ns() }, 0);
+    // Only new sources are inserted: an LRU insert costs far more than a lookup.
+    if VERIFIED.get_ptr(verified).is_none() {
+        // SAFETY: a helper without arguments.
+        let _ = VERIFIED.insert(verified, unsafe { bpf_ktime_get_ns() }, BPF_NOEXIST as u64);
+    }
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     record(AccountingEvent::Counted);
 }

@@ -194,6 +194,20 @@ impl Guard {
         Ok(info.verified_instruction_count())
     }
 
+    /// Total run time and run count of a program (kept by the kernel while BPF statistics are
+    /// enabled, see `aya::sys::enable_stats`).
+    pub fn run_stats(
+        &self,
+        program: &'static str,
+    ) -> Result<(std::time::Duration, u64), GuardError> {
+        let p = self
+            .ebpf
+            .program(program)
+            .ok_or(GuardError::MissingProgram(program))?;
+        let info = p.info().map_err(GuardError::Info)?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// The kernel's id of the loaded XDP program.
     pub fn program_id(&self) -> Result<u32, GuardError> {
         Ok(self.xdp()?.info().map_err(GuardError::Info)?.id())

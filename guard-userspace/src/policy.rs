@@ -9,7 +9,8 @@ use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{
     BUDGET_ACTIVE, BUDGET_REJECT, BudgetSettings, ClassBudget, Gcra, MailClass,
     OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_ECHO_ALLOW,
-    SETTING_MONITOR, Settings, Transport, maps as names, port_rule_index, prefix_mask,
+    SETTING_MONITOR, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, maps as names,
+    port_rule_index, prefix_mask,
 };
 use ipnet::IpNet;
 
@@ -76,7 +77,11 @@ pub fn budget_settings(b: &Budgets, host: HostFacts) -> BudgetSettings {
         netns_cookie: host.netns_cookie,
         mask_v4: prefix_mask::<4>(b.source_prefix_v4 as u32),
         mask_v6: prefix_mask::<16>(b.source_prefix_v6 as u32),
-        reserved: [0; 4],
+        flags: {
+            let t = trusted(b);
+            (if t.v4.is_empty() { 0 } else { TRUSTED_V4_USED })
+                | (if t.v6.is_empty() { 0 } else { TRUSTED_V6_USED })
+        },
     }
 }
 

@@ -1,0 +1,474 @@
+//! `cargo xtask bench`: what mailguard costs, measured on this machine, written to the path given
+//! as the first argument (docs/BENCHMARKS.md).
+//!
+//! 1. Per-packet cost under BPF_PROG_TEST_RUN beside the floor (an XDP program that only returns
+//!    XDP_DROP, same toolchain), on identical packets, trials alternating (`measure.rs`).
+//! 2. A mail SYN from a new source (the insert path), by single runs over many sources.
+//! 3. The cost of a budget-charged SYN with 1 thousand to 1 million tracked sources.
+//! 4. The cost sock_ops adds per connection, from the kernel's run-time statistics.
+//!
+//! Before anything is timed, counters prove that every run took the intended path.
+
+mod measure;
+
+use std::{
+    fmt::Write as _,
+    net::{TcpListener, TcpStream},
+    process::ExitCode,
+    thread,
+};
+
+use aya::{
+    Ebpf,
+    maps::HashMap,
+    programs::Xdp,
+    sys::{Stats as BpfStats, enable_stats},
+};
+use guard_common::{
+    AccountingEvent, BUDGET_ACTIVE, ClassBudget, Gcra, MailClass, Reason, SourceKey, SourceState,
+    maps as names,
+};
+use guard_tests::{
+    fixture::pin_to_one_cpu,
+    netns::{enter_private_netns, sh},
+    packet::{ACK, Packet, SYN, tcp},
+};
+use mailguard::{
+    config::Config,
+    guard::{BENCH_FLOOR_OBJECT, Guard},
+};
+use measure::{
+    CHECK_RUNS, Comparison, REPEAT, TRIALS, compare, cpu_times, ns_per_run, single_runs,
+};
+
+/// The configuration measured: defaults, with room for a million tracked sources.
+const CONFIG: &str =
+    "[budgets]\nsyn_ceiling = 0\ntracked_sources = 1100000\ntracked_connections = 1100000\n";
+
+/// Sources in the scaling runs.
+const SCALES: [u32; 3] = [1_000, 100_000, 1_000_000];
+/// Different sources in the new-source runs.
+const NEW_SOURCES: u32 = 20_000;
+/// Connections in the sock_ops run.
+const CONNECTIONS: u32 = 2_000;
+
+struct Case {
+    name: &'static str,
+    packet: Vec<u8>,
+    reason: Reason,
+    /// The product's target ratio to the floor, and the issue that set it.
+    target: Option<(f64, &'static str)>,
+}
+
+fn check_path(
+    guard: &Guard,
+    name: &str,
+    packet: &[u8],
+    reason: Reason,
+    runs: u32,
+) -> Result<(), String> {
+    let before = guard.counters().map_err(|e| e.to_string())?;
+    ns_per_run(guard.xdp().map_err(|e| e.to_string())?, packet, runs);
+    let delta = guard.counters().map_err(|e| e.to_string())?.delta(&before);
+    if delta == [(reason, runs as u64)] {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}: counters moved {delta:?}, expected {}+{runs}",
+            reason.name()
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "docs/BENCHMARKS.md".to_string());
+    enter_private_netns();
+    pin_to_one_cpu();
+    sh(&["ip", "addr", "add", "198.18.0.1/32", "dev", "lo"]);
+    // An established connection, so that the reply ACK finds its socket.
+    let listener = TcpListener::bind("198.18.0.1:0").map_err(|e| e.to_string())?;
+    let server = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let client = TcpStream::connect(("198.18.0.1", server)).map_err(|e| e.to_string())?;
+    let client_port = client.local_addr().map_err(|e| e.to_string())?.port();
+    let _accepted = listener.accept().map_err(|e| e.to_string())?;
+
+    let (config, _) = Config::parse(CONFIG, "bench").map_err(|e| e.to_string())?;
+    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
+    {
+        let mut maps = guard.policy_maps().map_err(|e| e.to_string())?;
+        maps.apply(None, &config).map_err(|e| e.to_string())?;
+        // A budget that charges every SYN (state, cap lookup, rate) and never refuses at the
+        // rates BPF_PROG_TEST_RUN reaches: one admission per nanosecond, a second's burst.
+        let never_refuses = ClassBudget {
+            rate: Gcra {
+                interval_ns: 1,
+                tolerance_ns: 1_000_000_000,
+            },
+            max_connections: 10_000_000,
+            flags: BUDGET_ACTIVE,
+        };
+        maps.budgets
+            .set(MailClass::Mx as u32, never_refuses, 0)
+            .map_err(|e| e.to_string())?;
+    }
+    let verified = guard.verified_instructions().ok().flatten();
+
+    let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
+    let floor: &mut Xdp = floor_obj
+        .program_mut("xdp_floor")
+        .ok_or("no xdp_floor")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    floor.load().map_err(|e| e.to_string())?;
+    let floor: &Xdp = floor;
+
+    let syn = |src: &str, port: u16| Packet::v4(src, "198.18.0.1", tcp(40000, port, SYN)).build();
+    let cases = [
+        Case {
+            name: "non-mail SYN (TCP 3306, dropped)",
+            packet: syn("198.18.0.2", 3306),
+            reason: Reason::TcpNotAllowed,
+            target: Some((1.5, "2, 6")),
+        },
+        Case {
+            name: "mail SYN, class without budget (993, passed)",
+            packet: syn("198.18.0.2", 993),
+            reason: Reason::MailNew,
+            target: Some((2.0, "2")),
+        },
+        Case {
+            name: "mail SYN charged to a budget, known source (25)",
+            packet: syn("198.18.0.2", 25),
+            reason: Reason::MailNew,
+            target: Some((3.0, "6")),
+        },
+        Case {
+            name: "reply ACK (socket lookup, passed)",
+            packet: Packet::v4("198.18.0.1", "198.18.0.1", tcp(server, client_port, ACK)).build(),
+            reason: Reason::TcpReply,
+            target: None,
+        },
+        Case {
+            name: "ARP (passed)",
+            packet: Packet::ethertype(0x0806).build(),
+            reason: Reason::NonIp,
+            target: None,
+        },
+    ];
+    for c in &cases {
+        check_path(&guard, c.name, &c.packet, c.reason, CHECK_RUNS)?;
+    }
+    println!("paths verified: every one of {CHECK_RUNS} runs per packet counted under its reason");
+
+    let (steal0, total0) = cpu_times();
+    let program = guard.xdp().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for c in &cases {
+        let m = compare(program, floor, &c.packet);
+        println!(
+            "{:<48} mailguard {:>4.0} ns  floor {:>3.0} ns  ratio {:.2}x ({:.2}-{:.2})",
+            c.name, m.mailguard.median, m.floor.median, m.ratio.median, m.ratio.min, m.ratio.max
+        );
+        rows.push((c, m));
+    }
+
+    // New sources: each packet from a source mailguard has not seen, so every run inserts.
+    let new_packets: Vec<Vec<u8>> = (0..NEW_SOURCES)
+        .map(|i| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25))
+        .collect();
+    let known_packets: Vec<Vec<u8>> = (0..NEW_SOURCES).map(|_| syn("198.18.0.2", 25)).collect();
+    let inserted0 = guard_accounting(&guard, AccountingEvent::SourceTracked)?;
+    let new_ns = single_runs(program, &new_packets);
+    let inserted = guard_accounting(&guard, AccountingEvent::SourceTracked)? - inserted0;
+    if inserted != NEW_SOURCES as u64 {
+        return Err(format!(
+            "new-source runs inserted {inserted} sources, expected {NEW_SOURCES}"
+        ));
+    }
+    let known_ns = single_runs(program, &known_packets);
+    let floor_single = single_runs(floor, &new_packets);
+    println!(
+        "single runs: new source {new_ns:.0} ns, known source {known_ns:.0} ns, floor {floor_single:.0} ns \
+         (the insert adds {:.0} ns)",
+        new_ns - known_ns
+    );
+
+    // Scaling: the same known-source SYN with more and more sources tracked.
+    let known = &cases[2].packet;
+    let mut scaling: Vec<(u32, Comparison)> = Vec::new();
+    let mut filled = 0u32;
+    for n in SCALES {
+        fill_sources(&mut guard, filled, n)?;
+        filled = n;
+        check_path(
+            &guard,
+            "known source at scale",
+            known,
+            Reason::MailNew,
+            CHECK_RUNS,
+        )?;
+        let m = compare(guard.xdp().map_err(|e| e.to_string())?, floor, known);
+        println!(
+            "{n:>9} sources tracked: {:.0} ns, ratio {:.2}x",
+            m.mailguard.median, m.ratio.median
+        );
+        scaling.push((n, m));
+    }
+    let medians: Vec<f64> = scaling.iter().map(|(_, m)| m.mailguard.median).collect();
+    let spread = medians.iter().cloned().fold(f64::MIN, f64::max)
+        / medians.iter().cloned().fold(f64::MAX, f64::min);
+    let (steal1, total1) = cpu_times();
+    let steal = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
+
+    let sockops = sockops_cost(&mut guard)?;
+    println!(
+        "sock_ops: {:.0} ns per run, {:.1} runs per connection, {:.0} ns per connection",
+        sockops.ns_per_run, sockops.runs_per_connection, sockops.ns_per_connection
+    );
+
+    let md = report(Report {
+        verified,
+        steal,
+        rows: &rows,
+        new_ns,
+        known_ns,
+        floor_single,
+        scaling: &scaling,
+        spread,
+        sockops: &sockops,
+    });
+    std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
+    println!("wrote {out}");
+    Ok(())
+}
+
+fn guard_accounting(guard: &Guard, event: AccountingEvent) -> Result<u64, String> {
+    let map = guard.map(names::ACCOUNTING).ok_or("no accounting map")?;
+    let array: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
+    Ok(array
+        .get(&(event as u32), 0)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .sum())
+}
+
+/// Adds tracked sources (rate state and connection counts) up to `to`, IPv6 /64s that no
+/// packet of the bench uses.
+fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<(), String> {
+    let key = |i: u32| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        a[4..8].copy_from_slice(&i.to_be_bytes());
+        SourceKey::v6(a, guard_common::prefix_mask::<16>(64), MailClass::Mx as u8)
+    };
+    {
+        let map = guard.map_mut(names::SOURCES).ok_or("no sources map")?;
+        let mut sources: HashMap<_, SourceKey, SourceState> =
+            HashMap::try_from(map).map_err(|e| e.to_string())?;
+        for i in from..to {
+            sources
+                .insert(key(i), SourceState::default(), 0)
+                .map_err(|e| format!("source {i}: {e}"))?;
+        }
+    }
+    let map = guard
+        .map_mut(names::CONNECTIONS)
+        .ok_or("no connections map")?;
+    let mut conns: HashMap<_, SourceKey, u32> =
+        HashMap::try_from(map).map_err(|e| e.to_string())?;
+    for i in from..to {
+        conns
+            .insert(key(i), 1, 0)
+            .map_err(|e| format!("count {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+struct SockopsCost {
+    ns_per_run: f64,
+    runs_per_connection: f64,
+    ns_per_connection: f64,
+}
+
+/// Real connections to a mail port in this namespace, with sock_ops attached and the kernel's
+/// BPF run-time statistics on. Other sockets on the host run the program too (it returns at
+/// once for them): they are in the per-run figure, not in the per-connection one beyond the
+/// runs they add.
+fn sockops_cost(guard: &mut Guard) -> Result<SockopsCost, String> {
+    let _stats = enable_stats(BpfStats::RunTime).map_err(|e| e.to_string())?;
+    guard.attach_sockops().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("198.18.0.1:25").map_err(|e| e.to_string())?;
+    let acceptor = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            if let Ok((s, _)) = listener.accept() {
+                drop(s);
+            }
+        }
+    });
+    let (time0, runs0) = guard
+        .run_stats(names::SOCKOPS_PROGRAM)
+        .map_err(|e| e.to_string())?;
+    for _ in 0..CONNECTIONS {
+        let c = TcpStream::connect("198.18.0.1:25").map_err(|e| e.to_string())?;
+        drop(c);
+    }
+    acceptor.join().map_err(|_| "acceptor thread")?;
+    // Let the last closes run their callbacks.
+    thread::sleep(std::time::Duration::from_millis(200));
+    let (time1, runs1) = guard
+        .run_stats(names::SOCKOPS_PROGRAM)
+        .map_err(|e| e.to_string())?;
+    let runs = (runs1 - runs0) as f64;
+    let ns = (time1 - time0).as_nanos() as f64;
+    if runs < CONNECTIONS as f64 {
+        return Err(format!(
+            "sock_ops ran {runs} times for {CONNECTIONS} connections"
+        ));
+    }
+    Ok(SockopsCost {
+        ns_per_run: ns / runs,
+        runs_per_connection: runs / CONNECTIONS as f64,
+        ns_per_connection: ns / CONNECTIONS as f64,
+    })
+}
+
+struct Report<'a> {
+    verified: Option<u32>,
+    steal: f64,
+    rows: &'a [(&'a Case, Comparison)],
+    new_ns: f64,
+    known_ns: f64,
+    floor_single: f64,
+    scaling: &'a [(u32, Comparison)],
+    spread: f64,
+    sockops: &'a SockopsCost,
+}
+
+fn report(r: Report) -> String {
+    let mut md = String::new();
+    let uname = String::from_utf8_lossy(&sh(&["uname", "-srm"]).stdout)
+        .trim()
+        .to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let date = String::from_utf8_lossy(&sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]).stdout)
+        .trim()
+        .to_string();
+    let _ = writeln!(md, "# mailguard benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench` on {date}. Re-run it to refresh this file.\n"
+    );
+    let _ = writeln!(
+        md,
+        "## Machine\n\n- kernel: {uname}\n- CPU: {cpu} ({cpus} CPUs)\n- hypervisor steal during the timed trials: \
+         {:.0}% of CPU time. A virtual machine with shared CPUs: single trials spread widely (see min-max), which is \
+         why every figure is a median of alternating trials.\n",
+        r.steal
+    );
+    let _ = writeln!(
+        md,
+        "## Method\n\nBPF_PROG_TEST_RUN on packets built by the test-support packet builder, the benchmark pinned to \
+         one CPU. The **floor** is an XDP program that only returns `XDP_DROP`, built with the same toolchain \
+         (guard-ebpf's `xdp-floor`). mailguard runs with the default configuration, except that the mx budget is \
+         set to charge every SYN (rate state, cap lookup, rate check) without ever refusing one at these rates. \
+         Before timing, each packet is run {CHECK_RUNS} times and the counters must show exactly {CHECK_RUNS} \
+         packets under the intended reason. Then {TRIALS} trials alternate the two programs, each trial one \
+         BPF_PROG_TEST_RUN call of {REPEAT} runs; the kernel reports the mean time per run in whole \
+         nanoseconds. The ratio is the median over trials of each mailguard trial divided by the floor trial run \
+         beside it, so that drift in the machine's speed cancels out. The verifier processed {} instructions for \
+         mailguard_xdp.\n",
+        r.verified.map_or("?".to_string(), |n| n.to_string())
+    );
+    let _ = writeln!(md, "## Per-packet cost\n");
+    let _ = writeln!(
+        md,
+        "| packet | mailguard ns (min-max) | floor ns (min-max) | ratio to floor (min-max) | target |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    for (c, m) in r.rows {
+        let target = match c.target {
+            Some((t, issue)) if m.ratio.median <= t => format!("met (<= {t}x, issue {issue})"),
+            Some((t, issue)) => format!("**not met** (> {t}x, issue {issue})"),
+            None => "-".to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:.2}x ({:.2}-{:.2}) | {target} |",
+            c.name,
+            m.mailguard.median,
+            m.mailguard.min,
+            m.mailguard.max,
+            m.floor.median,
+            m.floor.min,
+            m.floor.max,
+            m.ratio.median,
+            m.ratio.min,
+            m.ratio.max
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe reply ACK pays for a kernel socket lookup (`bpf_skc_lookup_tcp`) and has no target.\n\n\
+         ## New sources\n\nA repeated packet has one source, so the path that creates a source's rate state \
+         is measured by single runs (repeat 1) over {NEW_SOURCES} SYNs to port 25, each from a different source \
+         (counters prove {NEW_SOURCES} sources were inserted), beside the same number of single runs from a known \
+         source and of the floor on the same packets. Single runs include the test loop's own timer reads.\n\n\
+         | path | ns per run |\n|---|---:|\n| floor | {:.0} |\n| mail SYN, known source | {:.0} |\n\
+         | mail SYN, new source (insert) | {:.0} |\n",
+        r.floor_single, r.known_ns, r.new_ns
+    );
+    let _ = writeln!(
+        md,
+        "## Tracked sources\n\nThe known-source SYN, with the rate table and the connection-count table each \
+         holding this many other sources (IPv6 /64s):\n\n| sources tracked | mailguard ns (min-max) | ratio to floor |\n|---:|---:|---:|"
+    );
+    for (n, m) in r.scaling {
+        let _ = writeln!(
+            md,
+            "| {n} | {:.0} ({:.0}-{:.0}) | {:.2}x |",
+            m.mailguard.median, m.mailguard.min, m.mailguard.max, m.ratio.median
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nLargest median over smallest: {:.2} ({} the 10% flatness target of issue 3).\n",
+        r.spread,
+        if r.spread <= 1.10 {
+            "within"
+        } else {
+            "**outside**"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "## sock_ops per connection\n\n{CONNECTIONS} connections to port 25 over loopback (connect, accept, close \
+         on both sides) with the sock_ops program attached to the cgroup v2 root and the kernel's BPF run-time \
+         statistics on: {:.0} ns per run, {:.1} runs per connection (establishment, state changes, close, and \
+         whatever else on the host ran in that time), {:.0} ns of sock_ops per connection.\n",
+        r.sockops.ns_per_run, r.sockops.runs_per_connection, r.sockops.ns_per_connection
+    );
+    md
+}
