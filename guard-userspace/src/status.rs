@@ -105,7 +105,7 @@ impl Status {
         let drop_label = if self.monitor { "would drop" } else { "drop" };
         let _ = writeln!(
             out,
-            "\n{:<22} {:<10} {:>12}  MEANING",
+            "\n{:<24} {:<12} {:>12}  MEANING",
             "REASON", "VERDICT", "PACKETS"
         );
         for c in self.counters.iter().filter(|c| all || c.packets > 0) {
@@ -116,7 +116,7 @@ impl Status {
             };
             let _ = writeln!(
                 out,
-                "{:<22} {:<10} {:>12}  {}",
+                "{:<24} {:<12} {:>12}  {}",
                 c.reason, verdict, c.packets, c.description
             );
         }

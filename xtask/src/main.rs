@@ -131,7 +131,7 @@ fn lint() -> Result<()> {
 fn bench() -> Result<()> {
     setup::setup()?;
     build_binaries()?;
-    println!("== mailguard bench (BPF_PROG_TEST_RUN; takes about a minute)");
+    println!("== mailguard bench (BPF_PROG_TEST_RUN and sock_ops statistics; about 3 minutes)");
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
     cmd::run(
         "bench",

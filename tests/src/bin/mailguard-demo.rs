@@ -22,6 +22,19 @@ icmp_echo = "allow"
 port = 22
 # SSH only from the admins' range: the client (198.18.0.2) is in it, the attacker (.66) is not.
 from = ["198.18.0.0/28", "2001:db8::/124"]
+
+[budgets]
+syn_ceiling = 2000
+syn_ceiling_burst = 2000
+
+[budgets.mx]
+rate = 50
+burst = 100
+max_connections = 10
+
+[budgets.submission]
+max_connections = 3
+action = "reject"
 "#;
 
 const SCANNED: [u16; 9] = [22, 25, 465, 587, 993, 3306, 6379, 8080, 12345];
@@ -42,8 +55,31 @@ fn main() -> ExitCode {
     }
 }
 
+const STEPS: u32 = 8;
+
 fn step(n: u32, text: &str) {
-    println!("\n[{n}/6] {text}");
+    println!("\n[{n}/{STEPS}] {text}");
+}
+
+/// Opens up to `n` TCP connections from `ns` to `to`: (opened and held, refused at once, timed out).
+fn connections(
+    ns: &guard_tests::netns::Netns,
+    to: SocketAddr,
+    n: usize,
+) -> (Vec<std::net::TcpStream>, usize, usize) {
+    ns.spawn(move || {
+        let (mut held, mut refused, mut timed_out) = (Vec::new(), 0, 0);
+        for _ in 0..n {
+            match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                Ok(s) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                Err(_) => timed_out += 1,
+            }
+        }
+        (held, refused, timed_out)
+    })
+    .join()
+    .expect("connection thread")
 }
 
 fn show_scan(who: &str, scan: &Scan) {
@@ -182,8 +218,104 @@ fn demo() {
         "outbound connection from the mail host failed"
     );
 
-    step(6, "mailguard status (counters by reason)");
+    step(
+        6,
+        "the attacker tries to exhaust the mail server's connections",
+    );
+    let (held25, refused25, dropped25) = connections(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 25)),
+        20,
+    );
+    println!(
+        "      20 connections to port 25: {} open, {dropped25} dropped (mx cap 10), {refused25} refused",
+        held25.len()
+    );
+    let started = Instant::now();
+    let (held587, refused587, _) = connections(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 587)),
+        6,
+    );
+    println!(
+        "      6 connections to port 587: {} open, {refused587} refused at once with a RST (submission cap 3, \
+         action reject; {:.0?} for all six)",
+        held587.len(),
+        started.elapsed()
+    );
+    let ok = swaks(
+        &lab.client.ns,
+        MAIL4,
+        25,
+        "while the attacker hogs connections",
+    )
+    .is_ok();
+    println!(
+        "      the client's own delivery meanwhile: {}",
+        if ok { "accepted" } else { "FAILED" }
+    );
+    assert!(
+        ok,
+        "the client could not deliver while the attacker held connections"
+    );
+    drop((held25, held587));
+
+    step(
+        7,
+        "a spoofed SYN flood (hping3 --rand-source) while the client delivers 200 messages",
+    );
+    let ceiling0 = lab.mailguard().count("syn_ceiling");
+    let before = postfix.delivered().len();
+    let mut flood = lab
+        .attacker
+        .ns
+        .command("hping3")
+        .args(["-q", "-S", "-p", "25", "--rand-source", "--flood", MAIL4])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3");
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let _ = lab
+        .client
+        .ns
+        .command("timeout")
+        .args([
+            "60",
+            "smtp-source",
+            "-s",
+            "5",
+            "-m",
+            "200",
+            "-l",
+            "1024",
+            "-f",
+            "sender@client.test",
+        ])
+        .args(["-t", "postmaster@lab.test", "198.18.0.1:25"])
+        .output();
+    let sending = started.elapsed();
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while postfix.delivered().len() - before < 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dropped = lab.mailguard().count("syn_ceiling") - ceiling0;
+    println!(
+        "      {dropped} spoofed SYNs dropped at the NIC by the SYN ceiling; the client, a sender seen before, \
+         delivered {} of 200 messages in {sending:.1?}",
+        postfix.delivered().len() - before
+    );
+
+    step(8, "mailguard status and mailguard top");
     let out = lab.mailguard().cli(&["status"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("      {line}");
+    }
+    let out = lab.mailguard().cli(&["top", "-n", "5"]);
+    println!();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("      {line}");
     }
