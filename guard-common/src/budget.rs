@@ -247,18 +247,21 @@ pub enum AccountingEvent {
     /// XDP started tracking the rate of a new source (with `SOURCES` full, the least recently
     /// used source is forgotten and starts again with a full bucket).
     SourceTracked = 5,
+    /// Not counted: the kernel refused close callbacks for the socket. Fails open.
+    NoCloseCallback = 6,
 }
 
 pub const ACCOUNTING_SLOTS: u32 = 8;
 
 impl AccountingEvent {
-    pub const ALL: [AccountingEvent; 6] = [
+    pub const ALL: [AccountingEvent; 7] = [
         AccountingEvent::Counted,
         AccountingEvent::Uncounted,
         AccountingEvent::SocketTableFull,
         AccountingEvent::CountTableFull,
         AccountingEvent::UnderflowAvoided,
         AccountingEvent::SourceTracked,
+        AccountingEvent::NoCloseCallback,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -269,6 +272,7 @@ impl AccountingEvent {
             AccountingEvent::CountTableFull => "count_table_full",
             AccountingEvent::UnderflowAvoided => "underflow_avoided",
             AccountingEvent::SourceTracked => "source_tracked",
+            AccountingEvent::NoCloseCallback => "no_close_callback",
         }
     }
 }

@@ -69,6 +69,14 @@ fn established(ctx: &SockOpsContext) {
         return;
     };
 
+    // Close callbacks first: a connection counted without one would never be uncounted.
+    if ctx
+        .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+        .is_err()
+    {
+        record(AccountingEvent::NoCloseCallback);
+        return;
+    }
     // SAFETY: the helper reads the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
     if SOCKETS.insert(cookie, key, BPF_NOEXIST as u64).is_err() {
@@ -97,7 +105,6 @@ fn established(ctx: &SockOpsContext) {
         // SAFETY: a helper without arguments.
         let _ = VERIFIED.insert(verified, unsafe { bpf_ktime_get_ns() }, BPF_NOEXIST as u64);
     }
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     record(AccountingEvent::Counted);
 }
 

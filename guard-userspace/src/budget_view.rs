@@ -230,11 +230,13 @@ impl BudgetView {
             self.sources_with_connections,
             self.connections_capacity,
         );
-        let full = self.events["socket_table_full"] + self.events["count_table_full"];
+        let full = self.events["socket_table_full"]
+            + self.events["count_table_full"]
+            + self.events["no_close_callback"];
         if full > 0 {
             let _ = writeln!(
                 out,
-                "warning: {full} connections were not counted (tables full): raise budgets.tracked_connections"
+                "warning: {full} connections were not counted (tables full, or no close callback): see budgets.tracked_connections"
             );
         }
         if self.sources_tracked >= self.sources_capacity as u64 {
