@@ -35,7 +35,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "2 fixtures",
-        what: "BPF_PROG_TEST_RUN over crafted packets (verdict and counter per packet)",
+        what: "BPF_PROG_TEST_RUN over crafted packets, budgets; sock_ops on real connections",
         args: &[
             "test",
             "-p",
@@ -57,6 +57,20 @@ const RUNS: &[Run] = &[
             "e2e",
             "--",
             "--test-threads=1",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
+        what: "budgets in the lab: hping3 rates, caps, reject, /64, a spoofed flood",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "budgets_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
         ],
     },
 ];
