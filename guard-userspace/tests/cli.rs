@@ -14,12 +14,27 @@ fn mailguard(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mailguard-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// A directory for one test's files, removed when dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("mailguard-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -40,7 +55,8 @@ fn check_config_accepts_the_example() {
 
 #[test]
 fn check_config_refuses_a_bad_file_with_line_and_key() {
-    let path = temp_file(
+    let scratch = Scratch::new("bad");
+    let path = scratch.file(
         "bad.toml",
         "monitor = false\n\n[[open_ports]]\nport = 22\nfrom = [\"198.18.0.1/15\"]\n",
     );
@@ -55,7 +71,8 @@ fn check_config_refuses_a_bad_file_with_line_and_key() {
 
 #[test]
 fn check_config_warns_when_ssh_would_be_dropped() {
-    let path = temp_file("nossh.toml", "open_ports = []\n");
+    let scratch = Scratch::new("nossh");
+    let path = scratch.file("nossh.toml", "open_ports = []\n");
     let (code, out, _) = mailguard(&["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(
@@ -73,7 +90,8 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn run_refuses_a_bad_config_before_touching_the_kernel() {
-    let path = temp_file("bad-run.toml", "mail_ports = [25, 99999]\n");
+    let scratch = Scratch::new("bad-run");
+    let path = scratch.file("bad-run.toml", "mail_ports = [25, 99999]\n");
     let (code, _, err) = mailguard(&[
         "--pin-dir",
         "/nonexistent-pins",
@@ -95,12 +113,14 @@ fn bad_arguments_are_usage_errors() {
     let (code, _, err) = mailguard(&["run", "--mode", "turbo"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("turbo") && err.contains("native"), "{err}");
+    let scratch = Scratch::new("args");
+    let config = scratch.file("ok.toml", "");
     let (code, _, err) = mailguard(&[
         "run",
         "--iface",
         "a/b",
         "--config",
-        temp_file("ok.toml", "").to_str().unwrap(),
+        config.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("`a/b` is not a valid interface name"), "{err}");
@@ -121,8 +141,9 @@ fn help_lists_the_commands() {
 #[test]
 fn attach_to_a_missing_interface_fails_cleanly() {
     let pins = format!("/sys/fs/bpf/mailguard-cli-{}", std::process::id());
-    let run = std::env::temp_dir().join(format!("mailguard-cli-run-{}", std::process::id()));
-    let config = temp_file("ok2.toml", "");
+    let scratch = Scratch::new("attach");
+    let run = scratch.0.join("run");
+    let config = scratch.file("ok2.toml", "");
     let (code, _, err) = mailguard(&[
         "--pin-dir",
         &pins,
