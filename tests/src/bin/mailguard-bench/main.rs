@@ -370,9 +370,9 @@ fn report(r: Report) -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let cpus = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    // Online CPUs of the machine (the benchmark itself is pinned to one).
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let date = String::from_utf8_lossy(&sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]).stdout)
         .trim()
         .to_string();
