@@ -1,22 +1,36 @@
 //! The loaded eBPF object: loading (with the verifier log on failure), attaching, and access to
 //! the maps that hold the policy and the counters.
 
-use std::{
-    fs::File,
-    path::{Path, PathBuf},
-};
+use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, SockOps, Xdp, XdpMode, links::CgroupAttachMode},
+    programs::{
+        ProgramError, SockOps, Xdp, XdpMode,
+        links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
+        sock_ops::SockOpsLinkId,
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use guard_common::{COUNTER_SLOTS, Reason, maps as names};
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use crate::{
     budgets::Budgets,
+    pins::{PinError as PinsError, Pins},
     policy::{HostFacts, PolicyMaps},
 };
+
+/// What attaching did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A new attachment, in this mode.
+    New(AttachedMode),
+    /// The program inside an existing (pinned) attachment was replaced atomically.
+    Replaced,
+}
 
 /// The eBPF object built from guard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -82,6 +96,26 @@ pub enum GuardError {
         #[source]
         source: ProgramError,
     },
+    #[error(transparent)]
+    Pins(#[from] PinsError),
+    #[error("pinned link {}: {source}", path.display())]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot pin link at {}: {source}", path.display())]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot replace the program in the pinned link {}: {source}", path.display())]
+    Replace {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
     #[error("cannot read this host's facts: {0}")]
     Host(#[source] std::io::Error),
     #[error("cannot read program information: {0}")]
@@ -139,12 +173,32 @@ impl Guard {
     /// Loads the embedded object and its programs into the kernel (not attached yet), with the
     /// tracking maps sized as `budgets` says.
     pub fn load(budgets: &Budgets) -> Result<Guard, GuardError> {
-        let mut ebpf = EbpfLoader::new()
+        Guard::load_with(budgets, None)
+    }
+
+    /// Loads as `load`, with every map pinned under `pins`: maps a previous run pinned are
+    /// reused when they match what the program expects, and recreated (reported) otherwise.
+    pub fn load_pinned(budgets: &Budgets, pins: &Pins) -> Result<(Guard, Vec<String>), GuardError> {
+        let recreated = pins.check_maps(EBPF_OBJECT, budgets)?;
+        std::fs::create_dir_all(pins.maps_dir()).map_err(|source| GuardError::PinDir {
+            path: pins.maps_dir(),
+            source,
+        })?;
+        Ok((Guard::load_with(budgets, Some(pins))?, recreated))
+    }
+
+    fn load_with(budgets: &Budgets, pins: Option<&Pins>) -> Result<Guard, GuardError> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::SOURCES, budgets.tracked_sources)
             .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
-            .map_max_entries(names::SOCKETS, budgets.tracked_connections)
-            .load(EBPF_OBJECT)
-            .map_err(GuardError::Object)?;
+            .map_max_entries(names::SOCKETS, budgets.tracked_connections);
+        if let Some(pins) = pins {
+            for name in names::ALL {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(GuardError::Object)?;
         let program = xdp_program_mut(&mut ebpf)?;
         program.load().map_err(|source| GuardError::Load {
             program: names::XDP_PROGRAM,
@@ -158,23 +212,113 @@ impl Guard {
         Ok(Guard { ebpf })
     }
 
+    /// Attaches XDP to `iface` through a link pinned at `pins.xdp_link()`, which outlives this
+    /// process. When that link already exists (an earlier run), the program inside it is
+    /// replaced atomically instead, and the mode stays the one it was attached with.
+    pub fn attach_xdp_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pins: &Pins,
+    ) -> Result<Attachment, GuardError> {
+        let path = pins.xdp_link();
+        let program = xdp_program_mut(&mut self.ebpf)?;
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|source| GuardError::Link {
+                path: path.clone(),
+                source,
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| GuardError::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+            program
+                .attach_to_link(link)
+                .map_err(|source| GuardError::Replace {
+                    path: path.clone(),
+                    source,
+                })?;
+            return Ok(Attachment::Replaced);
+        }
+        let (mode, id) = self.attach_xdp(iface, mode)?;
+        let program = xdp_program_mut(&mut self.ebpf)?;
+        let link = program.take_link(id).map_err(|source| GuardError::Attach {
+            iface: iface.to_string(),
+            mode: mode.name(),
+            source,
+        })?;
+        let fd = FdLink::try_from(link).map_err(|source| GuardError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        fd.pin(&path).map_err(|source| GuardError::PinLink {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Attachment::New(mode))
+    }
+
+    /// Attaches sock_ops to the cgroup v2 root through a link pinned at `pins.sockops_link()`;
+    /// when it exists, the program inside it is replaced atomically.
+    pub fn attach_sockops_pinned(&mut self, pins: &Pins) -> Result<Attachment, GuardError> {
+        let path = pins.sockops_link();
+        if path.exists() {
+            let link = crate::pins::open_pinned(&path).map_err(|source| GuardError::PinDir {
+                path: path.clone(),
+                source,
+            })?;
+            let program = sockops_program_mut(&mut self.ebpf)?;
+            let fd = program.fd().map_err(|source| GuardError::Load {
+                program: names::SOCKOPS_PROGRAM,
+                source,
+            })?;
+            crate::pins::update_link(&link, &fd.as_fd().as_raw_fd()).map_err(|source| {
+                GuardError::PinDir {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            return Ok(Attachment::Replaced);
+        }
+        let (_, id) = self.attach_sockops_link()?;
+        let program = sockops_program_mut(&mut self.ebpf)?;
+        let link = program.take_link(id).map_err(|source| GuardError::Load {
+            program: names::SOCKOPS_PROGRAM,
+            source,
+        })?;
+        let fd = FdLink::try_from(link).map_err(|source| GuardError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        fd.pin(&path).map_err(|source| GuardError::PinLink {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Attachment::New(AttachedMode::Native))
+    }
+
     /// Attaches the sock_ops program (connection counting) to the cgroup v2 root with a BPF
     /// link, which runs alongside any other programs there. It stays attached until this
     /// `Guard` is dropped.
     pub fn attach_sockops(&mut self) -> Result<PathBuf, GuardError> {
+        self.attach_sockops_link().map(|(root, _)| root)
+    }
+
+    fn attach_sockops_link(&mut self) -> Result<(PathBuf, SockOpsLinkId), GuardError> {
         let root = cgroup2_root()?;
         let dir = File::open(&root).map_err(|source| GuardError::Cgroup {
             path: root.clone(),
             source,
         })?;
-        sockops_program_mut(&mut self.ebpf)?
+        let id = sockops_program_mut(&mut self.ebpf)?
             // Cgroup links are always multi-attach; the kernel wants no flags with them.
             .attach(&dir, CgroupAttachMode::Single)
             .map_err(|source| GuardError::AttachSockOps {
                 path: root.clone(),
                 source,
             })?;
-        Ok(root)
+        Ok((root, id))
     }
 
     pub fn xdp(&self) -> Result<&Xdp, GuardError> {
@@ -216,6 +360,14 @@ impl Guard {
     /// Attaches the XDP program to `iface`; `Auto` tries native mode first, then generic.
     /// The attachment lasts until this `Guard` is dropped.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachedMode, GuardError> {
+        self.attach_xdp(iface, mode).map(|(mode, _)| mode)
+    }
+
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(AttachedMode, XdpLinkId), GuardError> {
         let program = xdp_program_mut(&mut self.ebpf)?;
         let try_mode = |program: &mut Xdp, mode: AttachedMode| {
             let flags = match mode {
@@ -224,7 +376,7 @@ impl Guard {
             };
             program
                 .attach(iface, flags)
-                .map(|_| mode)
+                .map(|id| (mode, id))
                 .map_err(|source| GuardError::Attach {
                     iface: iface.to_string(),
                     mode: mode.name(),
@@ -319,28 +471,6 @@ impl Guard {
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(GuardError::map(names::COUNTERS))?;
         Counters::read(&array)
-    }
-
-    /// Pins every map under `dir` (created if missing), so that `mailguard status` can read
-    /// them while `run` is in the foreground.
-    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), GuardError> {
-        std::fs::create_dir_all(dir).map_err(|source| GuardError::PinDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        for &name in names::ALL {
-            let path = dir.join(name);
-            let map = self
-                .ebpf
-                .map_mut(name)
-                .ok_or(GuardError::MissingMap(name))?;
-            map.pin(&path).map_err(|source| GuardError::Pin {
-                map: name,
-                path,
-                source,
-            })?;
-        }
-        Ok(())
     }
 }
 

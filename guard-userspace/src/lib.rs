@@ -4,7 +4,8 @@
 //! - `config`: the TOML file and its validation (`budgets`: its `[budgets]` section)
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `policy`: a `Config` turned into map contents
-//! - `run`: the foreground daemon
+//! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
+//! - `run`: the daemon
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
 
@@ -12,6 +13,7 @@ pub mod budget_view;
 pub mod budgets;
 pub mod config;
 pub mod guard;
+pub mod pins;
 pub mod policy;
 pub mod run;
 pub mod state;

@@ -44,8 +44,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to an interface and guard it until SIGINT or SIGTERM (SIGHUP re-reads the
-    /// configuration). Runs in the foreground; detaches cleanly when it ends.
+    /// Attach to an interface and guard it (foreground daemon; SIGHUP re-reads the
+    /// configuration). The protection is pinned: it stays when the daemon ends (SIGTERM,
+    /// SIGKILL, crash), and the next `run` adopts it, replacing the program atomically.
+    /// `mailguard unload` removes it.
     Run {
         /// Interface to attach to (overrides `interface` in the configuration).
         #[arg(long)]
@@ -79,6 +81,13 @@ enum Command {
         /// How many sources to list.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+    },
+    /// Stop the daemon (if it runs), detach mailguard and remove its pinned state: the host is
+    /// unprotected afterwards.
+    Unload {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a configuration file without applying it.
     CheckConfig {
@@ -138,8 +147,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         {
             return exit::INVALID_CONFIG;
         }
-        if let Some(StateError::NotRunning { .. } | StateError::Stale { .. }) = cause.downcast_ref()
-        {
+        if let Some(StateError::NotRunning { .. }) = cause.downcast_ref() {
             return exit::NOT_RUNNING;
         }
     }
@@ -167,6 +175,12 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
         }
         Command::Status { json, all } => {
             let state = RunState::read(&dirs)?;
+            if !mailguard::pins::Pins::new(&dirs.pin).attached() && !state.daemon_alive() {
+                return Err(StateError::NotRunning {
+                    path: dirs.pin.join("xdp_link"),
+                }
+                .into());
+            }
             let counters = state::pinned_counters(&dirs)?;
             let settings = state::pinned_settings(&dirs)?;
             let cpus = mailguard::policy::HostFacts::of_this_host()?.cpus;
@@ -191,6 +205,39 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
                 print!("{}", budget_view::render_top(&rows));
             }
             Ok(exit::OK)
+        }
+        Command::Unload { json } => {
+            let previous = RunState::read(&dirs).ok();
+            if let Some(state) = previous.as_ref().filter(|s| s.daemon_alive()) {
+                // SAFETY: signals the recorded daemon process by pid.
+                unsafe { libc::kill(state.pid as i32, libc::SIGTERM) };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while state.daemon_alive() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                anyhow::ensure!(
+                    !state.daemon_alive(),
+                    "the daemon (pid {}) did not stop within 10 s",
+                    state.pid
+                );
+            }
+            let removed = mailguard::pins::Pins::new(&dirs.pin).remove_all()?;
+            state::forget(&dirs)?;
+            let interface = previous.as_ref().map(|s| s.interface.clone());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "unloaded": removed, "interface": interface })
+                );
+            } else if removed {
+                println!(
+                    "mailguard unloaded{}: the host is no longer protected",
+                    interface.map_or(String::new(), |i| format!(" from {i}"))
+                );
+            } else {
+                println!("nothing to unload under {}", dirs.pin.display());
+            }
+            Ok(if removed { exit::OK } else { exit::NOT_RUNNING })
         }
         Command::CheckConfig { config, json } => {
             let (cfg, warnings) = Config::load(&config)?;

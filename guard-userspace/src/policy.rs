@@ -208,7 +208,14 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
     /// all empty). Allowed sources are added before the rules that need them and removed
     /// after the rules that used them, so no allowed packet is dropped while this runs.
     pub fn apply(&mut self, old: Option<&Config>, new: &Config) -> Result<(), GuardError> {
-        let old_sources = old.map(open_sources).unwrap_or_default();
+        let old = old.map(Contents::of).unwrap_or_default();
+        self.apply_over(&old, new)
+    }
+
+    /// Writes `new` into maps that hold `old` (for maps reused from an earlier run: read with
+    /// `read_contents`).
+    pub fn apply_over(&mut self, old: &Contents, new: &Config) -> Result<(), GuardError> {
+        let old_sources = &old.open_sources;
         let new_sources = open_sources(new);
         for (len, data) in new_sources.v4.difference(&old_sources.v4) {
             self.open_v4
@@ -221,7 +228,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
         }
 
-        let old_rules = old.map(port_rules).unwrap_or_default();
+        let old_rules = &old.port_rules;
         let new_rules = port_rules(new);
         for (index, rule) in &new_rules {
             if old_rules.get(index) != Some(rule) {
@@ -247,7 +254,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
         }
 
-        self.apply_budgets(old.map(|c| &c.budgets), &new.budgets)?;
+        self.apply_budgets(&old.trusted, &new.budgets)?;
         self.settings
             .set(0, settings(new), 0)
             .map_err(GuardError::map(names::SETTINGS))?;
@@ -256,8 +263,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
 
     /// Writes the budgets: trusted sources added first and removed last, so that a source
     /// trusted before and after is never charged in between.
-    fn apply_budgets(&mut self, old: Option<&Budgets>, new: &Budgets) -> Result<(), GuardError> {
-        let old_trusted = old.map(trusted).unwrap_or_default();
+    fn apply_budgets(&mut self, old_trusted: &Trusted, new: &Budgets) -> Result<(), GuardError> {
         let new_trusted = trusted(new);
         for (len, addr) in new_trusted.v4.difference(&old_trusted.v4) {
             self.trusted_v4
@@ -288,6 +294,63 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .map_err(GuardError::map(names::TRUSTED_V6))?;
         }
         Ok(())
+    }
+}
+
+/// What the policy maps hold: port rules, open-port sources, trusted sources. Settings and
+/// budgets are single slots, overwritten whole.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Contents {
+    pub port_rules: BTreeMap<u32, PortRule>,
+    pub open_sources: OpenSources,
+    pub trusted: Trusted,
+}
+
+impl Contents {
+    /// The contents a configuration puts in the maps.
+    pub fn of(config: &Config) -> Contents {
+        Contents {
+            port_rules: port_rules(config),
+            open_sources: open_sources(config),
+            trusted: trusted(&config.budgets),
+        }
+    }
+}
+
+impl<T: std::borrow::Borrow<MapData>> PolicyMaps<T> {
+    /// Reads what the maps hold (every port rule slot, every trie key).
+    pub fn read_contents(&self) -> Result<Contents, GuardError> {
+        let mut c = Contents::default();
+        for index in 0..guard_common::PORT_RULE_ENTRIES {
+            let rule = self
+                .ports
+                .get(&index, 0)
+                .map_err(GuardError::map(names::PORT_RULES))?;
+            if rule != PortRule::CLOSED {
+                c.port_rules.insert(index, rule);
+            }
+        }
+        for key in self.open_v4.keys() {
+            let key = key.map_err(GuardError::map(names::OPEN_SOURCES_V4))?;
+            c.open_sources
+                .v4
+                .insert((key.prefix_len(), v4_bytes(key.data())));
+        }
+        for key in self.open_v6.keys() {
+            let key = key.map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
+            c.open_sources
+                .v6
+                .insert((key.prefix_len(), v6_bytes(key.data())));
+        }
+        for key in self.trusted_v4.keys() {
+            let key = key.map_err(GuardError::map(names::TRUSTED_V4))?;
+            c.trusted.v4.insert((key.prefix_len(), key.data()));
+        }
+        for key in self.trusted_v6.keys() {
+            let key = key.map_err(GuardError::map(names::TRUSTED_V6))?;
+            c.trusted.v6.insert((key.prefix_len(), key.data()));
+        }
+        Ok(c)
     }
 }
 

@@ -1,5 +1,7 @@
-//! `mailguard run`: load, configure and attach the XDP program, then stay in the foreground
-//! until SIGINT or SIGTERM, when it detaches and cleans up. SIGHUP re-reads the configuration.
+//! `mailguard run`: load, configure and attach the programs through pinned links, then serve
+//! until SIGINT or SIGTERM. SIGHUP re-reads the configuration. The links and maps stay pinned
+//! when the daemon ends, however it ends: the host stays protected, and the next start adopts
+//! them (replacing the programs atomically). `mailguard unload` removes the protection.
 
 use std::{
     path::PathBuf,
@@ -8,7 +10,8 @@ use std::{
 
 use crate::{
     config::{self, Config, ConfigError, Warning},
-    guard::{AttachMode, Guard, GuardError},
+    guard::{AttachMode, Attachment, Guard, GuardError},
+    pins::Pins,
     state::{self, Dirs, RunState, StateError},
 };
 
@@ -33,6 +36,12 @@ pub enum RunError {
     Guard(#[from] GuardError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot unpin {}: {source}", path.display())]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot wait for signals: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -81,8 +90,7 @@ fn now() -> u64 {
 }
 
 pub fn run(opts: RunOptions) -> Result<(), RunError> {
-    // Block the signals first: one that arrives during set-up is handled once attached,
-    // through the same clean path.
+    // Block the signals first: one that arrives during set-up is handled once attached.
     let signals = Signals::block()?;
     let (config, warnings) = effective_config(&opts)?;
     for w in &warnings {
@@ -90,35 +98,69 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let iface = config.interface.clone().ok_or(RunError::NoInterface)?;
 
-    state::claim(&opts.dirs)?;
-    // From here on, whatever happens, the pins and the state file go when we do.
-    let result = Guard::load(&config.budgets)
-        .map_err(RunError::from)
-        .and_then(|mut guard| {
-            guard.policy_maps()?.apply(None, &config)?;
-            guard.pin_maps(&opts.dirs.pin)?;
-            let result = attached(&mut guard, &opts, config, &iface, &signals);
-            drop(guard);
-            log::info!("detached from {iface}");
-            result
-        });
-    let released = state::release(&opts.dirs);
-    result.and(released.map_err(RunError::from))
+    let _lock = state::lock(&opts.dirs)?;
+    let pins = Pins::new(&opts.dirs.pin);
+    let previous = RunState::read(&opts.dirs).ok();
+    if pins.attached() {
+        if let Some(prev) = previous.as_ref().filter(|p| p.interface != iface) {
+            // The protection moves: the old interface's attachment goes.
+            log::warn!("moving protection from {} to {iface}", prev.interface);
+            std::fs::remove_file(pins.xdp_link()).map_err(|source| RunError::Unpin {
+                path: pins.xdp_link(),
+                source,
+            })?;
+        }
+    }
+    let adopting = pins.attached();
+    match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
+        Ok((mut guard, config, state)) => serve(&mut guard, &opts, config, &state, &signals),
+        Err(e) => {
+            if !adopting {
+                // A first start that failed leaves nothing pinned behind.
+                if let Err(cleanup) = pins.remove_all() {
+                    log::error!("{cleanup}");
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
-fn attached(
-    guard: &mut Guard,
+/// Loads (reusing pinned maps), configures, and attaches (or replaces) both programs.
+fn start(
     opts: &RunOptions,
-    mut config: Config,
+    config: Config,
     iface: &str,
-    signals: &Signals,
-) -> Result<(), RunError> {
-    let mode = guard.attach(iface, config.attach_mode)?;
-    match guard.attach_sockops() {
-        Ok(cgroup) => log::info!(
-            "counting connections to mail ports from cgroup {}",
-            cgroup.display()
-        ),
+    pins: &Pins,
+    previous: Option<&RunState>,
+    adopting: bool,
+) -> Result<(Guard, Config, RunState), RunError> {
+    let (mut guard, recreated) = Guard::load_pinned(&config.budgets, pins)?;
+    for r in &recreated {
+        log::warn!("{r}");
+    }
+    {
+        let mut maps = guard.policy_maps()?;
+        let current = maps.read_contents()?;
+        maps.apply_over(&current, &config)?;
+    }
+    let mode = match guard.attach_xdp_pinned(iface, config.attach_mode, pins)? {
+        Attachment::New(mode) => {
+            log::info!("attached to {iface} in {} mode", mode.name());
+            mode.name().to_string()
+        }
+        Attachment::Replaced => {
+            log::info!("replaced the program attached to {iface} (no gap in protection)");
+            previous.map_or("unknown".to_string(), |p| p.mode.clone())
+        }
+    };
+    match guard.attach_sockops_pinned(pins) {
+        Ok(Attachment::New(_)) => {
+            log::info!("counting connections to mail ports (sock_ops on the cgroup v2 root)")
+        }
+        Ok(Attachment::Replaced) => {
+            log::info!("replaced the connection-counting program (counts kept)")
+        }
         // Without counts the caps cannot bite: keep protecting with everything else.
         Err(e) => log::error!("connection caps are NOT enforced: {e}"),
     }
@@ -126,7 +168,7 @@ fn attached(
     let state = RunState {
         pid: std::process::id(),
         interface: iface.to_string(),
-        mode: mode.name().to_string(),
+        mode,
         monitor: config.monitor,
         config: config_path(&opts.config),
         program_id: guard.program_id()?,
@@ -135,8 +177,8 @@ fn attached(
     };
     state.write(&opts.dirs)?;
     log::info!(
-        "attached to {iface} in {} mode ({}), program id {}, {} instructions verified",
-        mode.name(),
+        "{} {iface} ({}), program id {}, {} instructions verified",
+        if adopting { "guarding" } else { "now guarding" },
         if config.monitor {
             "monitor: counting only"
         } else {
@@ -145,13 +187,26 @@ fn attached(
         state.program_id,
         verified.map_or("?".to_string(), |n| n.to_string()),
     );
+    Ok((guard, config, state))
+}
+
+/// Waits for signals: SIGHUP reloads; SIGINT and SIGTERM end the daemon, and the protection
+/// stays (pinned) until `mailguard unload`.
+fn serve(
+    guard: &mut Guard,
+    opts: &RunOptions,
+    mut config: Config,
+    state: &RunState,
+    signals: &Signals,
+) -> Result<(), RunError> {
     loop {
         match signals.wait()? {
-            libc::SIGHUP => {
-                config = reload(guard, opts, config, &state)?;
-            }
+            libc::SIGHUP => config = reload(guard, opts, config, state)?,
             sig => {
-                log::info!("signal {sig}: detaching");
+                log::info!(
+                    "signal {sig}: exiting; {} stays protected (`mailguard unload` removes the protection)",
+                    state.interface
+                );
                 return Ok(());
             }
         }

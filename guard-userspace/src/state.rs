@@ -60,8 +60,6 @@ pub enum StateError {
     },
     #[error("mailguard is not running (no {})", path.display())]
     NotRunning { path: PathBuf },
-    #[error("mailguard is not running (pid {pid} recorded in {} has exited)", path.display())]
-    Stale { pid: u32, path: PathBuf },
     #[error("mailguard is already running as pid {pid} (see {})", path.display())]
     AlreadyRunning { pid: u32, path: PathBuf },
     #[error("pinned map {}: {source}", path.display())]
@@ -103,13 +101,12 @@ impl RunState {
                 path: path.clone(),
                 source,
             })?;
-        if !process_alive(state.pid) {
-            return Err(StateError::Stale {
-                pid: state.pid,
-                path,
-            });
-        }
         Ok(state)
+    }
+
+    /// Whether the daemon that wrote this state is still running.
+    pub fn daemon_alive(&self) -> bool {
+        process_alive(self.pid)
     }
 
     pub fn write(&self, dirs: &Dirs) -> Result<(), StateError> {
@@ -122,37 +119,33 @@ impl RunState {
     }
 }
 
-/// Makes sure no other mailguard uses `dirs`, and clears what a dead one left behind.
-pub fn claim(dirs: &Dirs) -> Result<(), StateError> {
-    match RunState::read(dirs) {
-        Ok(state) => Err(StateError::AlreadyRunning {
-            pid: state.pid,
-            path: dirs.state_file(),
-        }),
-        Err(StateError::NotRunning { .. })
-        | Err(StateError::Stale { .. })
-        | Err(StateError::Corrupt { .. }) => release(dirs),
-        Err(e) => Err(e),
-    }
+/// Held by the running daemon: an exclusive lock on `<run dir>/lock`, released when the process
+/// ends, however it ends.
+pub struct DaemonLock {
+    _file: fs::File,
 }
 
-/// Removes the pins and the state file.
-pub fn release(dirs: &Dirs) -> Result<(), StateError> {
-    for name in names::ALL {
-        let path = dirs.pin.join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove", &path)(e)),
-        }
+/// Takes the daemon lock, or says which daemon holds it.
+pub fn lock(dirs: &Dirs) -> Result<DaemonLock, StateError> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(&dirs.run).map_err(io_error("create", &dirs.run))?;
+    let path = dirs.run.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = RunState::read(dirs).map(|s| s.pid).unwrap_or(0);
+        return Err(StateError::AlreadyRunning { pid, path });
     }
-    match fs::remove_dir(&dirs.pin) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        // Not empty: something else lives there too; leave it.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
-        Err(e) => return Err(io_error("remove", &dirs.pin)(e)),
-    }
+    Ok(DaemonLock { _file: file })
+}
+
+/// Removes the state file (after `unload`).
+pub fn forget(dirs: &Dirs) -> Result<(), StateError> {
     let state = dirs.state_file();
     match fs::remove_file(&state) {
         Ok(()) => Ok(()),
@@ -162,7 +155,7 @@ pub fn release(dirs: &Dirs) -> Result<(), StateError> {
 }
 
 pub(crate) fn pinned(dirs: &Dirs, name: &'static str) -> Result<Map, StateError> {
-    let path = dirs.pin.join(name);
+    let path = crate::pins::Pins::new(&dirs.pin).map(name);
     let data = MapData::from_pin(&path).map_err(|source| StateError::Pinned {
         path: path.clone(),
         source,

@@ -9,6 +9,7 @@ use crate::{budget_view::BudgetView, guard::Counters, state::RunState};
 
 #[derive(Serialize)]
 pub struct Status {
+    /// Whether the daemon runs. Without it the pinned programs keep protecting the host.
     pub running: bool,
     pub pid: u32,
     pub interface: String,
@@ -63,7 +64,7 @@ impl Status {
                 .sum()
         };
         Status {
-            running: true,
+            running: state.daemon_alive(),
             pid: state.pid,
             interface: state.interface,
             mode: state.mode,
@@ -94,10 +95,14 @@ impl Status {
         };
         let _ = writeln!(
             out,
-            "mailguard on {} ({} XDP), {enforcing}\npid {}, program id {}, up {}, ping {}",
+            "mailguard on {} ({} XDP), {enforcing}\n{}, program id {}, up {}, ping {}",
             self.interface,
             self.mode,
-            self.pid,
+            if self.running {
+                format!("daemon running (pid {})", self.pid)
+            } else {
+                "daemon NOT running: the pinned programs keep protecting; `mailguard run` adopts them".to_string()
+            },
             self.program_id,
             human_duration(self.uptime_seconds),
             self.icmp_echo,

@@ -259,6 +259,7 @@ pub fn mailguard_bin() -> PathBuf {
 /// A running `mailguard run` in a namespace, with its own pin and run directories.
 pub struct Mailguard {
     child: Child,
+    unload_on_drop: bool,
     pub pin_dir: PathBuf,
     pub run_dir: PathBuf,
     ns_path: String,
@@ -289,6 +290,7 @@ impl Mailguard {
         });
         let mg = Mailguard {
             child,
+            unload_on_drop: true,
             pin_dir,
             run_dir,
             ns_path: ns.path(),
@@ -310,7 +312,12 @@ impl Mailguard {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.try_status().is_some() {
+            // Ready when status reports this very daemon running (pins of an earlier one may
+            // already answer status).
+            if self
+                .try_status()
+                .is_some_and(|s| s["running"] == true && s["pid"] == self.pid())
+            {
                 return;
             }
             let mut probe = Command::new("kill");
@@ -379,17 +386,25 @@ impl Mailguard {
             .expect("packet count")
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        self.terminate()
+    /// Ends the daemon with `signal` and waits for it; its protection stays pinned (as in
+    /// production). Returns the exit status.
+    pub fn end(mut self, signal: i32) -> std::process::ExitStatus {
+        self.unload_on_drop = false;
+        self.terminate(signal)
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    /// `mailguard unload`: stops the daemon if it runs, detaches, removes the pins.
+    pub fn unload(mut self) -> std::process::Output {
+        self.unload_on_drop = false;
+        self.cli(&["unload"])
+    }
+
+    fn terminate(&mut self, signal: i32) -> std::process::ExitStatus {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status;
         }
         // SAFETY: signals our own child process, by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -403,9 +418,13 @@ impl Mailguard {
 }
 
 impl Drop for Mailguard {
+    /// Stops the daemon and, unless `end` or `unload` took over, unloads it: a test leaves no
+    /// attachment or pin behind, also when it fails.
     fn drop(&mut self) {
-        self.terminate();
-        let _ = fs::remove_dir_all(&self.pin_dir);
+        self.terminate(libc::SIGTERM);
+        if self.unload_on_drop {
+            let _ = self.cli(&["unload"]);
+        }
     }
 }
 

@@ -4,10 +4,7 @@
 //! The tests share namespace names and kernel state: a lock file serialises them (and
 //! `cargo xtask test` runs them on one thread).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use guard_tests::lab::{
     self, CLIENT4, CLIENT6, Lab, MAIL_IFACE, MAIL4, MAIL6, nmap_syn_scan, swaks, tcp_banner,
@@ -227,7 +224,7 @@ fn generic_mode_attaches_and_enforces() {
 }
 
 #[test]
-fn sigterm_detaches_and_removes_pins() {
+fn sigterm_keeps_protection_until_unload() {
     let mut lab = lab();
     lab.start_mailguard(CONFIG, &[]);
     let link =
@@ -241,25 +238,67 @@ fn sigterm_detaches_and_removes_pins() {
         "3306 blocked while attached"
     );
 
+    // The daemon ends; the protection stays, and status still reads the pinned maps.
     let mg = lab.mailguard.take().expect("mailguard");
-    let pin_dir = mg.pin_dir.clone();
-    let started = Instant::now();
-    let status = mg.stop();
+    let (pin_dir, run_dir) = (mg.pin_dir.clone(), mg.run_dir.clone());
+    let status = mg.end(libc::SIGTERM);
     assert!(
         status.success(),
         "mailguard exit status after SIGTERM: {status}"
     );
+    let link =
+        String::from_utf8_lossy(&lab.mail.ns.run(&["ip", "link", "show", MAIL_IFACE]).stdout)
+            .to_string();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "detaching took {:?}",
-        started.elapsed()
+        link.contains("prog/xdp"),
+        "protection gone with the daemon: {link}"
+    );
+    assert_eq!(
+        tcp_banner(&lab.client.ns, addr(MAIL4, 3306), Duration::from_secs(2)),
+        None,
+        "3306 still blocked"
+    );
+    let cli = |args: &[&str]| {
+        lab.mail
+            .ns
+            .command(lab::mailguard_bin().to_str().unwrap())
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(args)
+            .output()
+            .expect("mailguard CLI")
+    };
+    let out = cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status without the daemon: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], false);
+    assert!(
+        status["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["reason"] == "tcp_not_allowed" && c["packets"].as_u64() > Some(0))
+    );
+
+    // unload detaches and removes every pin.
+    let out = cli(&["unload"]);
+    assert!(
+        out.status.success(),
+        "unload: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let link =
         String::from_utf8_lossy(&lab.mail.ns.run(&["ip", "link", "show", MAIL_IFACE]).stdout)
             .to_string();
     assert!(
         !link.contains("xdp"),
-        "XDP still attached after SIGTERM: {link}"
+        "XDP still attached after unload: {link}"
     );
     assert!(!pin_dir.exists(), "pins left in {}", pin_dir.display());
     // Unprotected again: the private port answers.
@@ -267,24 +306,12 @@ fn sigterm_detaches_and_removes_pins() {
         tcp_banner(&lab.client.ns, addr(MAIL4, 3306), Duration::from_secs(5)).as_deref(),
         Some("hello from port 3306\n")
     );
-}
-
-#[test]
-fn status_reports_not_running_after_exit() {
-    let mut lab = lab::Lab::create();
-    lab.start_mailguard(CONFIG, &[]);
-    let mg = lab.mailguard.take().expect("mailguard");
-    let (pin, run) = (mg.pin_dir.clone(), mg.run_dir.clone());
-    mg.stop();
-    let out = std::process::Command::new(lab::mailguard_bin())
-        .arg("--pin-dir")
-        .arg(&pin)
-        .arg("--run-dir")
-        .arg(&run)
-        .arg("status")
-        .output()
-        .expect("run status");
-    assert_eq!(out.status.code(), Some(3), "exit code 3 when not running");
+    let out = cli(&["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code 3 when nothing is loaded"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not running"),
         "{}",

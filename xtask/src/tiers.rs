@@ -73,6 +73,20 @@ const RUNS: &[Run] = &[
             "--show-output",
         ],
     },
+    Run {
+        tier: "3 end-to-end",
+        what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "lifecycle_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
 ];
 
 #[derive(Default)]
