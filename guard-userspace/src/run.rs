@@ -101,15 +101,14 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     let _lock = state::lock(&opts.dirs)?;
     let pins = Pins::new(&opts.dirs.pin);
     let previous = RunState::read(&opts.dirs).ok();
-    if pins.attached() {
-        if let Some(prev) = previous.as_ref().filter(|p| p.interface != iface) {
-            // The protection moves: the old interface's attachment goes.
-            log::warn!("moving protection from {} to {iface}", prev.interface);
-            std::fs::remove_file(pins.xdp_link()).map_err(|source| RunError::Unpin {
-                path: pins.xdp_link(),
-                source,
-            })?;
-        }
+    let moved = previous.as_ref().filter(|p| p.interface != iface);
+    if let Some(prev) = moved.filter(|_| pins.attached()) {
+        // The protection moves: the old interface's attachment goes.
+        log::warn!("moving protection from {} to {iface}", prev.interface);
+        std::fs::remove_file(pins.xdp_link()).map_err(|source| RunError::Unpin {
+            path: pins.xdp_link(),
+            source,
+        })?;
     }
     let adopting = pins.attached();
     match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
