@@ -48,6 +48,8 @@ pub struct BudgetView {
     pub sources_capacity: u32,
     pub sources_with_connections: u64,
     pub connections_counted: u64,
+    /// Connections counted, by class (`mx`, `submission`, `mailbox`).
+    pub connections_by_class: BTreeMap<&'static str, u64>,
     pub connections_capacity: u32,
     /// Tracking events (`counted`, `uncounted`, `socket_table_full`, ...).
     pub events: BTreeMap<&'static str, u64>,
@@ -148,9 +150,12 @@ impl BudgetView {
         let conns: HashMap<_, SourceKey, u32> =
             HashMap::try_from(&conns_map).map_err(GuardError::map(names::CONNECTIONS))?;
         let (mut with, mut counted) = (0, 0);
-        for (_, n) in conns.iter().filter_map(Result::ok) {
+        let mut by_class: BTreeMap<&'static str, u64> =
+            CLASSES.iter().map(|(_, name)| (*name, 0)).collect();
+        for (k, n) in conns.iter().filter_map(Result::ok) {
             with += 1;
             counted += effective_count(n) as u64;
+            *by_class.entry(class_name(k.class)).or_default() += effective_count(n) as u64;
         }
         Ok(BudgetView {
             classes,
@@ -162,6 +167,7 @@ impl BudgetView {
             sources_capacity: capacity(&sources_map, names::SOURCES)?,
             sources_with_connections: with,
             connections_counted: counted,
+            connections_by_class: by_class,
             connections_capacity: capacity(&conns_map, names::CONNECTIONS)?,
             events: AccountingEvent::ALL
                 .iter()

@@ -40,7 +40,12 @@ pub struct Config {
     pub open_ports: Vec<OpenPort>,
     /// Per-source budgets for new connections to mail ports.
     pub budgets: Budgets,
+    /// Address of the Prometheus endpoint; `None` turns it off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
+
+/// Where the metrics endpoint listens by default: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +108,7 @@ impl Default for Config {
                 from: vec![],
             }],
             budgets: Budgets::default(),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
         }
     }
 }
@@ -177,6 +183,13 @@ struct RawConfig {
     mail_ports: Option<Vec<Spanned<i64>>>,
     open_ports: Option<Vec<Spanned<RawOpenPort>>>,
     budgets: Option<crate::budgets::RawBudgets>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +395,20 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         mail_ports,
         open_ports,
         budgets: crate::budgets::validate(raw.budgets, place)?,
+        metrics_listen: match raw.metrics.and_then(|m| m.listen) {
+            None => defaults.metrics_listen,
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                place.error(
+                    s.span(),
+                    Some("metrics.listen".into()),
+                    format!(
+                        "`{}` is not an address and port such as 127.0.0.1:9477 or [::1]:9477",
+                        s.get_ref()
+                    ),
+                )
+            })?),
+        },
     };
     let warnings = config.warnings();
     Ok((config, warnings))
@@ -616,6 +643,29 @@ protocol = "udp"
     fn missing_file_is_an_error_naming_it() {
         let e = Config::load(Path::new("/nonexistent/mailguard.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/mailguard.toml"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_address() {
+        assert_eq!(
+            parse("").unwrap().metrics_listen,
+            Some("127.0.0.1:9477".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"\"\n").unwrap().metrics_listen,
+            None
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"[::1]:9100\"\n")
+                .unwrap()
+                .metrics_listen,
+            Some("[::1]:9100".parse().unwrap())
+        );
+        let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:2:10: `metrics.listen`: `localhost` is not an address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `policy`: a `Config` turned into map contents
 //! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
+//! - `metrics`: the Prometheus endpoint
 //! - `run`: the daemon
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
@@ -13,6 +14,7 @@ pub mod budget_view;
 pub mod budgets;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod run;

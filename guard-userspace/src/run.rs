@@ -8,9 +8,12 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use std::sync::Arc;
+
 use crate::{
     config::{self, Config, ConfigError, Warning},
     guard::{AttachMode, Attachment, Guard, GuardError},
+    metrics::{self, DaemonFacts},
     pins::Pins,
     state::{self, Dirs, RunState, StateError},
 };
@@ -112,7 +115,18 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let adopting = pins.attached();
     match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
-        Ok((mut guard, config, state)) => serve(&mut guard, &opts, config, &state, &signals),
+        Ok((mut guard, config, state)) => {
+            let facts = Arc::new(DaemonFacts::default());
+            if let Some(listen) = config.metrics_listen {
+                let cpus = crate::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
+                match metrics::serve(listen, opts.dirs.clone(), cpus, facts.clone()) {
+                    Ok(()) => log::info!("Prometheus metrics on http://{listen}/metrics"),
+                    // Monitoring is not protection: go on without it.
+                    Err(e) => log::error!("metrics endpoint off: cannot listen on {listen}: {e}"),
+                }
+            }
+            serve(&mut guard, &opts, config, &state, &signals, &facts)
+        }
         Err(e) => {
             if !adopting {
                 // A first start that failed leaves nothing pinned behind.
@@ -197,10 +211,20 @@ fn serve(
     mut config: Config,
     state: &RunState,
     signals: &Signals,
+    facts: &DaemonFacts,
 ) -> Result<(), RunError> {
     loop {
         match signals.wait()? {
-            libc::SIGHUP => config = reload(guard, opts, config, state)?,
+            libc::SIGHUP => {
+                let (next, applied) = reload(guard, opts, config, state)?;
+                config = next;
+                let counter = if applied {
+                    &facts.reloads_ok
+                } else {
+                    &facts.reloads_failed
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             sig => {
                 log::info!(
                     "signal {sig}: exiting; {} stays protected (`mailguard unload` removes the protection)",
@@ -213,12 +237,13 @@ fn serve(
 }
 
 /// Re-reads the configuration; a bad file is refused and the configuration in force stays.
+/// Returns the configuration in force, and whether the new one was applied.
 fn reload(
     guard: &mut Guard,
     opts: &RunOptions,
     old: Config,
     state: &RunState,
-) -> Result<Config, RunError> {
+) -> Result<(Config, bool), RunError> {
     let new = match effective_config(opts) {
         Ok((new, warnings)) => {
             for w in &warnings {
@@ -228,25 +253,39 @@ fn reload(
         }
         Err(e) => {
             log::error!("reload refused, the configuration in force stays: {e}");
-            return Ok(old);
+            return Ok((old, false));
         }
     };
-    if new.interface != old.interface || new.attach_mode != old.attach_mode {
-        log::warn!(
-            "interface and attach_mode changes take effect at the next start; applying the rest"
-        );
+    let restart_only = [
+        ("interface", new.interface != old.interface),
+        ("attach_mode", new.attach_mode != old.attach_mode),
+        (
+            "budgets.tracked_sources",
+            new.budgets.tracked_sources != old.budgets.tracked_sources,
+        ),
+        (
+            "budgets.tracked_connections",
+            new.budgets.tracked_connections != old.budgets.tracked_connections,
+        ),
+        ("metrics.listen", new.metrics_listen != old.metrics_listen),
+    ];
+    for (key, changed) in restart_only {
+        if changed {
+            log::warn!("{key} changes take effect at the next start; applying the rest");
+        }
     }
-    let applied = Config {
-        interface: old.interface.clone(),
-        attach_mode: old.attach_mode,
-        ..new
-    };
+    let mut applied = new;
+    applied.interface = old.interface.clone();
+    applied.attach_mode = old.attach_mode;
+    applied.budgets.tracked_sources = old.budgets.tracked_sources;
+    applied.budgets.tracked_connections = old.budgets.tracked_connections;
+    applied.metrics_listen = old.metrics_listen;
     guard.policy_maps()?.apply(Some(&old), &applied)?;
     let mut state = state.clone();
     state.monitor = applied.monitor;
     state.write(&opts.dirs)?;
     log::info!("configuration reloaded");
-    Ok(applied)
+    Ok((applied, true))
 }
 
 /// SIGINT, SIGTERM and SIGHUP, blocked and received synchronously with sigwait.

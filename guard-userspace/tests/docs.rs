@@ -51,6 +51,8 @@ const KEYS: &[&str] = &[
     "budgets.<class>.burst",
     "budgets.<class>.max_connections",
     "budgets.<class>.action",
+    "[metrics]",
+    "metrics.listen",
 ];
 
 #[test]

@@ -181,6 +181,11 @@ impl Lab {
         self.mailguard.as_ref().expect("just set")
     }
 
+    /// Rewrites the configuration file mailguard was started with (for reloads).
+    pub fn rewrite_mailguard_config(&self, config: &str) {
+        fs::write(self.dir.path.join("mailguard.toml"), config).expect("rewrite mailguard config");
+    }
+
     pub fn stop_mailguard(&mut self) {
         self.mailguard = None;
     }
@@ -384,6 +389,12 @@ impl Mailguard {
             .unwrap_or_else(|| panic!("no reason {reason} in status"))["packets"]
             .as_u64()
             .expect("packet count")
+    }
+
+    /// Sends `signal` to the daemon (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signals our own child process, by pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// Ends the daemon with `signal` and waits for it; its protection stays pinned (as in

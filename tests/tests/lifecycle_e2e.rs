@@ -184,3 +184,244 @@ fn program_replaced_100_times_under_traffic() {
         "the counters carried over the replacements"
     );
 }
+
+/// A plain HTTP GET from inside `ns`: the body of a 200 response, or what went wrong.
+fn try_http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> Result<String, String> {
+    let (addr, path, accept) = (addr.to_string(), path.to_string(), accept.to_string());
+    ns.spawn(move || {
+        let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut all = String::new();
+        s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+        let (head, body) = all.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+        if head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(head.to_string())
+        }
+    })
+    .join()
+    .expect("HTTP thread")
+}
+
+fn http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> String {
+    try_http_get(ns, addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+const METRICS: &str = "198.18.0.1:9477";
+
+/// Ends a process we started, by pid.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_metrics() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab.start_mailguard(&format!("{CONFIG}[metrics]\nlisten = \"{METRICS}\"\n"), &[]);
+    // Some traffic, so that counters move.
+    let _ = guard_tests::lab::swaks(&lab.client.ns, MAIL4, 25, "metrics");
+
+    // The text format passes promtool.
+    let text = http_get(&lab.mail.ns, METRICS, "/metrics", "text/plain");
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(&text);
+    assert!(
+        check.0.success(),
+        "promtool check metrics: {}\n{text}",
+        check.1
+    );
+    for name in [
+        "mailguard_packets_total{reason=\"mail_new\",verdict=\"pass\"}",
+        "mailguard_budget_decisions_total{class=\"mx\",outcome=\"within\"}",
+        "mailguard_attached_info{interface=\"mg-mail0\",mode=\"native\"}",
+        "mailguard_config_reloads_total{result=\"failure\"}",
+        "mailguard_map_fill_ratio{map=\"sources\"}",
+        "mailguard_build_info{version=",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+    assert!(
+        !text.contains("198.18.0.2"),
+        "a source address leaked into a label"
+    );
+    let openmetrics = http_get(
+        &lab.mail.ns,
+        METRICS,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0",
+    );
+    assert!(
+        openmetrics.ends_with("# EOF\n"),
+        "OpenMetrics when asked for it"
+    );
+
+    // A real Prometheus server scrapes it.
+    let dir = lab.dir.path.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mailguard\n    static_configs:\n      - targets: [\"{METRICS}\"]\n"),
+    )
+    .unwrap();
+    let server = lab
+        .mail
+        .ns
+        .command("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--web.listen-address=198.18.0.1:9090")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus");
+    let _server = Child(server);
+    let query = |q: &str| {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+                .replace('(', "%28")
+                .replace(')', "%29")
+        );
+        try_http_get(&lab.mail.ns, "198.18.0.1:9090", &path, "application/json").unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = query("up{job=\"mailguard\"}");
+        if up.contains("\"value\":[") && up.contains(",\"1\"]") {
+            println!("prometheus: {up}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mailguard target is not up in Prometheus: {up}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    let series = query("count(mailguard_packets_total)");
+    assert!(
+        series.contains(&format!(",\"{}\"]", guard_common::Reason::ALL.len())),
+        "one series per reason: {series}"
+    );
+    let decisions = query("count(mailguard_budget_decisions_total)");
+    assert!(
+        decisions.contains(",\"24\"]"),
+        "3 classes x 8 outcomes: {decisions}"
+    );
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> (std::process::ExitStatus, String);
+}
+
+impl OutputWithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &str) -> (std::process::ExitStatus, String) {
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+#[test]
+fn reload_refuses_a_broken_file_and_applies_a_good_one_without_reattaching() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    let config = format!("{CONFIG}[metrics]\nlisten = \"{METRICS}\"\n");
+    lab.start_mailguard(&config, &[]);
+    let mg = lab.mailguard();
+    let program = mg.status()["program_id"].clone();
+    let to_8080: SocketAddr = format!("{MAIL4}:8080").parse().unwrap();
+    let reachable = |lab: &Lab| {
+        guard_tests::lab::tcp_banner(&lab.client.ns, to_8080, Duration::from_secs(2)).is_some()
+    };
+    assert!(!reachable(&lab), "8080 is closed to start with");
+
+    // A broken file: refused; the old configuration stays in force.
+    lab.rewrite_mailguard_config(&format!(
+        "{config}[[open_ports]]\nport = 8080\nfrom = [\"198.18.0.1/24\"]\n"
+    ));
+    lab.mailguard().signal(libc::SIGHUP);
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        !reachable(&lab),
+        "8080 must stay closed after a refused reload"
+    );
+    let text = http_get(&lab.mail.ns, METRICS, "/metrics", "text/plain");
+    assert!(
+        text.contains("mailguard_config_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    assert!(
+        lab.mailguard()
+            .log()
+            .iter()
+            .any(|l| l.contains("reload refused") && l.contains("host bits set")),
+        "the refusal is logged with its reason"
+    );
+
+    // A good file: applied, with the same program and attachment.
+    lab.rewrite_mailguard_config(&format!(
+        "{config}[[open_ports]]\nport = 22\n[[open_ports]]\nport = 8080\n"
+    ));
+    lab.mailguard().signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !reachable(&lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "8080 not open after a good reload"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        lab.mailguard().status()["program_id"],
+        program,
+        "no new program, no re-attach"
+    );
+    let text = http_get(&lab.mail.ns, METRICS, "/metrics", "text/plain");
+    assert!(
+        text.contains("mailguard_config_reloads_total{result=\"success\"} 1"),
+        "{text}"
+    );
+}

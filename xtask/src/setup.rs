@@ -23,6 +23,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("hping3", "SYN floods"),
     ("bpftool", "inspecting loaded programs and maps"),
     ("xdp-tools", "xdp-filter, the peer in benchmarks"),
+    (
+        "prometheus",
+        "a real Prometheus server scraping /metrics, and promtool",
+    ),
 ];
 
 pub fn setup() -> Result<()> {

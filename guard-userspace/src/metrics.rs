@@ -1,0 +1,348 @@
+//! Prometheus metrics on `GET /metrics`, read from the pinned maps at scrape time and encoded
+//! with the official Prometheus client (`prometheus-client`, OpenMetrics text). Names carry the
+//! `mailguard_` prefix, counters end in `_total`, and labels come only from small fixed sets
+//! (reason, verdict, class, outcome, event, map, interface, mode): never a source address.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use guard_common::Reason;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{
+    budget_view::BudgetView,
+    state::{self, Dirs, RunState},
+};
+
+/// What the daemon counts itself (not in any map).
+#[derive(Debug, Default)]
+pub struct DaemonFacts {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+#[derive(Debug)]
+struct MapCollector {
+    dirs: Dirs,
+    cpus: u32,
+    facts: Arc<DaemonFacts>,
+}
+
+fn counter<L: prometheus_client::encoding::EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: prometheus_client::encoding::EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn l(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Collector for MapCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let build: [(Labels, f64); 1] = [(l(&[("version", env!("CARGO_PKG_VERSION"))]), 1.0)];
+        gauge(
+            &mut enc,
+            "mailguard_build_info",
+            "mailguard build (the value is 1)",
+            build,
+        )?;
+        counter(
+            &mut enc,
+            "mailguard_config_reloads",
+            "configuration reloads by result",
+            [
+                (
+                    l(&[("result", "success")]),
+                    self.facts.reloads_ok.load(Ordering::Relaxed),
+                ),
+                (
+                    l(&[("result", "failure")]),
+                    self.facts.reloads_failed.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
+        // Everything below comes from the maps; a failed read leaves those series out (the
+        // scrape itself still succeeds, and the log says why).
+        if let Ok(state) = RunState::read(&self.dirs) {
+            let info: [(Labels, f64); 1] = [(
+                l(&[("interface", &state.interface), ("mode", &state.mode)]),
+                1.0,
+            )];
+            gauge(
+                &mut enc,
+                "mailguard_attached_info",
+                "where the XDP program is attached (the value is 1)",
+                info,
+            )?;
+            let monitor: [(Labels, f64); 1] = [(Vec::new(), if state.monitor { 1.0 } else { 0.0 })];
+            gauge(
+                &mut enc,
+                "mailguard_monitor_mode",
+                "1 when verdicts are only counted, nothing dropped",
+                monitor,
+            )?;
+        }
+        match state::pinned_counters(&self.dirs) {
+            Ok(counters) => counter(
+                &mut enc,
+                "mailguard_packets",
+                "packets by the reason of their verdict (in monitor mode drops and rejects are only counted)",
+                Reason::ALL.iter().map(|r| {
+                    (
+                        l(&[("reason", r.name()), ("verdict", r.verdict().name())]),
+                        counters.get(*r),
+                    )
+                }),
+            )?,
+            Err(e) => log::warn!("metrics: counters: {e}"),
+        }
+        match BudgetView::read(&self.dirs, self.cpus) {
+            Ok(view) => {
+                counter(
+                    &mut enc,
+                    "mailguard_budget_decisions",
+                    "budget decisions on new connections to mail ports, by class and outcome",
+                    view.classes.iter().flat_map(|c| {
+                        c.outcomes
+                            .iter()
+                            .map(|(o, n)| (l(&[("class", c.class), ("outcome", o)]), *n))
+                    }),
+                )?;
+                counter(
+                    &mut enc,
+                    "mailguard_tracking_events",
+                    "connection counting and source tracking events",
+                    view.events.iter().map(|(e, n)| (l(&[("event", e)]), *n)),
+                )?;
+                gauge(
+                    &mut enc,
+                    "mailguard_connections",
+                    "concurrent connections to mail ports counted, by class",
+                    view.connections_by_class
+                        .iter()
+                        .map(|(c, n)| (l(&[("class", c)]), *n as f64)),
+                )?;
+                let sources: [(Labels, f64); 1] = [(Vec::new(), view.sources_tracked as f64)];
+                gauge(
+                    &mut enc,
+                    "mailguard_tracked_sources",
+                    "sources whose rate is tracked",
+                    sources,
+                )?;
+                let fill = |entries: u64, capacity: u32| {
+                    if capacity == 0 {
+                        0.0
+                    } else {
+                        entries as f64 / capacity as f64
+                    }
+                };
+                gauge(
+                    &mut enc,
+                    "mailguard_map_fill_ratio",
+                    "entries over capacity of the tracking maps",
+                    [
+                        (
+                            l(&[("map", "sources")]),
+                            fill(view.sources_tracked, view.sources_capacity),
+                        ),
+                        (
+                            l(&[("map", "connections")]),
+                            fill(view.sources_with_connections, view.connections_capacity),
+                        ),
+                    ],
+                )?;
+            }
+            Err(e) => log::warn!("metrics: budgets: {e}"),
+        }
+        Ok(())
+    }
+}
+
+/// The full metrics text, as served.
+pub fn render(dirs: &Dirs, cpus: u32, facts: Arc<DaemonFacts>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MapCollector {
+        dirs: dirs.clone(),
+        cpus,
+        facts,
+    }));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        log::error!("metrics: encoding: {e}");
+    }
+    out
+}
+
+/// The classic Prometheus text format (0.0.4) of OpenMetrics text, for scrapers and tools
+/// that do not ask for OpenMetrics (promtool among them): counter families are named with
+/// their `_total` suffix, `# EOF` goes, and empty label sets are written without braces.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                out.push_str(&format!("{kind}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(&line.replacen("{} ", " ", 1));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` on `listen` from a background thread, for the daemon's lifetime.
+pub fn serve(
+    listen: SocketAddr,
+    dirs: Dirs,
+    cpus: u32,
+    facts: Arc<DaemonFacts>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Err(e) = answer(conn, &dirs, cpus, &facts) {
+                    log::debug!("metrics: {e}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(
+    mut conn: TcpStream,
+    dirs: &Dirs,
+    cpus: u32,
+    facts: &Arc<DaemonFacts>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // The headers (bounded): only Accept matters.
+    let mut openmetrics = false;
+    for _ in 0..100 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("accept:") && lower.contains("application/openmetrics-text") {
+            openmetrics = true;
+        }
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, body, ctype) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") if openmetrics => (
+            "200 OK",
+            render(dirs, cpus, facts.clone()),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        ("GET", "/metrics") => (
+            "200 OK",
+            to_prometheus_text(&render(dirs, cpus, facts.clone())),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "mailguard serves /metrics\n".to_string(),
+            "text/plain",
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "GET only\n".to_string(),
+            "text/plain",
+        ),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total() {
+        let om = "# HELP mailguard_packets packets by reason\n# TYPE mailguard_packets counter\n\
+                  mailguard_packets_total{reason=\"non_ip\"} 3\n# HELP mailguard_monitor_mode 1 in monitor mode\n\
+                  # TYPE mailguard_monitor_mode gauge\nmailguard_monitor_mode{} 0.0\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP mailguard_packets_total packets by reason\n# TYPE mailguard_packets_total counter\n\
+             mailguard_packets_total{reason=\"non_ip\"} 3\n# HELP mailguard_monitor_mode 1 in monitor mode\n\
+             # TYPE mailguard_monitor_mode gauge\nmailguard_monitor_mode 0.0\n"
+        );
+    }
+}
