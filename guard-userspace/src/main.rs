@@ -3,10 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mailguard::{
     budget_view::{self, BudgetView},
     config::{self, Config},
+    control,
     guard::AttachMode,
     run::{self, RunOptions},
     state::{self, Dirs, RunState, StateError},
@@ -19,6 +20,7 @@ mod exit {
     pub const FAILURE: u8 = 1;
     pub const INVALID_CONFIG: u8 = 2;
     pub const NOT_RUNNING: u8 = 3;
+    pub const ROLLED_BACK: u8 = 4;
 }
 
 /// XDP connection guard for mail servers.
@@ -29,7 +31,8 @@ mod exit {
 #[derive(Parser)]
 #[command(name = "mailguard", version, propagate_version = true)]
 #[command(
-    after_help = "Exit codes: 0 success, 1 failure, 2 invalid configuration or arguments, 3 mailguard not running."
+    after_help = "Exit codes: 0 success, 1 failure, 2 invalid configuration or arguments, 3 mailguard not \
+                  loaded or not running, 4 a change was not confirmed in time and was rolled back."
 )]
 struct Cli {
     /// bpffs directory for mailguard's pinned maps.
@@ -62,7 +65,31 @@ enum Command {
         /// Count every verdict but drop nothing (overrides `monitor`).
         #[arg(long)]
         monitor: bool,
+        /// Unload again unless `mailguard confirm` arrives within this many seconds (to try a
+        /// configuration on a remote host without risking a lock-out).
+        #[arg(long, value_name = "SECONDS")]
+        confirm_within: Option<u64>,
     },
+    /// Make the running daemon re-read its configuration file (as SIGHUP does). A bad file is
+    /// refused with its error and the configuration in force stays.
+    Reload {
+        /// Roll the change back unless `mailguard confirm` arrives within this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        confirm_within: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the change that `run --confirm-within` or `reload --confirm-within` made.
+    Confirm {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) generated from this command line.
+    Man,
     /// Show where mailguard is attached and its packet counters by reason.
     Status {
         /// Print JSON (all reasons, zero counts included).
@@ -118,9 +145,7 @@ impl From<ModeArg> for AttachMode {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MAILGUARD_LOG", "info"))
-        .format_target(false)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let dirs = Dirs {
         pin: cli.pin_dir,
@@ -135,6 +160,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs as `key=value` lines (logfmt): `level=warn msg="..."`, with a UTC timestamp unless
+/// journald adds its own (`JOURNAL_STREAM` set). `MAILGUARD_LOG` sets the level (default info).
+fn init_logging() {
+    use std::io::Write as _;
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("MAILGUARD_LOG", "info"))
+        .format(move |buf, record| {
+            let msg = record
+                .args()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
+            let level = record.level().as_str().to_ascii_lowercase();
+            if journald {
+                writeln!(buf, "level={level} msg=\"{msg}\"")
+            } else {
+                writeln!(buf, "time={} level={level} msg=\"{msg}\"", buf.timestamp())
+            }
+        })
+        .init();
+}
+
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<config::ConfigError>().is_some() {
@@ -146,6 +193,12 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         ) = cause.downcast_ref()
         {
             return exit::INVALID_CONFIG;
+        }
+        if let Some(mailguard::control::ControlError::Unreachable { .. }) = cause.downcast_ref() {
+            return exit::NOT_RUNNING;
+        }
+        if let Some(run::RunError::RolledBack) = cause.downcast_ref() {
+            return exit::ROLLED_BACK;
         }
         if let Some(StateError::NotRunning { .. }) = cause.downcast_ref() {
             return exit::NOT_RUNNING;
@@ -161,6 +214,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             config,
             mode,
             monitor,
+            confirm_within,
         } => {
             raise_memlock_limit();
             let opts = RunOptions {
@@ -168,6 +222,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
                 config,
                 mode: mode.map(Into::into),
                 monitor,
+                confirm_within: confirm_within.map(std::time::Duration::from_secs),
                 dirs,
             };
             run::run(opts).context("mailguard run")?;
@@ -204,6 +259,32 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             } else {
                 print!("{}", budget_view::render_top(&rows));
             }
+            Ok(exit::OK)
+        }
+        Command::Reload {
+            confirm_within,
+            json,
+        } => {
+            let response = control::request(&dirs, &control::Request::Reload { confirm_within })?;
+            print_response(&response, json)
+        }
+        Command::Confirm { json } => {
+            let response = control::request(&dirs, &control::Request::Confirm)?;
+            print_response(&response, json)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mailguard",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .section("8")
+                .render(&mut std::io::stdout())?;
             Ok(exit::OK)
         }
         Command::Unload { json } => {
@@ -257,6 +338,21 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Prints the daemon's answer; a refusal is a failure (exit 1).
+fn print_response(response: &control::Response, json: bool) -> anyhow::Result<u8> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": response.ok, "message": response.message })
+        );
+    } else if response.ok {
+        println!("{}", response.message);
+    } else {
+        eprintln!("mailguard: {}", response.message);
+    }
+    Ok(if response.ok { exit::OK } else { exit::FAILURE })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it (harmless on newer ones).

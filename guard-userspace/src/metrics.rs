@@ -32,6 +32,8 @@ use crate::{
 pub struct DaemonFacts {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Unconfirmed reloads rolled back.
+    pub rollbacks: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -95,7 +97,7 @@ impl Collector for MapCollector {
         counter(
             &mut enc,
             "mailguard_config_reloads",
-            "configuration reloads by result",
+            "configuration reloads by result: success, failure (refused or not written), rolled_back (not confirmed in time)",
             [
                 (
                     l(&[("result", "success")]),
@@ -104,6 +106,10 @@ impl Collector for MapCollector {
                 (
                     l(&[("result", "failure")]),
                     self.facts.reloads_failed.load(Ordering::Relaxed),
+                ),
+                (
+                    l(&[("result", "rolled_back")]),
+                    self.facts.rollbacks.load(Ordering::Relaxed),
                 ),
             ],
         )?;

@@ -8,10 +8,14 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
 use crate::{
     config::{self, Config, ConfigError, Warning},
+    control::{ControlServer, Request, Response, answer},
     guard::{AttachMode, Attachment, Guard, GuardError},
     metrics::{self, DaemonFacts},
     pins::Pins,
@@ -24,6 +28,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub mode: Option<AttachMode>,
     pub monitor: bool,
+    /// Undo the start (unload) unless `mailguard confirm` arrives within this time.
+    pub confirm_within: Option<Duration>,
     pub dirs: Dirs,
 }
 
@@ -45,6 +51,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("not confirmed in time: mailguard unloaded itself (the host is unprotected)")]
+    RolledBack,
+    #[error(transparent)]
+    Pins(#[from] crate::pins::PinError),
     #[error("cannot wait for signals: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -115,7 +125,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let adopting = pins.attached();
     match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
-        Ok((mut guard, config, state)) => {
+        Ok((guard, config, state)) => {
             let facts = Arc::new(DaemonFacts::default());
             if let Some(listen) = config.metrics_listen {
                 let cpus = crate::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
@@ -125,7 +135,25 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                     Err(e) => log::error!("metrics endpoint off: cannot listen on {listen}: {e}"),
                 }
             }
-            serve(&mut guard, &opts, config, &state, &signals, &facts)
+            let mut daemon = Daemon {
+                guard,
+                opts: &opts,
+                config,
+                state,
+                facts,
+                pins: &pins,
+                pending: None,
+            };
+            if let Some(within) = opts.confirm_within {
+                log::warn!(
+                    "unconfirmed: mailguard unloads itself in {within:?} unless `mailguard confirm` arrives"
+                );
+                daemon.pending = Some(Pending {
+                    deadline: Instant::now() + within,
+                    undo: Undo::Unload,
+                });
+            }
+            daemon.serve(&signals)
         }
         Err(e) => {
             if !adopting {
@@ -203,89 +231,223 @@ fn start(
     Ok((guard, config, state))
 }
 
-/// Waits for signals: SIGHUP reloads; SIGINT and SIGTERM end the daemon, and the protection
-/// stays (pinned) until `mailguard unload`.
-fn serve(
-    guard: &mut Guard,
-    opts: &RunOptions,
-    mut config: Config,
-    state: &RunState,
-    signals: &Signals,
-    facts: &DaemonFacts,
-) -> Result<(), RunError> {
-    loop {
-        match signals.wait()? {
-            libc::SIGHUP => {
-                let (next, applied) = reload(guard, opts, config, state)?;
-                config = next;
-                let counter = if applied {
-                    &facts.reloads_ok
-                } else {
-                    &facts.reloads_failed
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// What undoes an unconfirmed change.
+enum Undo {
+    /// Go back to this configuration (an unconfirmed reload).
+    Restore(Box<Config>),
+    /// Remove mailguard (an unconfirmed start).
+    Unload,
+}
+
+struct Pending {
+    deadline: Instant,
+    undo: Undo,
+}
+
+/// The running daemon.
+struct Daemon<'a> {
+    guard: Guard,
+    opts: &'a RunOptions,
+    config: Config,
+    state: RunState,
+    facts: Arc<DaemonFacts>,
+    pins: &'a Pins,
+    pending: Option<Pending>,
+}
+
+impl Daemon<'_> {
+    /// Serves until SIGINT or SIGTERM (the protection stays pinned until `mailguard unload`),
+    /// or until an unconfirmed start runs out of time (then it unloads itself). Meanwhile:
+    /// SIGHUP and `mailguard reload` re-read the configuration, `mailguard confirm` keeps a
+    /// change, and an unconfirmed reload is rolled back on time.
+    fn serve(&mut self, signals: &Signals) -> Result<(), RunError> {
+        let control = match ControlServer::bind(&self.opts.dirs) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::error!("`mailguard reload` and `confirm` unavailable: {e}");
+                None
             }
-            sig => {
-                log::info!(
-                    "signal {sig}: exiting; {} stays protected (`mailguard unload` removes the protection)",
-                    state.interface
-                );
-                return Ok(());
+        };
+        sd_notify("READY=1");
+        loop {
+            if let Some(sig) = signals.wait_timeout(Duration::from_millis(200))? {
+                if sig == libc::SIGHUP {
+                    sd_notify("RELOADING=1");
+                    let _ = self.reload(None);
+                    sd_notify("READY=1");
+                } else {
+                    sd_notify("STOPPING=1");
+                    log::info!(
+                        "signal {sig}: exiting; {} stays protected (`mailguard unload` removes the protection)",
+                        self.state.interface
+                    );
+                    return Ok(());
+                }
+            }
+            while let Some((request, stream)) = control.as_ref().and_then(ControlServer::next) {
+                let response = match request {
+                    Ok(Request::Reload { confirm_within }) => {
+                        sd_notify("RELOADING=1");
+                        let r = self.reload(confirm_within.map(Duration::from_secs));
+                        sd_notify("READY=1");
+                        match r {
+                            Ok(message) => Response { ok: true, message },
+                            Err(message) => Response { ok: false, message },
+                        }
+                    }
+                    Ok(Request::Confirm) => match self.pending.take() {
+                        Some(_) => {
+                            log::info!("change confirmed");
+                            Response {
+                                ok: true,
+                                message: "confirmed: the change stays".into(),
+                            }
+                        }
+                        None => Response {
+                            ok: false,
+                            message: "nothing is waiting for confirmation".into(),
+                        },
+                    },
+                    Err(message) => Response { ok: false, message },
+                };
+                if let Err(e) = answer(&stream, &response) {
+                    log::warn!("control socket: {e}");
+                }
+            }
+            if self
+                .pending
+                .as_ref()
+                .is_some_and(|p| Instant::now() >= p.deadline)
+            {
+                let pending = self.pending.take().expect("checked");
+                match pending.undo {
+                    Undo::Restore(previous) => {
+                        log::warn!(
+                            "reload not confirmed in time: rolling back to the previous configuration"
+                        );
+                        let current = std::mem::replace(&mut self.config, *previous);
+                        self.guard
+                            .policy_maps()?
+                            .apply(Some(&current), &self.config)?;
+                        self.facts.rollbacks.fetch_add(1, Ordering::Relaxed);
+                        self.state.monitor = self.config.monitor;
+                        self.state.write(&self.opts.dirs)?;
+                    }
+                    Undo::Unload => {
+                        log::warn!("start not confirmed in time: unloading mailguard");
+                        sd_notify("STOPPING=1");
+                        self.pins.remove_all()?;
+                        state::forget(&self.opts.dirs)?;
+                        return Err(RunError::RolledBack);
+                    }
+                }
             }
         }
+    }
+
+    /// Re-reads the configuration. A bad file is refused (the configuration in force stays)
+    /// and the answer says why. With `confirm_within`, the change is rolled back unless
+    /// confirmed in time.
+    fn reload(&mut self, confirm_within: Option<Duration>) -> Result<String, String> {
+        let new = match effective_config(self.opts) {
+            Ok((new, warnings)) => {
+                for w in &warnings {
+                    log::warn!("{w}");
+                }
+                new
+            }
+            Err(e) => {
+                log::error!("reload refused, the configuration in force stays: {e}");
+                self.facts.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("refused, the configuration in force stays: {e}"));
+            }
+        };
+        let old = &self.config;
+        let restart_only = [
+            ("interface", new.interface != old.interface),
+            ("attach_mode", new.attach_mode != old.attach_mode),
+            (
+                "budgets.tracked_sources",
+                new.budgets.tracked_sources != old.budgets.tracked_sources,
+            ),
+            (
+                "budgets.tracked_connections",
+                new.budgets.tracked_connections != old.budgets.tracked_connections,
+            ),
+            ("metrics.listen", new.metrics_listen != old.metrics_listen),
+        ];
+        let mut notes = Vec::new();
+        for (key, changed) in restart_only {
+            if changed {
+                log::warn!("{key} changes take effect at the next start; applying the rest");
+                notes.push(format!("{key} waits for the next start"));
+            }
+        }
+        let mut applied = new;
+        applied.interface = old.interface.clone();
+        applied.attach_mode = old.attach_mode;
+        applied.budgets.tracked_sources = old.budgets.tracked_sources;
+        applied.budgets.tracked_connections = old.budgets.tracked_connections;
+        applied.metrics_listen = old.metrics_listen;
+        let result = self
+            .guard
+            .policy_maps()
+            .and_then(|mut maps| maps.apply(Some(old), &applied));
+        if let Err(e) = result {
+            log::error!("reload failed while writing the maps: {e}");
+            self.facts.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("failed while writing the maps: {e}"));
+        }
+        let previous = std::mem::replace(&mut self.config, applied);
+        self.state.monitor = self.config.monitor;
+        if let Err(e) = self.state.write(&self.opts.dirs) {
+            log::warn!("{e}");
+        }
+        self.facts.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        let mut message = "configuration reloaded".to_string();
+        if let Some(within) = confirm_within {
+            // Several unconfirmed reloads roll back to the last confirmed configuration.
+            let undo = match self.pending.take() {
+                Some(Pending { undo, .. }) => undo,
+                None => Undo::Restore(Box::new(previous)),
+            };
+            self.pending = Some(Pending {
+                deadline: Instant::now() + within,
+                undo,
+            });
+            message.push_str(&format!(
+                "; rolled back in {}s unless `mailguard confirm` arrives",
+                within.as_secs()
+            ));
+        }
+        if !notes.is_empty() {
+            message.push_str(&format!(" ({})", notes.join(", ")));
+        }
+        log::info!("{message}");
+        Ok(message)
     }
 }
 
-/// Re-reads the configuration; a bad file is refused and the configuration in force stays.
-/// Returns the configuration in force, and whether the new one was applied.
-fn reload(
-    guard: &mut Guard,
-    opts: &RunOptions,
-    old: Config,
-    state: &RunState,
-) -> Result<(Config, bool), RunError> {
-    let new = match effective_config(opts) {
-        Ok((new, warnings)) => {
-            for w in &warnings {
-                log::warn!("{w}");
-            }
-            new
-        }
-        Err(e) => {
-            log::error!("reload refused, the configuration in force stays: {e}");
-            return Ok((old, false));
-        }
+/// Tells systemd (`Type=notify`) about the daemon's state, when started by it.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
     };
-    let restart_only = [
-        ("interface", new.interface != old.interface),
-        ("attach_mode", new.attach_mode != old.attach_mode),
-        (
-            "budgets.tracked_sources",
-            new.budgets.tracked_sources != old.budgets.tracked_sources,
-        ),
-        (
-            "budgets.tracked_connections",
-            new.budgets.tracked_connections != old.budgets.tracked_connections,
-        ),
-        ("metrics.listen", new.metrics_listen != old.metrics_listen),
-    ];
-    for (key, changed) in restart_only {
-        if changed {
-            log::warn!("{key} changes take effect at the next start; applying the rest");
-        }
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return log::warn!("sd_notify: {e}"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        log::warn!("sd_notify {state}: {e}");
     }
-    let mut applied = new;
-    applied.interface = old.interface.clone();
-    applied.attach_mode = old.attach_mode;
-    applied.budgets.tracked_sources = old.budgets.tracked_sources;
-    applied.budgets.tracked_connections = old.budgets.tracked_connections;
-    applied.metrics_listen = old.metrics_listen;
-    guard.policy_maps()?.apply(Some(&old), &applied)?;
-    let mut state = state.clone();
-    state.monitor = applied.monitor;
-    state.write(&opts.dirs)?;
-    log::info!("configuration reloaded");
-    Ok((applied, true))
 }
 
 /// SIGINT, SIGTERM and SIGHUP, blocked and received synchronously with sigwait.
@@ -311,13 +473,24 @@ impl Signals {
         }
     }
 
-    fn wait(&self) -> Result<i32, RunError> {
-        let mut sig = 0;
-        // SAFETY: waits for one of the blocked signals in `set`.
-        let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-        if rc != 0 {
-            return Err(RunError::Signals(std::io::Error::from_raw_os_error(rc)));
+    /// The next blocked signal, or `None` after `timeout`.
+    fn wait_timeout(&self, timeout: Duration) -> Result<Option<i32>, RunError> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: waits for one of the blocked signals in `set`, at most `ts`.
+        let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+        if sig >= 0 {
+            return Ok(Some(sig));
         }
-        Ok(sig)
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EAGAIN)
+                || e.raw_os_error() == Some(libc::EINTR) =>
+            {
+                Ok(None)
+            }
+            e => Err(RunError::Signals(e)),
+        }
     }
 }

@@ -425,3 +425,125 @@ fn reload_refuses_a_broken_file_and_applies_a_good_one_without_reattaching() {
         "{text}"
     );
 }
+
+fn open_8080(lab: &Lab) -> bool {
+    let to: SocketAddr = format!("{MAIL4}:8080").parse().unwrap();
+    guard_tests::lab::tcp_banner(&lab.client.ns, to, Duration::from_secs(2)).is_some()
+}
+
+#[test]
+fn unconfirmed_reload_is_rolled_back_on_time() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    let config = format!("{CONFIG}[metrics]\nlisten = \"{METRICS}\"\n");
+    lab.start_mailguard(&config, &[]);
+    assert!(!open_8080(&lab));
+    lab.rewrite_mailguard_config(&format!(
+        "{config}[[open_ports]]\nport = 22\n[[open_ports]]\nport = 8080\n"
+    ));
+
+    // Confirmed: stays.
+    let out = lab.mailguard().cli(&["reload", "--confirm-within", "3"]);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rolled back in 3s unless"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(open_8080(&lab), "the reload opened 8080");
+    let out = lab.mailguard().cli(&["confirm"]);
+    assert!(
+        out.status.success(),
+        "confirm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    thread::sleep(Duration::from_secs(4));
+    assert!(open_8080(&lab), "a confirmed change stays");
+    let out = lab.mailguard().cli(&["confirm"]);
+    assert_eq!(out.status.code(), Some(1), "nothing left to confirm");
+
+    // Not confirmed: rolled back on time.
+    lab.rewrite_mailguard_config(&config);
+    let out = lab.mailguard().cli(&["reload"]);
+    assert!(out.status.success());
+    assert!(!open_8080(&lab), "8080 closed again");
+    lab.rewrite_mailguard_config(&format!(
+        "{config}[[open_ports]]\nport = 22\n[[open_ports]]\nport = 8080\n"
+    ));
+    let started = std::time::Instant::now();
+    let out = lab.mailguard().cli(&["reload", "--confirm-within", "3"]);
+    assert!(out.status.success());
+    assert!(open_8080(&lab), "open until the deadline");
+    let rolled_back = |lab: &Lab| {
+        http_get(&lab.mail.ns, METRICS, "/metrics", "text/plain")
+            .contains("mailguard_config_reloads_total{result=\"rolled_back\"} 1")
+    };
+    while !rolled_back(&lab) {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "not rolled back 8 s after a 3 s deadline"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    println!(
+        "confirm-within: the unconfirmed reload was rolled back after {took:.1?} (deadline 3 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(2900),
+        "rolled back before the deadline: {took:?}"
+    );
+    assert!(!open_8080(&lab), "8080 closed again after the rollback");
+}
+
+#[test]
+fn unconfirmed_start_unloads_itself() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab.start_mailguard(CONFIG, &["--confirm-within", "3"]);
+    let to_3306: SocketAddr = format!("{MAIL4}:3306").parse().unwrap();
+    assert!(
+        guard_tests::lab::tcp_banner(&lab.client.ns, to_3306, Duration::from_secs(1)).is_none(),
+        "protected at first"
+    );
+    let mg = lab.mailguard.take().expect("mailguard");
+    let pin_dir = mg.pin_dir.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pin_dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still loaded 10 s after a 3 s deadline"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let status = mg.end(libc::SIGTERM);
+    assert_eq!(status.code(), Some(4), "exit code 4: rolled back");
+    let link =
+        String::from_utf8_lossy(&lab.mail.ns.run(&["ip", "link", "show", "mg-mail0"]).stdout)
+            .to_string();
+    assert!(!link.contains("xdp"), "XDP detached: {link}");
+    assert!(
+        guard_tests::lab::tcp_banner(&lab.client.ns, to_3306, Duration::from_secs(3)).is_some(),
+        "unprotected again"
+    );
+
+    // Confirmed in time: stays.
+    lab.start_mailguard(CONFIG, &["--confirm-within", "3"]);
+    let out = lab.mailguard().cli(&["confirm", "--json"]);
+    assert!(
+        out.status.success(),
+        "confirm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\":true"));
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        lab.mailguard().status()["running"],
+        true,
+        "a confirmed start stays"
+    );
+}

@@ -1,0 +1,235 @@
+//! The control socket: how `mailguard reload` and `mailguard confirm` reach the running daemon.
+//! A Unix stream socket at `<run dir>/control.sock`, mode 0600, whose peers must be root
+//! (checked with SO_PEERCRED). One JSON request line, one JSON response line.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{
+        fs::PermissionsExt,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Dirs;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Re-read the configuration file; with `confirm_within`, roll it back unless confirmed.
+    Reload { confirm_within: Option<u64> },
+    /// Keep the change waiting for confirmation.
+    Confirm,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("mailguard is not running (cannot reach {}: {source})", path.display())]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {}: unreadable answer: {0}", path.display())]
+    Protocol { path: PathBuf, message: String },
+}
+
+pub fn socket_path(dirs: &Dirs) -> PathBuf {
+    dirs.run.join("control.sock")
+}
+
+/// Sends one request to the daemon and returns its answer.
+pub fn request(dirs: &Dirs, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(dirs);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Unreachable {
+        path: path.clone(),
+        source,
+    })?;
+    // A reload can take a moment (the maps are compared and written).
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol {
+        path: path.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// The daemon's end: a non-blocking listener, polled by the daemon's loop.
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    pub fn bind(dirs: &Dirs) -> Result<ControlServer, ControlError> {
+        let path = socket_path(dirs);
+        let io = |source| ControlError::Io {
+            path: path.clone(),
+            source,
+        };
+        // A socket left by a daemon that died (we hold the daemon lock: nobody uses it).
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        Ok(ControlServer { listener, path })
+    }
+
+    /// The next pending request, if any, with the stream to answer on.
+    pub fn next(&self) -> Option<(Result<Request, String>, UnixStream)> {
+        let (stream, _) = self.listener.accept().ok()?;
+        if let Err(e) = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(5))))
+        {
+            log::warn!("control socket: {e}");
+            return None;
+        }
+        if peer_uid(&stream) != Some(0) {
+            let _ = answer(
+                &stream,
+                &Response {
+                    ok: false,
+                    message: "only root may control mailguard".into(),
+                },
+            );
+            return None;
+        }
+        let mut line = String::new();
+        let req = match BufReader::new(&stream).read_line(&mut line) {
+            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad request: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        Some((req, stream))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn answer(mut stream: &UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(response).expect("responses serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes())
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line() {
+        let r = Request::Reload {
+            confirm_within: Some(30),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(text, r#"{"command":"reload","confirm_within":30}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"confirm"}"#).unwrap(),
+            Request::Confirm
+        );
+    }
+
+    #[test]
+    fn requests_and_answers_cross_the_socket() {
+        let dir = std::env::temp_dir().join(format!("mailguard-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dirs = Dirs {
+            pin: dir.join("pins"),
+            run: dir.clone(),
+        };
+        let server = ControlServer::bind(&dirs).unwrap();
+        let mode = std::fs::metadata(server.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "root only");
+        let client = std::thread::spawn({
+            let dirs = dirs.clone();
+            move || request(&dirs, &Request::Confirm).unwrap()
+        });
+        let (req, stream) = loop {
+            if let Some(r) = server.next() {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(req.unwrap(), Request::Confirm);
+        answer(
+            &stream,
+            &Response {
+                ok: true,
+                message: "kept".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            client.join().unwrap(),
+            Response {
+                ok: true,
+                message: "kept".into()
+            }
+        );
+        drop(server);
+        assert!(
+            !socket_path(&dirs).exists(),
+            "the socket goes with the server"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
