@@ -28,4 +28,5 @@ mod pod {
     unsafe impl aya::Pod for BudgetSettings {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceState {}
+    unsafe impl aya::Pod for BlockEntry {}
 }

@@ -37,6 +37,13 @@ pub const CLASS_COUNTERS: &str = "MG_CLASS_CNT";
 /// Per-CPU `u64` sock_ops events (`AccountingEvent`).
 pub const ACCOUNTING: &str = "MG_ACCOUNTING";
 
+/// LPM tries of the MX allowlist (MX-only mode): address -> `u8`.
+pub const MX_ALLOW_V4: &str = "MG_MX_ALLOW_V4";
+pub const MX_ALLOW_V6: &str = "MG_MX_ALLOW_V6";
+/// LPM tries of the block list: address -> `BlockEntry`.
+pub const BLOCK_V4: &str = "MG_BLOCK_V4";
+pub const BLOCK_V6: &str = "MG_BLOCK_V6";
+
 /// Every map, for pinning and inspection.
 pub const ALL: &[&str] = &[
     COUNTERS,
@@ -56,6 +63,10 @@ pub const ALL: &[&str] = &[
     RST_LIMIT,
     CLASS_COUNTERS,
     ACCOUNTING,
+    MX_ALLOW_V4,
+    MX_ALLOW_V6,
+    BLOCK_V4,
+    BLOCK_V6,
 ];
 
 /// Name of the XDP program in the object file.

@@ -8,6 +8,25 @@
 pub const SETTING_MONITOR: u32 = 1 << 0;
 /// `Settings::flags`: ICMP echo requests (ping) pass; without it they are dropped.
 pub const SETTING_ECHO_ALLOW: u32 = 1 << 1;
+/// `Settings::flags`: MX-only: port 25 accepts only sources in `MX_ALLOW_V4/V6`.
+pub const SETTING_MX_ONLY: u32 = 1 << 2;
+/// `Settings::flags`: `BLOCK_V4` has entries (an empty list is not looked up).
+pub const SETTING_BLOCK_V4_USED: u32 = 1 << 3;
+/// `Settings::flags`: `BLOCK_V6` has entries.
+pub const SETTING_BLOCK_V6_USED: u32 = 1 << 4;
+
+/// Value of the `BLOCK_V4/V6` tries: when the block ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// CLOCK_MONOTONIC_COARSE nanoseconds (`bpf_ktime_get_coarse_ns`) at which the block ends;
+    /// 0 blocks until removed.
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
+
+/// Capacity of each list trie (`MX_ALLOW_*`, `BLOCK_*`): a provider's ranges, a blocklist feed.
+pub const LIST_ENTRIES: u32 = 1_048_576;
 
 /// Run-time switches of the XDP program; the single entry of the `SETTINGS` array map.
 #[repr(C)]

@@ -144,6 +144,10 @@ reasons! {
         "over the connection cap, refused with a TCP RST (action reject)";
     RejectLimited = 30, Drop, "reject_limited",
         "over budget with action reject, dropped: the global RST rate limit was reached";
+    Blocked = 31, Drop, "blocked",
+        "from a source on the block list";
+    MxOnlyDenied = 32, Drop, "mx_only_denied",
+        "to port 25 in MX-only mode from a source outside the MX allowlist";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in

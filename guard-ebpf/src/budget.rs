@@ -28,7 +28,7 @@ use crate::{
         ACCOUNTING, BUDGET_SETTINGS, BUDGETS, CLASS_COUNTERS, CONNECTIONS, RST_LIMIT, SOURCES,
         SYN_CEILING, TRUSTED_V4, TRUSTED_V6, VERIFIED,
     },
-    parse::{IPV4_SRC, IPV6_SRC, Ip, bytes},
+    parse::{Ip, bytes},
     policy::settings,
 };
 
@@ -110,14 +110,14 @@ fn source(
         reserved: [0; 2],
     };
     let trusted = if ip.v6 {
-        let a = bytes::<16>(ctx, ip.l3_off + IPV6_SRC)?;
+        let a = bytes::<16>(ctx, ip.src_off())?;
         for ((k, a), m) in key.addr.iter_mut().zip(a).zip(cfg.mask_v6) {
             *k = a & m;
         }
         key.family = FAMILY_V6;
         cfg.flags & TRUSTED_V6_USED != 0 && TRUSTED_V6.get(Key::new(128, *a)).is_some()
     } else {
-        let a = bytes::<4>(ctx, ip.l3_off + IPV4_SRC)?;
+        let a = bytes::<4>(ctx, ip.src_off())?;
         for ((k, a), m) in key.addr.iter_mut().zip(a).zip(cfg.mask_v4) {
             *k = a & m;
         }

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 
 mod budget;
+mod lists;
 mod maps;
 mod parse;
 mod policy;
@@ -24,16 +25,15 @@ use crate::maps::COUNTERS;
 #[xdp]
 pub fn mailguard_xdp(mut ctx: XdpContext) -> u32 {
     // A packet that cannot be parsed gets the verdict of the reason the parser gave.
-    let reason = match policy::decide(&ctx) {
+    let settings = policy::settings();
+    let reason = match policy::decide(&ctx, settings) {
         Ok(reason) | Err(reason) => reason,
     };
     count(reason);
     match reason.verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
         // Monitor mode counts drops and rejections but lets the packet through untouched.
-        Verdict::Drop | Verdict::Tx if policy::settings().has(SETTING_MONITOR) => {
-            xdp_action::XDP_PASS
-        }
+        Verdict::Drop | Verdict::Tx if settings.has(SETTING_MONITOR) => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Tx => match reject::answer_with_rst(&mut ctx) {
             Ok(()) => xdp_action::XDP_TX,

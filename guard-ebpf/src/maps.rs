@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use guard_common::{
-    ACCOUNTING_SLOTS, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS, ClassBudget,
-    DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, OPEN_SOURCE_ENTRIES, OpenSourceV4,
-    OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings, SourceKey, SourceState, TRUSTED_ENTRIES,
-    VERIFIED_ENTRIES, maps as names,
+    ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
+    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_ENTRIES,
+    OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
+    SourceKey, SourceState, TRUSTED_ENTRIES, VERIFIED_ENTRIES, maps as names,
 };
 
 /// Packets counted by reason.
@@ -120,6 +120,26 @@ pub static CLASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CLAS
 #[map(name = "MG_ACCOUNTING")]
 pub static ACCOUNTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACCOUNTING_SLOTS, 0);
 
+/// The MX allowlist (MX-only mode: the only sources port 25 accepts), IPv4.
+/// key: LPM prefix length (host order) + address (network order); value: `u8` 1;
+/// capacity: `LIST_ENTRIES` (1048576).
+#[map(name = "MG_MX_ALLOW_V4")]
+pub static MX_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+
+/// The MX allowlist, IPv6; as `MX_ALLOW_V4` with 16-byte addresses.
+#[map(name = "MG_MX_ALLOW_V6")]
+pub static MX_ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+
+/// The block list (every packet from these sources is dropped), IPv4.
+/// key: LPM prefix length (host order) + address (network order);
+/// value: `BlockEntry` (expiry, host order); capacity: `LIST_ENTRIES` (1048576).
+#[map(name = "MG_BLOCK_V4")]
+pub static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+
+/// The block list, IPv6; as `BLOCK_V4` with 16-byte addresses.
+#[map(name = "MG_BLOCK_V6")]
+pub static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+
 // The names above must be the ones userspace looks up.
 const _: () = {
     assert!(const_str_eq(names::COUNTERS, "MG_COUNTERS"));
@@ -139,6 +159,10 @@ const _: () = {
     assert!(const_str_eq(names::RST_LIMIT, "MG_RST_LIMIT"));
     assert!(const_str_eq(names::CLASS_COUNTERS, "MG_CLASS_CNT"));
     assert!(const_str_eq(names::ACCOUNTING, "MG_ACCOUNTING"));
+    assert!(const_str_eq(names::MX_ALLOW_V4, "MG_MX_ALLOW_V4"));
+    assert!(const_str_eq(names::MX_ALLOW_V6, "MG_MX_ALLOW_V6"));
+    assert!(const_str_eq(names::BLOCK_V4, "MG_BLOCK_V4"));
+    assert!(const_str_eq(names::BLOCK_V6, "MG_BLOCK_V6"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

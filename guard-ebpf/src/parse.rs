@@ -120,9 +120,22 @@ pub struct Ip {
     pub fragment: Fragment,
 }
 
-/// Offsets of the source and destination addresses within each IP header.
+/// Offsets of the source addresses within each IP header.
 pub const IPV4_SRC: usize = 12;
 pub const IPV6_SRC: usize = 8;
+
+/// The IP header starts within the first 22 bytes (Ethernet and two VLAN tags): a mask that
+/// keeps every such offset, and tells the verifier the bound in subprograms, where it no longer
+/// follows the caller's exact value.
+const L3_OFF_MASK: usize = 0x1f;
+
+impl Ip {
+    /// Offset of the source address.
+    #[inline(always)]
+    pub fn src_off(&self) -> usize {
+        (self.l3_off & L3_OFF_MASK) + if self.v6 { IPV6_SRC } else { IPV4_SRC }
+    }
+}
 
 /// The IPv4 header, options included (IHL honoured).
 #[inline(always)]

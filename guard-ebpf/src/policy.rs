@@ -10,29 +10,31 @@
 
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
-    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED, PortKind,
-    PortRule, Reason, SETTING_ECHO_ALLOW, Settings, Transport, port_rule_index,
+    MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
+    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
+    port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    budget,
+    budget, lists,
     maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES, SETTINGS},
-    parse::{
-        self, Fragment, IPV4_SRC, IPV6_SRC, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes,
-    },
+    parse::{self, Fragment, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes},
     sockets,
 };
 
 #[inline(always)]
-pub fn decide(ctx: &XdpContext) -> Result<Reason, Reason> {
+pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
     let (ethertype, l3_off) = parse::ethernet(ctx)?;
     let ip = match ethertype {
         parse::ETH_P_IPV4 => parse::ipv4(ctx, l3_off)?,
         parse::ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
         _ => return Ok(Reason::NonIp),
     };
+    if lists::blocked(ctx, &ip, settings)? {
+        return Ok(Reason::Blocked);
+    }
     if ip.fragment == Fragment::Later {
         // No transport header to judge. The first fragment carried the verdict: if it was
         // dropped, reassembly fails and the kernel discards the rest.
@@ -43,10 +45,10 @@ pub fn decide(ctx: &XdpContext) -> Result<Reason, Reason> {
         });
     }
     match ip.proto {
-        parse::IPPROTO_TCP => tcp(ctx, &ip),
+        parse::IPPROTO_TCP => tcp(ctx, &ip, settings),
         parse::IPPROTO_UDP => udp(ctx, &ip),
-        parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip),
-        parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip),
+        parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip, settings),
+        parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
         _ => Ok(Reason::OtherProtocol),
     }
 }
@@ -97,7 +99,7 @@ fn port_rule(transport: Transport, port: [u8; 2]) -> &'static PortRule {
 }
 
 #[inline(always)]
-fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
     let t = parse::tcp(ctx, ip.l4_off)?;
     if ip.fragment == Fragment::First {
         return Ok(Reason::TcpFragment);
@@ -107,6 +109,13 @@ fn tcp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     }
     let rule = port_rule(Transport::Tcp, t.dport());
     if rule.kind == PortKind::Mail as u8 {
+        // MX-only: the mx ports (25) accept only the MX allowlist (a filtering provider).
+        if rule.class == MailClass::Mx as u8
+            && settings.has(SETTING_MX_ONLY)
+            && !lists::mx_allowed(ctx, ip)?
+        {
+            return Ok(Reason::MxOnlyDenied);
+        }
         // New connections are charged to the source's budget for the port's class.
         return if bare_syn(&t) {
             budget::charge(ctx, ip, rule.class)
@@ -169,7 +178,7 @@ fn open_port(
         return Ok(Reason::OpenPort);
     }
     let allowed = if ip.v6 {
-        let addr = *bytes::<16>(ctx, ip.l3_off + IPV6_SRC)?;
+        let addr = *bytes::<16>(ctx, ip.src_off())?;
         let data = OpenSourceV6 {
             proto: transport.ip_proto(),
             port,
@@ -179,7 +188,7 @@ fn open_port(
             .get(Key::new(OPEN_SOURCE_PREFIX_BITS + 128, data))
             .is_some()
     } else {
-        let addr = *bytes::<4>(ctx, ip.l3_off + IPV4_SRC)?;
+        let addr = *bytes::<4>(ctx, ip.src_off())?;
         let data = OpenSourceV4 {
             proto: transport.ip_proto(),
             port,
@@ -197,8 +206,8 @@ fn open_port(
 }
 
 #[inline(always)]
-fn echo_request() -> Reason {
-    if settings().has(SETTING_ECHO_ALLOW) {
+fn echo_request(settings: &Settings) -> Reason {
+    if settings.has(SETTING_ECHO_ALLOW) {
         Reason::EchoRequestAllowed
     } else {
         Reason::EchoRequestDenied
@@ -212,8 +221,7 @@ const FALLBACK_SETTINGS: Settings = Settings {
     reserved: [0; 3],
 };
 
-/// The run-time switches. Read only where they matter (echo requests, and drops, which
-/// monitor mode turns into passes), not for every packet.
+/// The run-time switches (one array slot, read once per packet).
 #[inline(always)]
 pub fn settings() -> &'static Settings {
     match SETTINGS.get(0) {
@@ -223,11 +231,11 @@ pub fn settings() -> &'static Settings {
 }
 
 #[inline(always)]
-fn icmp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+fn icmp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
     let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
     Ok(match kind {
         0 => Reason::EchoReply,
-        8 => echo_request(),
+        8 => echo_request(settings),
         // Destination unreachable (fragmentation needed included), time exceeded,
         // parameter problem.
         3 | 11 | 12 => Reason::IcmpError,
@@ -236,12 +244,12 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
 }
 
 #[inline(always)]
-fn icmpv6(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+fn icmpv6(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
     let (kind, _code) = parse::icmp(ctx, ip.l4_off)?;
     Ok(match kind {
         // Destination unreachable, packet too big, time exceeded, parameter problem.
         1..=4 => Reason::IcmpError,
-        128 => echo_request(),
+        128 => echo_request(settings),
         129 => Reason::EchoReply,
         // Multicast listener query/report/done and MLDv2 report: switches with MLD snooping
         // stop forwarding neighbour solicitations to hosts that do not answer queries.

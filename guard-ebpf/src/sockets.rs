@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use guard_common::Reason;
 
-use crate::parse::{IPV4_SRC, IPV6_SRC, Ip, bytes};
+use crate::parse::{Ip, bytes};
 
 /// The lookup tuple for a packet: its source is the remote end, its destination the host.
 /// Returns the tuple and its size (IPv4 or IPv6 part of the union).
@@ -28,7 +28,7 @@ fn tuple(
     let dport = u16::from_ne_bytes(dport);
     if ip.v6 {
         // Source then destination address, 16 bytes each, contiguous in the header.
-        let a = bytes::<32>(ctx, ip.l3_off + IPV6_SRC)?;
+        let a = bytes::<32>(ctx, ip.src_off())?;
         let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
         for i in 0..4 {
             v6.saddr[i] = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
@@ -42,7 +42,7 @@ fn tuple(
             mem::size_of_val(unsafe { &t.__bindgen_anon_1.ipv6 }) as u32,
         ))
     } else {
-        let a = bytes::<8>(ctx, ip.l3_off + IPV4_SRC)?;
+        let a = bytes::<8>(ctx, ip.src_off())?;
         let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
         v4.saddr = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
         v4.daddr = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);

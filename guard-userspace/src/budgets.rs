@@ -1,11 +1,10 @@
 //! The `[budgets]` section of the configuration: per-source budgets for new connections to
 //! mail ports, by service class, and the global limits around them.
 
-use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Place, parse_cidr};
+use crate::config::{ConfigError, Place};
 
 /// What happens to a connection over budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -59,9 +58,6 @@ pub struct Budgets {
     pub syn_ceiling_burst: u32,
     /// RSTs per second the `reject` action may send, over all CPUs.
     pub reject_limit: f64,
-    /// Sources exempt from budgets.
-    #[serde(serialize_with = "crate::config::serialize_nets")]
-    pub trusted: Vec<IpNet>,
     pub mx: ClassLimits,
     pub submission: ClassLimits,
     pub mailbox: ClassLimits,
@@ -77,7 +73,6 @@ impl Default for Budgets {
             syn_ceiling: 10_000.0,
             syn_ceiling_burst: 20_000,
             reject_limit: 100.0,
-            trusted: Vec::new(),
             // As generous as Postfix's own default per-client connection limit (50).
             mx: ClassLimits {
                 rate: 20.0,
@@ -124,10 +119,11 @@ pub(crate) struct RawBudgets {
     syn_ceiling: Option<Spanned<Number>>,
     syn_ceiling_burst: Option<Spanned<i64>>,
     reject_limit: Option<Spanned<Number>>,
-    trusted: Option<Vec<Spanned<String>>>,
     mx: Option<RawClass>,
     submission: Option<RawClass>,
     mailbox: Option<RawClass>,
+    /// Moved to `[lists.trusted] cidrs`: named in the error so that old files are easy to fix.
+    trusted: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -225,11 +221,13 @@ fn class(
 pub(crate) fn validate(raw: Option<RawBudgets>, place: &Place) -> Result<Budgets, ConfigError> {
     let d = Budgets::default();
     let Some(raw) = raw else { return Ok(d) };
-    let mut trusted = Vec::new();
-    for (i, cidr) in raw.trusted.iter().flatten().enumerate() {
-        let net = parse_cidr(cidr.get_ref())
-            .map_err(|m| place.error(cidr.span(), Some(format!("budgets.trusted[{i}]")), m))?;
-        trusted.push(net);
+    if let Some(t) = &raw.trusted {
+        return Err(place.error(
+            t.span(),
+            Some("budgets.trusted".into()),
+            "trusted sources moved to the `[lists.trusted]` section: write `cidrs = [...]` there"
+                .into(),
+        ));
     }
     Ok(Budgets {
         source_prefix_v4: int(
@@ -279,7 +277,6 @@ pub(crate) fn validate(raw: Option<RawBudgets>, place: &Place) -> Result<Budgets
             d.reject_limit,
             place,
         )?,
-        trusted,
         mx: class(&raw.mx, "mx", d.mx, place)?,
         submission: class(&raw.submission, "submission", d.submission, place)?,
         mailbox: class(&raw.mailbox, "mailbox", d.mailbox, place)?,
@@ -322,7 +319,6 @@ tracked_connections = 2000
 syn_ceiling = 500
 syn_ceiling_burst = 50
 reject_limit = 10.5
-trusted = ["198.18.9.0/24", "2001:db8:9::/48"]
 
 [budgets.mx]
 rate = 0.5
@@ -340,7 +336,6 @@ max_connections = 200
             (b.syn_ceiling, b.syn_ceiling_burst, b.reject_limit),
             (500.0, 50, 10.5)
         );
-        assert_eq!(b.trusted.len(), 2);
         assert_eq!(
             b.mx,
             ClassLimits {
@@ -375,11 +370,8 @@ max_connections = 200
         assert!(e.starts_with("t.toml:2:19:"), "{e}");
         let e = budgets("[budgets.mx]\naction = \"bounce\"\n").unwrap_err();
         assert!(e.contains("drop") && e.contains("reject"), "{e}");
-        let e = budgets("[budgets]\ntrusted = [\"198.18.0.1/16\"]\n").unwrap_err();
-        assert!(
-            e.contains("`budgets.trusted[0]`: `198.18.0.1/16` has host bits set"),
-            "{e}"
-        );
+        let e = budgets("[budgets]\ntrusted = [\"198.18.0.0/16\"]\n").unwrap_err();
+        assert!(e.starts_with("t.toml:2:11: `budgets.trusted`: trusted sources moved to the `[lists.trusted]` section"), "{e}");
         let e = budgets("[budgets.imap]\nrate = 1\n").unwrap_err();
         assert!(e.contains("imap"), "{e}");
         let e = budgets("[budgets]\ntracked_sources = 0\n").unwrap_err();

@@ -40,6 +40,10 @@ pub struct Config {
     pub open_ports: Vec<OpenPort>,
     /// Per-source budgets for new connections to mail ports.
     pub budgets: Budgets,
+    /// MX-only mode: the mx-class ports (25) accept only sources in the `mx_allow` list.
+    pub mx_only: bool,
+    /// The source lists (`mx_allow`, `trusted`, `block`) and how they are refreshed.
+    pub lists: crate::lists::Lists,
     /// Address of the Prometheus endpoint; `None` turns it off.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -108,6 +112,8 @@ impl Default for Config {
                 from: vec![],
             }],
             budgets: Budgets::default(),
+            mx_only: false,
+            lists: crate::lists::Lists::default(),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
         }
     }
@@ -183,6 +189,8 @@ struct RawConfig {
     mail_ports: Option<Vec<Spanned<i64>>>,
     open_ports: Option<Vec<Spanned<RawOpenPort>>>,
     budgets: Option<crate::budgets::RawBudgets>,
+    mx_only: Option<bool>,
+    lists: Option<crate::lists::RawLists>,
     metrics: Option<RawMetrics>,
 }
 
@@ -249,6 +257,19 @@ impl Config {
         if self.monitor {
             warnings.push(Warning(
                 "monitor mode: verdicts are counted, but no packet is dropped".to_string(),
+            ));
+        }
+        let mx_allow = self.lists.sources(crate::lists::ListName::MxAllow);
+        if self.mx_only && mx_allow.cidrs.is_empty() && !mx_allow.is_external() {
+            warnings.push(Warning(
+                "mx_only = true but [lists.mx_allow] has no cidrs, files or spf: port 25 accepts only \
+                 what `mailguard allow add` adds"
+                    .to_string(),
+            ));
+        }
+        if self.mx_only && !self.mail_ports.contains(&25) {
+            warnings.push(Warning(
+                "mx_only = true but 25 is not in mail_ports: port 25 is closed anyway".to_string(),
             ));
         }
         warnings
@@ -395,6 +416,8 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         mail_ports,
         open_ports,
         budgets: crate::budgets::validate(raw.budgets, place)?,
+        mx_only: raw.mx_only.unwrap_or(false),
+        lists: crate::lists::validate(raw.lists, place)?,
         metrics_listen: match raw.metrics.and_then(|m| m.listen) {
             None => defaults.metrics_listen,
             Some(s) if s.get_ref().is_empty() => None,

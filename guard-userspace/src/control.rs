@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::Dirs;
+use crate::{lists::ListName, state::Dirs};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -23,12 +23,44 @@ pub enum Request {
     Reload { confirm_within: Option<u64> },
     /// Keep the change waiting for confirmation.
     Confirm,
+    /// Add entries to a list (until `seconds` from now, if given), or remove them.
+    ListEdit {
+        list: ListName,
+        add: bool,
+        entries: Vec<String>,
+        seconds: Option<u64>,
+    },
+    /// The lists at a glance; with `list`, that list's entries too.
+    ListShow { list: Option<ListName> },
+    /// Refresh the lists' files and SPF records now; answered when done.
+    ListRefresh { force: bool },
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Response {
     pub ok: bool,
     pub message: String,
+    /// What the request asked for (`lists show`, `lists refresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            message: message.into(),
+            data: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +96,14 @@ pub fn request(dirs: &Dirs, req: &Request) -> Result<Response, ControlError> {
         path: path.clone(),
         source,
     })?;
-    // A reload can take a moment (the maps are compared and written).
+    // A reload can take a moment (the maps are compared and written); a refresh waits for
+    // DNS and every list's swap.
+    let wait = match req {
+        Request::ListRefresh { .. } => 600,
+        _ => 60,
+    };
     stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
+        .set_read_timeout(Some(Duration::from_secs(wait)))
         .map_err(io)?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
@@ -113,10 +150,7 @@ impl ControlServer {
         if peer_uid(&stream) != Some(0) {
             let _ = answer(
                 &stream,
-                &Response {
-                    ok: false,
-                    message: "only root may control mailguard".into(),
-                },
+                &Response::failed("only root may control mailguard"),
             );
             return None;
         }
@@ -182,6 +216,20 @@ mod tests {
             serde_json::from_str::<Request>(r#"{"command":"confirm"}"#).unwrap(),
             Request::Confirm
         );
+        let edit = r#"{"command":"list_edit","list":"block","add":true,"entries":["198.19.0.1"],"seconds":3600}"#;
+        assert_eq!(
+            serde_json::from_str::<Request>(edit).unwrap(),
+            Request::ListEdit {
+                list: ListName::Block,
+                add: true,
+                entries: vec!["198.19.0.1".into()],
+                seconds: Some(3600)
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok("done")).unwrap(),
+            r#"{"ok":true,"message":"done"}"#
+        );
     }
 
     #[test]
@@ -210,21 +258,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(req.unwrap(), Request::Confirm);
-        answer(
-            &stream,
-            &Response {
-                ok: true,
-                message: "kept".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            client.join().unwrap(),
-            Response {
-                ok: true,
-                message: "kept".into()
-            }
-        );
+        answer(&stream, &Response::ok("kept")).unwrap();
+        assert_eq!(client.join().unwrap(), Response::ok("kept"));
         drop(server);
         assert!(
             !socket_path(&dirs).exists(),

@@ -416,6 +416,10 @@ impl Guard {
             budget_settings,
             trusted_v4,
             trusted_v6,
+            mx_allow_v4,
+            mx_allow_v6,
+            block_v4,
+            block_v6,
         ] = self.ebpf.maps_disjoint_mut([
             names::SETTINGS,
             names::PORT_RULES,
@@ -425,6 +429,10 @@ impl Guard {
             names::BUDGET_SETTINGS,
             names::TRUSTED_V4,
             names::TRUSTED_V6,
+            names::MX_ALLOW_V4,
+            names::MX_ALLOW_V6,
+            names::BLOCK_V4,
+            names::BLOCK_V6,
         ]);
         fn get<'a>(
             m: Option<&'a mut aya::maps::Map>,
@@ -449,6 +457,14 @@ impl Guard {
                 .map_err(GuardError::map(names::TRUSTED_V4))?,
             trusted_v6: LpmTrie::try_from(get(trusted_v6, names::TRUSTED_V6)?)
                 .map_err(GuardError::map(names::TRUSTED_V6))?,
+            mx_allow_v4: LpmTrie::try_from(get(mx_allow_v4, names::MX_ALLOW_V4)?)
+                .map_err(GuardError::map(names::MX_ALLOW_V4))?,
+            mx_allow_v6: LpmTrie::try_from(get(mx_allow_v6, names::MX_ALLOW_V6)?)
+                .map_err(GuardError::map(names::MX_ALLOW_V6))?,
+            block_v4: LpmTrie::try_from(get(block_v4, names::BLOCK_V4)?)
+                .map_err(GuardError::map(names::BLOCK_V4))?,
+            block_v6: LpmTrie::try_from(get(block_v6, names::BLOCK_V6)?)
+                .map_err(GuardError::map(names::BLOCK_V6))?,
             host,
         })
     }

@@ -6,6 +6,10 @@
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `policy`: a `Config` turned into map contents
 //! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
+//! - `lists`: the source lists (mx_allow, trusted, block), their sources and saved state
+//! - `list_keeper`: the daemon's side of the lists (refreshes, run-time edits)
+//! - `list_view`: how the lists are shown
+//! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `metrics`: the Prometheus endpoint
 //! - `run`: the daemon
 //! - `state`: pins and the state file other commands read
@@ -15,10 +19,15 @@ pub mod budget_view;
 pub mod budgets;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod guard;
+pub mod list_keeper;
+pub mod list_view;
+pub mod lists;
 pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod run;
+pub mod spf;
 pub mod state;
 pub mod status;

@@ -1,21 +1,25 @@
 //! The `mailguard` command line.
 
+mod list_commands;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
+use list_commands::{ListAction, ListsAction};
 use mailguard::{
     budget_view::{self, BudgetView},
     config::{self, Config},
     control,
     guard::AttachMode,
+    lists::ListName,
     run::{self, RunOptions},
     state::{self, Dirs, RunState, StateError},
     status::Status,
 };
 
 /// Exit codes, as documented in README.md.
-mod exit {
+pub(crate) mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
     pub const INVALID_CONFIG: u8 = 2;
@@ -115,6 +119,26 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The MX allowlist: with `mx_only`, the only sources port 25 accepts.
+    Allow {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Trusted sources: exempt from the budgets.
+    Trust {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Blocked sources: dropped on every port (`add --for 1h` blocks for an hour).
+    Block {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// The lists at a glance, and refreshing their files and SPF records.
+    Lists {
+        #[command(subcommand)]
+        action: ListsAction,
     },
     /// Validate a configuration file without applying it.
     CheckConfig {
@@ -320,6 +344,10 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             }
             Ok(if removed { exit::OK } else { exit::NOT_RUNNING })
         }
+        Command::Allow { action } => list_commands::edit(&dirs, ListName::MxAllow, action),
+        Command::Trust { action } => list_commands::edit(&dirs, ListName::Trusted, action),
+        Command::Block { action } => list_commands::edit(&dirs, ListName::Block, action),
+        Command::Lists { action } => list_commands::lists(&dirs, action),
         Command::CheckConfig { config, json } => {
             let (cfg, warnings) = Config::load(&config)?;
             if json {
@@ -341,7 +369,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
 }
 
 /// Prints the daemon's answer; a refusal is a failure (exit 1).
-fn print_response(response: &control::Response, json: bool) -> anyhow::Result<u8> {
+pub(crate) fn print_response(response: &control::Response, json: bool) -> anyhow::Result<u8> {
     if json {
         println!(
             "{}",

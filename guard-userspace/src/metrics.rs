@@ -34,6 +34,8 @@ pub struct DaemonFacts {
     pub reloads_failed: AtomicU64,
     /// Unconfirmed reloads rolled back.
     pub rollbacks: AtomicU64,
+    /// List refreshes finished (each list's own outcome is in the state file).
+    pub list_refreshes: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,16 @@ impl Collector for MapCollector {
                 ),
             ],
         )?;
+        let refreshes: [(Labels, u64); 1] = [(
+            Vec::new(),
+            self.facts.list_refreshes.load(Ordering::Relaxed),
+        )];
+        counter(
+            &mut enc,
+            "mailguard_list_refreshes",
+            "refreshes of the lists' files and SPF records finished (periodic and `mailguard lists refresh`)",
+            refreshes,
+        )?;
         // Everything below comes from the maps; a failed read leaves those series out (the
         // scrape itself still succeeds, and the log says why).
         if let Ok(state) = RunState::read(&self.dirs) {
@@ -132,6 +144,49 @@ impl Collector for MapCollector {
                 "mailguard_monitor_mode",
                 "1 when verdicts are only counted, nothing dropped",
                 monitor,
+            )?;
+            let mx_only: [(Labels, f64); 1] = [(Vec::new(), if state.mx_only { 1.0 } else { 0.0 })];
+            gauge(
+                &mut enc,
+                "mailguard_mx_only",
+                "1 when port 25 accepts only the mx_allow list",
+                mx_only,
+            )?;
+            gauge(
+                &mut enc,
+                "mailguard_list_entries",
+                "entries of each list in the maps, by address family",
+                state.lists.iter().flat_map(|s| {
+                    [
+                        (
+                            l(&[("list", s.list.name()), ("family", "ipv4")]),
+                            s.ipv4 as f64,
+                        ),
+                        (
+                            l(&[("list", s.list.name()), ("family", "ipv6")]),
+                            s.ipv6 as f64,
+                        ),
+                    ]
+                }),
+            )?;
+            gauge(
+                &mut enc,
+                "mailguard_list_last_refresh_timestamp_seconds",
+                "when each list's files and SPF records were last fetched successfully (lists with such sources)",
+                state.lists.iter().filter_map(|s| {
+                    s.last_refresh
+                        .map(|t| (l(&[("list", s.list.name())]), t as f64))
+                }),
+            )?;
+            counter(
+                &mut enc,
+                "mailguard_list_refresh_failures",
+                "refreshes of each list that failed or were refused (the last good version stayed)",
+                state
+                    .lists
+                    .iter()
+                    .filter(|s| !s.sources.is_empty())
+                    .map(|s| (l(&[("list", s.list.name())]), s.refresh_failures)),
             )?;
         }
         match state::pinned_counters(&self.dirs) {

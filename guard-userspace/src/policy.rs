@@ -1,4 +1,5 @@
-//! Turns a `Config` into the contents of the policy maps, and writes them.
+//! Turns a `Config` (and the lists' fetched entries) into the contents of the policy maps, and
+//! writes them.
 
 use std::{
     borrow::BorrowMut,
@@ -7,10 +8,10 @@ use std::{
 
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{
-    BUDGET_ACTIVE, BUDGET_REJECT, BudgetSettings, ClassBudget, Gcra, MailClass,
-    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_ECHO_ALLOW,
-    SETTING_MONITOR, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, maps as names,
-    port_rule_index, prefix_mask,
+    BUDGET_ACTIVE, BUDGET_REJECT, BlockEntry, BudgetSettings, ClassBudget, Gcra, MailClass,
+    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED,
+    SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW, SETTING_MONITOR, SETTING_MX_ONLY, Settings,
+    TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, maps as names, port_rule_index, prefix_mask,
 };
 use ipnet::IpNet;
 
@@ -18,6 +19,7 @@ use crate::{
     budgets::{Action, Budgets, ClassLimits},
     config::{Config, EchoPolicy},
     guard::GuardError,
+    lists::ListName,
 };
 
 /// The policy maps of a loaded or pinned program, and the facts of the host that go into them.
@@ -30,6 +32,10 @@ pub struct PolicyMaps<T> {
     pub budget_settings: Array<T, BudgetSettings>,
     pub trusted_v4: LpmTrie<T, [u8; 4], u8>,
     pub trusted_v6: LpmTrie<T, [u8; 16], u8>,
+    pub mx_allow_v4: LpmTrie<T, [u8; 4], u8>,
+    pub mx_allow_v6: LpmTrie<T, [u8; 16], u8>,
+    pub block_v4: LpmTrie<T, [u8; 4], BlockEntry>,
+    pub block_v6: LpmTrie<T, [u8; 16], BlockEntry>,
     pub host: HostFacts,
 }
 
@@ -68,7 +74,7 @@ pub fn class_budgets(b: &Budgets) -> [(u32, ClassBudget); 3] {
 }
 
 /// The global budget settings; per-CPU limits get an equal share of the configured rate.
-pub fn budget_settings(b: &Budgets, host: HostFacts) -> BudgetSettings {
+pub fn budget_settings(b: &Budgets, trusted: &AddrList, host: HostFacts) -> BudgetSettings {
     let cpus = host.cpus.max(1);
     let share = |rate: f64, burst: u32| Gcra::new(rate / cpus as f64, (burst / cpus).max(1));
     BudgetSettings {
@@ -77,44 +83,73 @@ pub fn budget_settings(b: &Budgets, host: HostFacts) -> BudgetSettings {
         netns_cookie: host.netns_cookie,
         mask_v4: prefix_mask::<4>(b.source_prefix_v4 as u32),
         mask_v6: prefix_mask::<16>(b.source_prefix_v6 as u32),
-        flags: {
-            let t = trusted(b);
-            (if t.v4.is_empty() { 0 } else { TRUSTED_V4_USED })
-                | (if t.v6.is_empty() { 0 } else { TRUSTED_V6_USED })
-        },
+        flags: (if trusted.v4.is_empty() {
+            0
+        } else {
+            TRUSTED_V4_USED
+        }) | (if trusted.v6.is_empty() {
+            0
+        } else {
+            TRUSTED_V6_USED
+        }),
     }
 }
 
-/// Entries of the trusted tries: (prefix length, address).
-#[derive(Default, Debug, PartialEq, Eq)]
-pub struct Trusted {
-    pub v4: BTreeSet<(u32, [u8; 4])>,
-    pub v6: BTreeSet<(u32, [u8; 16])>,
+/// Entries of an address trie: (prefix length, network address) -> a value (for the block
+/// list: when the block ends, Unix seconds, 0 for never; 0 elsewhere).
+pub type Prefixes<A> = BTreeMap<(u32, A), u64>;
+
+/// An address list as the two tries hold it.
+#[derive(Default, Debug, PartialEq, Eq, Clone)]
+pub struct AddrList {
+    pub v4: Prefixes<[u8; 4]>,
+    pub v6: Prefixes<[u8; 16]>,
 }
 
-pub fn trusted(b: &Budgets) -> Trusted {
-    let mut t = Trusted::default();
-    for net in &b.trusted {
+impl AddrList {
+    pub fn insert(&mut self, net: &IpNet, value: u64) {
         match net {
             IpNet::V4(n) => {
-                t.v4.insert((n.prefix_len() as u32, n.network().octets()));
+                self.v4
+                    .insert((n.prefix_len() as u32, n.network().octets()), value);
             }
             IpNet::V6(n) => {
-                t.v6.insert((n.prefix_len() as u32, n.network().octets()));
+                self.v6
+                    .insert((n.prefix_len() as u32, n.network().octets()), value);
             }
         }
     }
-    t
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-/// The `Settings` a configuration asks for.
-pub fn settings(config: &Config) -> Settings {
+/// Entries the lists hold beyond the configuration's own CIDRs (fetched from files and SPF,
+/// added at run time), with their block expiry (Unix seconds, 0 for never).
+pub type Extra = BTreeMap<ListName, BTreeMap<IpNet, u64>>;
+
+/// The `Settings` a configuration and the block list ask for.
+pub fn settings(config: &Config, block: &AddrList) -> Settings {
     let mut flags = 0;
     if config.monitor {
         flags |= SETTING_MONITOR;
     }
     if config.icmp_echo == EchoPolicy::Allow {
         flags |= SETTING_ECHO_ALLOW;
+    }
+    if config.mx_only {
+        flags |= SETTING_MX_ONLY;
+    }
+    if !block.v4.is_empty() {
+        flags |= SETTING_BLOCK_V4_USED;
+    }
+    if !block.v6.is_empty() {
+        flags |= SETTING_BLOCK_V6_USED;
     }
     Settings {
         flags,
@@ -141,7 +176,7 @@ pub fn port_rules(config: &Config) -> BTreeMap<u32, PortRule> {
 }
 
 /// Entries of the open-source tries: (prefix length, key data).
-#[derive(Default, Debug, PartialEq, Eq)]
+#[derive(Default, Debug, PartialEq, Eq, Clone)]
 pub struct OpenSources {
     pub v4: BTreeSet<(u32, [u8; 7])>,
     pub v6: BTreeSet<(u32, [u8; 19])>,
@@ -203,20 +238,89 @@ fn v6_key(b: &[u8; 19]) -> OpenSourceV6 {
     }
 }
 
+/// Which half of a trie update: additions (and changed values) go first, removals last, so
+/// that an entry in both the old and the new version is never missing in between.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Add,
+    Remove,
+}
+
+fn sync_trie<T, A, V>(
+    trie: &mut LpmTrie<T, A, V>,
+    name: &'static str,
+    old: &Prefixes<A>,
+    new: &Prefixes<A>,
+    phase: Phase,
+    value: impl Fn(u64) -> Option<V>,
+) -> Result<(), GuardError>
+where
+    T: BorrowMut<MapData>,
+    A: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    match phase {
+        Phase::Add => {
+            for (&(len, addr), &v) in new.iter().filter(|(k, v)| old.get(k) != Some(v)) {
+                match value(v) {
+                    Some(val) => trie
+                        .insert(&Key::new(len, addr), val, 0)
+                        .map_err(GuardError::map(name))?,
+                    // An entry whose time is up: not added.
+                    None => {
+                        let _ = trie.remove(&Key::new(len, addr));
+                    }
+                }
+            }
+        }
+        Phase::Remove => {
+            for &(len, addr) in old.keys().filter(|k| !new.contains_key(k)) {
+                trie.remove(&Key::new(len, addr))
+                    .map_err(GuardError::map(name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Now on the kernel's CLOCK_MONOTONIC_COARSE (nanoseconds) and the wall clock (seconds).
+fn clocks() -> (u64, u64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (mono, unix)
+}
+
 impl<T: BorrowMut<MapData>> PolicyMaps<T> {
-    /// Writes `new` into the maps. `old` is what the maps hold now (`None`: freshly loaded,
-    /// all empty). Allowed sources are added before the rules that need them and removed
-    /// after the rules that used them, so no allowed packet is dropped while this runs.
+    /// Writes `new` into freshly loaded (empty) maps, or over `old`: what they hold now.
     pub fn apply(&mut self, old: Option<&Config>, new: &Config) -> Result<(), GuardError> {
-        let old = old.map(Contents::of).unwrap_or_default();
-        self.apply_over(&old, new)
+        let old = old
+            .map(|c| Contents::of(c, &Extra::new()))
+            .unwrap_or_default();
+        self.apply_over(&old, &Contents::of(new, &Extra::new()), new)
     }
 
-    /// Writes `new` into maps that hold `old` (for maps reused from an earlier run: read with
-    /// `read_contents`).
-    pub fn apply_over(&mut self, old: &Contents, new: &Config) -> Result<(), GuardError> {
+    /// Writes `new` (with the settings of `config`) into maps that hold `old`. Allowed and
+    /// trusted sources are added before the rules that need them and removed after, and every
+    /// trie gains its new entries before losing its old ones: no packet that both versions
+    /// pass is dropped while this runs.
+    pub fn apply_over(
+        &mut self,
+        old: &Contents,
+        new: &Contents,
+        config: &Config,
+    ) -> Result<(), GuardError> {
+        let (mono, unix) = clocks();
+        self.sync_lists(old, new, Phase::Add, unix, mono)?;
         let old_sources = &old.open_sources;
-        let new_sources = open_sources(new);
+        let new_sources = &new.open_sources;
         for (len, data) in new_sources.v4.difference(&old_sources.v4) {
             self.open_v4
                 .insert(&Key::new(*len, v4_key(data)), 1, 0)
@@ -227,22 +331,22 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .insert(&Key::new(*len, v6_key(data)), 1, 0)
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
         }
-
-        let old_rules = &old.port_rules;
-        let new_rules = port_rules(new);
-        for (index, rule) in &new_rules {
-            if old_rules.get(index) != Some(rule) {
+        for (index, rule) in &new.port_rules {
+            if old.port_rules.get(index) != Some(rule) {
                 self.ports
                     .set(*index, rule, 0)
                     .map_err(GuardError::map(names::PORT_RULES))?;
             }
         }
-        for index in old_rules.keys().filter(|i| !new_rules.contains_key(i)) {
+        for index in old
+            .port_rules
+            .keys()
+            .filter(|i| !new.port_rules.contains_key(i))
+        {
             self.ports
                 .set(*index, PortRule::CLOSED, 0)
                 .map_err(GuardError::map(names::PORT_RULES))?;
         }
-
         for (len, data) in old_sources.v4.difference(&new_sources.v4) {
             self.open_v4
                 .remove(&Key::new(*len, v4_key(data)))
@@ -253,66 +357,153 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .remove(&Key::new(*len, v6_key(data)))
                 .map_err(GuardError::map(names::OPEN_SOURCES_V6))?;
         }
-
-        self.apply_budgets(&old.trusted, &new.budgets)?;
-        self.settings
-            .set(0, settings(new), 0)
-            .map_err(GuardError::map(names::SETTINGS))?;
-        Ok(())
-    }
-
-    /// Writes the budgets: trusted sources added first and removed last, so that a source
-    /// trusted before and after is never charged in between.
-    fn apply_budgets(&mut self, old_trusted: &Trusted, new: &Budgets) -> Result<(), GuardError> {
-        let new_trusted = trusted(new);
-        for (len, addr) in new_trusted.v4.difference(&old_trusted.v4) {
-            self.trusted_v4
-                .insert(&Key::new(*len, *addr), 1, 0)
-                .map_err(GuardError::map(names::TRUSTED_V4))?;
-        }
-        for (len, addr) in new_trusted.v6.difference(&old_trusted.v6) {
-            self.trusted_v6
-                .insert(&Key::new(*len, *addr), 1, 0)
-                .map_err(GuardError::map(names::TRUSTED_V6))?;
-        }
         self.budget_settings
-            .set(0, budget_settings(new, self.host), 0)
+            .set(
+                0,
+                budget_settings(&config.budgets, &new.trusted, self.host),
+                0,
+            )
             .map_err(GuardError::map(names::BUDGET_SETTINGS))?;
-        for (slot, budget) in class_budgets(new) {
+        for (slot, budget) in class_budgets(&config.budgets) {
             self.budgets
                 .set(slot, budget, 0)
                 .map_err(GuardError::map(names::BUDGETS))?;
         }
-        for (len, addr) in old_trusted.v4.difference(&new_trusted.v4) {
-            self.trusted_v4
-                .remove(&Key::new(*len, *addr))
-                .map_err(GuardError::map(names::TRUSTED_V4))?;
-        }
-        for (len, addr) in old_trusted.v6.difference(&new_trusted.v6) {
-            self.trusted_v6
-                .remove(&Key::new(*len, *addr))
-                .map_err(GuardError::map(names::TRUSTED_V6))?;
-        }
+        // The settings say which lists have entries: written while both versions' entries are
+        // in the tries.
+        self.settings
+            .set(0, settings(config, &merged(&old.block, &new.block)), 0)
+            .map_err(GuardError::map(names::SETTINGS))?;
+        self.sync_lists(old, new, Phase::Remove, unix, mono)?;
+        self.settings
+            .set(0, settings(config, &new.block), 0)
+            .map_err(GuardError::map(names::SETTINGS))?;
         Ok(())
     }
 }
 
-/// What the policy maps hold: port rules, open-port sources, trusted sources. Settings and
+impl<T: BorrowMut<MapData>> PolicyMaps<T> {
+    /// One phase of the three lists' update. Block expiries go from Unix seconds to the
+    /// kernel's monotonic clock (`mono` and `unix` are the same instant on both clocks).
+    fn sync_lists(
+        &mut self,
+        old: &Contents,
+        new: &Contents,
+        phase: Phase,
+        unix: u64,
+        mono: u64,
+    ) -> Result<(), GuardError> {
+        let permanent = |_: u64| Some(1u8);
+        let block = |expires: u64| match expires {
+            0 => Some(BlockEntry { expires_ns: 0 }),
+            e if e <= unix => None,
+            e => Some(BlockEntry {
+                expires_ns: mono + (e - unix) * 1_000_000_000,
+            }),
+        };
+        sync_trie(
+            &mut self.trusted_v4,
+            names::TRUSTED_V4,
+            &old.trusted.v4,
+            &new.trusted.v4,
+            phase,
+            permanent,
+        )?;
+        sync_trie(
+            &mut self.trusted_v6,
+            names::TRUSTED_V6,
+            &old.trusted.v6,
+            &new.trusted.v6,
+            phase,
+            permanent,
+        )?;
+        sync_trie(
+            &mut self.mx_allow_v4,
+            names::MX_ALLOW_V4,
+            &old.mx_allow.v4,
+            &new.mx_allow.v4,
+            phase,
+            permanent,
+        )?;
+        sync_trie(
+            &mut self.mx_allow_v6,
+            names::MX_ALLOW_V6,
+            &old.mx_allow.v6,
+            &new.mx_allow.v6,
+            phase,
+            permanent,
+        )?;
+        sync_trie(
+            &mut self.block_v4,
+            names::BLOCK_V4,
+            &old.block.v4,
+            &new.block.v4,
+            phase,
+            block,
+        )?;
+        sync_trie(
+            &mut self.block_v6,
+            names::BLOCK_V6,
+            &old.block.v6,
+            &new.block.v6,
+            phase,
+            block,
+        )
+    }
+}
+
+/// Both versions of a list (for the "has entries" flags while a swap runs).
+fn merged(a: &AddrList, b: &AddrList) -> AddrList {
+    let mut m = a.clone();
+    m.v4.extend(b.v4.iter().map(|(k, v)| (*k, *v)));
+    m.v6.extend(b.v6.iter().map(|(k, v)| (*k, *v)));
+    m
+}
+
+/// What the policy maps hold: port rules, open-port sources and the three lists. Settings and
 /// budgets are single slots, overwritten whole.
-#[derive(Default, Debug, PartialEq, Eq)]
+#[derive(Default, Debug, PartialEq, Eq, Clone)]
 pub struct Contents {
     pub port_rules: BTreeMap<u32, PortRule>,
     pub open_sources: OpenSources,
-    pub trusted: Trusted,
+    pub trusted: AddrList,
+    pub mx_allow: AddrList,
+    pub block: AddrList,
 }
 
 impl Contents {
-    /// The contents a configuration puts in the maps.
-    pub fn of(config: &Config) -> Contents {
-        Contents {
+    /// The contents a configuration puts in the maps, with the lists' `extra` entries.
+    pub fn of(config: &Config, extra: &Extra) -> Contents {
+        let mut c = Contents {
             port_rules: port_rules(config),
             open_sources: open_sources(config),
-            trusted: trusted(&config.budgets),
+            ..Contents::default()
+        };
+        for list in ListName::ALL {
+            let target = c.list_mut(list);
+            for net in &config.lists.sources(list).cidrs {
+                target.insert(net, 0);
+            }
+            for (net, expires) in extra.get(&list).into_iter().flatten() {
+                target.insert(net, *expires);
+            }
+        }
+        c
+    }
+
+    pub fn list(&self, list: ListName) -> &AddrList {
+        match list {
+            ListName::MxAllow => &self.mx_allow,
+            ListName::Trusted => &self.trusted,
+            ListName::Block => &self.block,
+        }
+    }
+
+    fn list_mut(&mut self, list: ListName) -> &mut AddrList {
+        match list {
+            ListName::MxAllow => &mut self.mx_allow,
+            ListName::Trusted => &mut self.trusted,
+            ListName::Block => &mut self.block,
         }
     }
 }
@@ -344,11 +535,40 @@ impl<T: std::borrow::Borrow<MapData>> PolicyMaps<T> {
         }
         for key in self.trusted_v4.keys() {
             let key = key.map_err(GuardError::map(names::TRUSTED_V4))?;
-            c.trusted.v4.insert((key.prefix_len(), key.data()));
+            c.trusted.v4.insert((key.prefix_len(), key.data()), 0);
         }
         for key in self.trusted_v6.keys() {
             let key = key.map_err(GuardError::map(names::TRUSTED_V6))?;
-            c.trusted.v6.insert((key.prefix_len(), key.data()));
+            c.trusted.v6.insert((key.prefix_len(), key.data()), 0);
+        }
+        for key in self.mx_allow_v4.keys() {
+            let key = key.map_err(GuardError::map(names::MX_ALLOW_V4))?;
+            c.mx_allow.v4.insert((key.prefix_len(), key.data()), 0);
+        }
+        for key in self.mx_allow_v6.keys() {
+            let key = key.map_err(GuardError::map(names::MX_ALLOW_V6))?;
+            c.mx_allow.v6.insert((key.prefix_len(), key.data()), 0);
+        }
+        // Block expiries back to Unix seconds (to the second).
+        let (mono, unix) = clocks();
+        let unix_of = |e: BlockEntry| {
+            if e.expires_ns == 0 {
+                0
+            } else {
+                unix + e.expires_ns.saturating_sub(mono).div_ceil(1_000_000_000)
+            }
+        };
+        for entry in self.block_v4.iter() {
+            let (key, e) = entry.map_err(GuardError::map(names::BLOCK_V4))?;
+            c.block
+                .v4
+                .insert((key.prefix_len(), key.data()), unix_of(e));
+        }
+        for entry in self.block_v6.iter() {
+            let (key, e) = entry.map_err(GuardError::map(names::BLOCK_V6))?;
+            c.block
+                .v6
+                .insert((key.prefix_len(), key.data()), unix_of(e));
         }
         Ok(c)
     }
@@ -360,9 +580,36 @@ mod tests {
     use crate::config::Config;
 
     #[test]
+    fn lists_combine_config_and_extra_entries() {
+        let (c, _) = Config::parse(
+            "mx_only = true\n[lists.mx_allow]\ncidrs = [\"198.18.10.0/24\"]\n[lists.block]\ncidrs = [\"2001:db8:bad::/48\"]\n",
+            "t",
+        )
+        .unwrap();
+        let mut extra = Extra::new();
+        extra
+            .entry(ListName::MxAllow)
+            .or_default()
+            .insert("198.18.11.0/24".parse().unwrap(), 0);
+        extra
+            .entry(ListName::Block)
+            .or_default()
+            .insert("198.19.0.7/32".parse().unwrap(), 1_900_000_000);
+        let contents = Contents::of(&c, &extra);
+        assert_eq!(contents.mx_allow.len(), 2);
+        assert_eq!(contents.block.v6.len(), 1);
+        assert_eq!(contents.block.v4[&(32, [198, 19, 0, 7])], 1_900_000_000);
+        let s = settings(&c, &contents.block);
+        assert_eq!(
+            s.flags,
+            SETTING_ECHO_ALLOW | SETTING_MX_ONLY | SETTING_BLOCK_V4_USED | SETTING_BLOCK_V6_USED
+        );
+    }
+
+    #[test]
     fn budgets_become_map_values() {
         let (c, _) = Config::parse(
-            "[budgets]\nsyn_ceiling = 1000\nsyn_ceiling_burst = 100\nsource_prefix_v6 = 56\ntrusted = [\"198.18.9.0/24\"]\n[budgets.mx]\nrate = 4\nburst = 8\nmax_connections = 3\naction = \"reject\"\n",
+            "[budgets]\nsyn_ceiling = 1000\nsyn_ceiling_burst = 100\nsource_prefix_v6 = 56\n[budgets.mx]\nrate = 4\nburst = 8\nmax_connections = 3\naction = \"reject\"\n[lists.trusted]\ncidrs = [\"198.18.9.0/24\"]\n",
             "t",
         )
         .unwrap();
@@ -388,7 +635,8 @@ mod tests {
             "default submission budget, action drop"
         );
         assert_eq!(mbox, ClassBudget::default(), "mailbox unlimited: inactive");
-        let s = budget_settings(&c.budgets, host);
+        let contents = Contents::of(&c, &Extra::new());
+        let s = budget_settings(&c.budgets, &contents.trusted, host);
         // 1000/s over 2 CPUs: one every 2 ms per CPU, bursts of 50 each.
         assert_eq!(
             s.syn_ceiling,
@@ -401,9 +649,10 @@ mod tests {
         assert_eq!(s.mask_v4, [255; 4]);
         assert_eq!(&s.mask_v6[..8], &[255, 255, 255, 255, 255, 255, 255, 0]);
         assert_eq!(
-            trusted(&c.budgets).v4.iter().collect::<Vec<_>>(),
+            contents.trusted.v4.keys().collect::<Vec<_>>(),
             [&(24, [198, 18, 9, 0])]
         );
+        assert_eq!(s.flags, TRUSTED_V4_USED);
     }
 
     #[test]
@@ -419,7 +668,7 @@ mod tests {
             !rules.contains_key(&6400),
             "port 25 must not be stored byte-swapped"
         );
-        let s = settings(&c);
+        let s = settings(&c, &AddrList::default());
         assert_eq!(s.flags, SETTING_ECHO_ALLOW);
     }
 
@@ -441,6 +690,6 @@ mod tests {
         let (len, bytes) = s.v6.iter().next().unwrap();
         assert_eq!(*len, 24 + 32);
         assert_eq!(&bytes[..7], &[6, 0, 22, 0x20, 0x01, 0x0d, 0xb8]);
-        assert_eq!(settings(&c).flags, SETTING_MONITOR);
+        assert_eq!(settings(&c, &AddrList::default()).flags, SETTING_MONITOR);
     }
 }

@@ -17,8 +17,11 @@ use crate::{
     config::{self, Config, ConfigError, Warning},
     control::{ControlServer, Request, Response, answer},
     guard::{AttachMode, Attachment, Guard, GuardError},
+    list_keeper::ListKeeper,
+    lists::{ListName, ListSummary, now_unix},
     metrics::{self, DaemonFacts},
     pins::Pins,
+    policy::Contents,
     state::{self, Dirs, RunState, StateError},
 };
 
@@ -125,7 +128,13 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     let adopting = pins.attached();
     match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
-        Ok((guard, config, state)) => {
+        Ok(Started {
+            guard,
+            config,
+            state,
+            keeper,
+            contents,
+        }) => {
             let facts = Arc::new(DaemonFacts::default());
             if let Some(listen) = config.metrics_listen {
                 let cpus = crate::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
@@ -143,7 +152,10 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 facts,
                 pins: &pins,
                 pending: None,
+                keeper,
+                contents,
             };
+            daemon.publish();
             if let Some(within) = opts.confirm_within {
                 log::warn!(
                     "unconfirmed: mailguard unloads itself in {within:?} unless `mailguard confirm` arrives"
@@ -167,7 +179,18 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     }
 }
 
-/// Loads (reusing pinned maps), configures, and attaches (or replaces) both programs.
+/// What a start leaves for the daemon.
+struct Started {
+    guard: Guard,
+    config: Config,
+    state: RunState,
+    keeper: ListKeeper,
+    /// What the policy maps hold.
+    contents: Contents,
+}
+
+/// Loads (reusing pinned maps), configures, and attaches (or replaces) both programs. The lists
+/// start from their last good version on disk; the first refresh follows at once.
 fn start(
     opts: &RunOptions,
     config: Config,
@@ -175,15 +198,17 @@ fn start(
     pins: &Pins,
     previous: Option<&RunState>,
     adopting: bool,
-) -> Result<(Guard, Config, RunState), RunError> {
+) -> Result<Started, RunError> {
     let (mut guard, recreated) = Guard::load_pinned(&config.budgets, pins)?;
     for r in &recreated {
         log::warn!("{r}");
     }
+    let keeper = ListKeeper::open(&config.lists);
+    let contents = Contents::of(&config, &keeper.extra(&config.lists));
     {
         let mut maps = guard.policy_maps()?;
         let current = maps.read_contents()?;
-        maps.apply_over(&current, &config)?;
+        maps.apply_over(&current, &contents, &config)?;
     }
     let mode = match guard.attach_xdp_pinned(iface, config.attach_mode, pins)? {
         Attachment::New(mode) => {
@@ -215,6 +240,8 @@ fn start(
         program_id: guard.program_id()?,
         verified_instructions: verified,
         started: now(),
+        mx_only: config.mx_only,
+        lists: Vec::new(),
     };
     state.write(&opts.dirs)?;
     log::info!(
@@ -228,7 +255,13 @@ fn start(
         state.program_id,
         verified.map_or("?".to_string(), |n| n.to_string()),
     );
-    Ok((guard, config, state))
+    Ok(Started {
+        guard,
+        config,
+        state,
+        keeper,
+        contents,
+    })
 }
 
 /// What undoes an unconfirmed change.
@@ -253,6 +286,9 @@ struct Daemon<'a> {
     facts: Arc<DaemonFacts>,
     pins: &'a Pins,
     pending: Option<Pending>,
+    keeper: ListKeeper,
+    /// What the policy maps hold.
+    contents: Contents,
 }
 
 impl Daemon<'_> {
@@ -286,34 +322,19 @@ impl Daemon<'_> {
             }
             while let Some((request, stream)) = control.as_ref().and_then(ControlServer::next) {
                 let response = match request {
-                    Ok(Request::Reload { confirm_within }) => {
-                        sd_notify("RELOADING=1");
-                        let r = self.reload(confirm_within.map(Duration::from_secs));
-                        sd_notify("READY=1");
-                        match r {
-                            Ok(message) => Response { ok: true, message },
-                            Err(message) => Response { ok: false, message },
+                    Ok(request) => self.handle(request),
+                    Err(message) => Some(Response::failed(message)),
+                };
+                match response {
+                    Some(response) => {
+                        if let Err(e) = answer(&stream, &response) {
+                            log::warn!("control socket: {e}");
                         }
                     }
-                    Ok(Request::Confirm) => match self.pending.take() {
-                        Some(_) => {
-                            log::info!("change confirmed");
-                            Response {
-                                ok: true,
-                                message: "confirmed: the change stays".into(),
-                            }
-                        }
-                        None => Response {
-                            ok: false,
-                            message: "nothing is waiting for confirmation".into(),
-                        },
-                    },
-                    Err(message) => Response { ok: false, message },
-                };
-                if let Err(e) = answer(&stream, &response) {
-                    log::warn!("control socket: {e}");
+                    None => self.keeper.wait(stream),
                 }
             }
+            self.keep_lists()?;
             if self
                 .pending
                 .as_ref()
@@ -325,13 +346,12 @@ impl Daemon<'_> {
                         log::warn!(
                             "reload not confirmed in time: rolling back to the previous configuration"
                         );
-                        let current = std::mem::replace(&mut self.config, *previous);
-                        self.guard
-                            .policy_maps()?
-                            .apply(Some(&current), &self.config)?;
+                        self.config = *previous;
+                        self.sync_maps()?;
                         self.facts.rollbacks.fetch_add(1, Ordering::Relaxed);
                         self.state.monitor = self.config.monitor;
-                        self.state.write(&self.opts.dirs)?;
+                        self.state.mx_only = self.config.mx_only;
+                        self.publish();
                     }
                     Undo::Unload => {
                         log::warn!("start not confirmed in time: unloading mailguard");
@@ -342,6 +362,196 @@ impl Daemon<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Answers a control request; `None` when the answer comes later (a list refresh).
+    fn handle(&mut self, request: Request) -> Option<Response> {
+        Some(match request {
+            Request::Reload { confirm_within } => {
+                sd_notify("RELOADING=1");
+                let r = self.reload(confirm_within.map(Duration::from_secs));
+                sd_notify("READY=1");
+                match r {
+                    Ok(message) => Response::ok(message),
+                    Err(message) => Response::failed(message),
+                }
+            }
+            Request::Confirm => match self.pending.take() {
+                Some(_) => {
+                    log::info!("change confirmed");
+                    Response::ok("confirmed: the change stays")
+                }
+                None => Response::failed("nothing is waiting for confirmation"),
+            },
+            Request::ListEdit {
+                list,
+                add,
+                entries,
+                seconds,
+            } => self.edit_list(list, add, &entries, seconds),
+            Request::ListShow { list } => {
+                let mut data = serde_json::json!({ "lists": self.summaries(), "mx_only": self.config.mx_only });
+                if let Some(list) = list {
+                    data["entries"] = serde_json::json!(self.keeper.state.entries(
+                        &self.config.lists,
+                        list,
+                        now_unix()
+                    ));
+                }
+                Response {
+                    ok: true,
+                    message: String::new(),
+                    data: Some(data),
+                }
+            }
+            Request::ListRefresh { force } => {
+                if !ListName::ALL
+                    .iter()
+                    .any(|l| self.config.lists.sources(*l).is_external())
+                {
+                    return Some(Response::failed(
+                        "no list has files or SPF records to refresh",
+                    ));
+                }
+                self.keeper.start_fetch(&self.config.lists, force);
+                return None;
+            }
+        })
+    }
+
+    /// `mailguard allow|trust|block add|del`: all entries or none, kept on disk, applied at once.
+    fn edit_list(
+        &mut self,
+        list: ListName,
+        add: bool,
+        entries: &[String],
+        seconds: Option<u64>,
+    ) -> Response {
+        let mut nets = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match config::parse_cidr(e) {
+                Ok(n) => nets.push(n),
+                Err(m) => {
+                    return Response::failed(format!("entry {}: {m}; nothing changed", i + 1));
+                }
+            }
+        }
+        let until = seconds.map_or(0, |s| now_unix() + s.max(1));
+        let before = self.keeper.state.clone();
+        let message = match self
+            .keeper
+            .state
+            .edit(&self.config.lists, list, add, &nets, until)
+        {
+            Ok(m) => m,
+            Err(m) => return Response::failed(format!("{m}; nothing changed")),
+        };
+        if let Err(e) = self.keeper.state.save(&self.config.lists.state_dir) {
+            self.keeper.state = before;
+            return Response::failed(format!("{e}; nothing changed"));
+        }
+        if let Err(e) = self.sync_maps() {
+            return Response::failed(format!("saved, but writing the maps failed: {e}"));
+        }
+        log::info!("{message}");
+        self.publish();
+        Response::ok(message)
+    }
+
+    /// Periodic list work: starts a refresh when one is due, applies a finished one (answering
+    /// whoever waits for it), and lets run-time entries expire.
+    fn keep_lists(&mut self) -> Result<(), RunError> {
+        if self.keeper.due(&self.config.lists) {
+            self.keeper.start_fetch(&self.config.lists, false);
+        }
+        if let Some((reports, clients)) = self.keeper.poll(&self.config.lists) {
+            let written = self.sync_maps();
+            self.facts.list_refreshes.fetch_add(1, Ordering::Relaxed);
+            self.publish();
+            let failed = reports.iter().filter(|r| r.error.is_some()).count();
+            let response = match &written {
+                Err(e) => Response::failed(format!("refreshed, but writing the maps failed: {e}")),
+                Ok(()) if failed > 0 => {
+                    Response::failed(format!("{failed} list(s) kept their last good version"))
+                }
+                Ok(()) => Response::ok("lists refreshed"),
+            };
+            let data = serde_json::json!({ "refresh": reports, "lists": self.summaries(), "mx_only": self.config.mx_only });
+            let response = Response {
+                data: Some(data),
+                ..response
+            };
+            for client in clients {
+                if let Err(e) = answer(&client, &response) {
+                    log::warn!("control socket: {e}");
+                }
+            }
+            written?;
+        }
+        if self.keeper.expire(&self.config.lists) {
+            self.sync_maps()?;
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Writes what the configuration and the lists ask for into the maps, as a swap. When that
+    /// fails half-way, what the maps hold is read back as the base of the next update.
+    fn sync_maps(&mut self) -> Result<(), GuardError> {
+        let desired = Contents::of(&self.config, &self.keeper.extra(&self.config.lists));
+        let mut maps = self.guard.policy_maps()?;
+        match maps.apply_over(&self.contents, &desired, &self.config) {
+            Ok(()) => {
+                self.contents = desired;
+                Ok(())
+            }
+            Err(e) => {
+                match maps.read_contents() {
+                    Ok(c) => self.contents = c,
+                    Err(r) => log::error!("cannot read back the maps: {r}"),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The lists at a glance.
+    fn summaries(&self) -> Vec<ListSummary> {
+        let runtime_now = now_unix();
+        ListName::ALL
+            .iter()
+            .map(|&list| {
+                let held = self.contents.list(list);
+                let status = self
+                    .keeper
+                    .state
+                    .status
+                    .get(&list)
+                    .cloned()
+                    .unwrap_or_default();
+                let sources = self.config.lists.sources(list).external();
+                ListSummary {
+                    list,
+                    ipv4: held.v4.len(),
+                    ipv6: held.v6.len(),
+                    runtime: self.keeper.state.runtime.get(&list).map_or(0, |r| {
+                        r.values().filter(|u| **u == 0 || **u > runtime_now).count()
+                    }),
+                    sources,
+                    last_refresh: status.last_success,
+                    refresh_failures: status.failures,
+                    last_error: status.last_error,
+                }
+            })
+            .collect()
+    }
+
+    /// Writes the state file `status` and the metrics read.
+    fn publish(&mut self) {
+        self.state.lists = self.summaries();
+        if let Err(e) = self.state.write(&self.opts.dirs) {
+            log::warn!("{e}");
         }
     }
 
@@ -389,20 +599,27 @@ impl Daemon<'_> {
         applied.budgets.tracked_sources = old.budgets.tracked_sources;
         applied.budgets.tracked_connections = old.budgets.tracked_connections;
         applied.metrics_listen = old.metrics_listen;
-        let result = self
-            .guard
-            .policy_maps()
-            .and_then(|mut maps| maps.apply(Some(old), &applied));
-        if let Err(e) = result {
+        let sources_changed = ListName::ALL
+            .iter()
+            .any(|l| applied.lists.sources(*l).external() != old.lists.sources(*l).external());
+        let previous = std::mem::replace(&mut self.config, applied);
+        if let Err(e) = self.sync_maps() {
             log::error!("reload failed while writing the maps: {e}");
             self.facts.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            // Back to the configuration in force (the maps may hold some of both).
+            self.config = previous;
+            if let Err(e) = self.sync_maps() {
+                log::error!("restoring the configuration in force: {e}");
+            }
             return Err(format!("failed while writing the maps: {e}"));
         }
-        let previous = std::mem::replace(&mut self.config, applied);
-        self.state.monitor = self.config.monitor;
-        if let Err(e) = self.state.write(&self.opts.dirs) {
-            log::warn!("{e}");
+        if sources_changed {
+            log::info!("list sources changed: refreshing now");
+            self.keeper.refresh_soon();
         }
+        self.state.monitor = self.config.monitor;
+        self.state.mx_only = self.config.mx_only;
+        self.publish();
         self.facts.reloads_ok.fetch_add(1, Ordering::Relaxed);
         let mut message = "configuration reloaded".to_string();
         if let Some(within) = confirm_within {

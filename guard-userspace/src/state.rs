@@ -41,6 +41,12 @@ pub struct RunState {
     pub verified_instructions: Option<u32>,
     /// Seconds since the Unix epoch.
     pub started: u64,
+    /// MX-only mode: port 25 accepts only the `mx_allow` list.
+    #[serde(default)]
+    pub mx_only: bool,
+    /// The lists in force (sizes, refresh status), updated whenever they change.
+    #[serde(default)]
+    pub lists: Vec<crate::lists::ListSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]

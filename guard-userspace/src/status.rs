@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 use guard_common::{Reason, SETTING_ECHO_ALLOW, SETTING_MONITOR, Settings, Verdict};
 use serde::Serialize;
 
-use crate::{budget_view::BudgetView, guard::Counters, state::RunState};
+use crate::{
+    budget_view::BudgetView,
+    guard::Counters,
+    list_view::{self, ListStatus},
+    state::RunState,
+};
 
 #[derive(Serialize)]
 pub struct Status {
@@ -27,6 +32,12 @@ pub struct Status {
     pub rejected: u64,
     /// The budgets in force and what they decided.
     pub budgets: BudgetView,
+    /// MX-only mode: port 25 accepts only the `mx_allow` list.
+    pub mx_only: bool,
+    /// The lists: sizes, refresh status, packets decided.
+    pub lists: Vec<ListStatus>,
+    /// Seconds since the Unix epoch when this status was taken.
+    pub now: u64,
 }
 
 #[derive(Serialize)]
@@ -47,6 +58,14 @@ impl Status {
         now: u64,
     ) -> Status {
         let monitor = settings.has(SETTING_MONITOR);
+        let lists = state
+            .lists
+            .iter()
+            .map(|l| {
+                let packets = counters.get(list_view::reason_of(l.list));
+                ListStatus::of(l.clone(), Some(packets))
+            })
+            .collect();
         let counters: Vec<ReasonCount> = Reason::ALL
             .iter()
             .map(|&r| ReasonCount {
@@ -64,6 +83,9 @@ impl Status {
                 .sum()
         };
         Status {
+            mx_only: state.mx_only,
+            lists,
+            now,
             running: state.daemon_alive(),
             pid: state.pid,
             interface: state.interface,
@@ -136,11 +158,16 @@ impl Status {
             self.passed, self.dropped, self.rejected
         );
         out.push_str(&self.budgets.render());
+        out.push_str(&list_view::render_summaries(
+            &self.lists,
+            self.mx_only,
+            self.now,
+        ));
         out
     }
 }
 
-fn human_duration(s: u64) -> String {
+pub fn human_duration(s: u64) -> String {
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),

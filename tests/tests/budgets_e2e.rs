@@ -286,7 +286,7 @@ fn ipv6_budget_is_per_64() {
 fn trusted_sources_pass_beyond_the_budget() {
     let lab = lab_with(
         &format!(
-            "[budgets]\nsyn_ceiling = 0\ntrusted = [\"{CLIENT4}/32\"]\n[budgets.mx]\nrate = 0\nmax_connections = 1\n"
+            "[budgets]\nsyn_ceiling = 0\n[budgets.mx]\nrate = 0\nmax_connections = 1\n[lists.trusted]\ncidrs = [\"{CLIENT4}/32\"]\n"
         ),
         &[],
     );

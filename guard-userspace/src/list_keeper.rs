@@ -1,0 +1,183 @@
+//! The daemon's side of the lists: the saved state (last good fetched entries, run-time
+//! additions), fetching files and SPF records on a background thread every refresh interval
+//! (and on `mailguard lists refresh`), and the clients waiting for a refresh to finish.
+//! Fetching never touches the maps: the daemon applies what the keeper accepted, as a swap.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::net::UnixStream,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    lists::{self, ListName, ListState, Lists, now_unix},
+    policy::Extra,
+    spf,
+};
+
+/// What a refresh fetched: per list, its sources and their entries (or the first problem).
+type Outcome = Vec<(ListName, Vec<String>, Result<BTreeSet<IpNet>, String>)>;
+
+/// What became of one list in a refresh.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ListReport {
+    pub list: ListName,
+    /// Entries fetched (when accepted).
+    pub entries: Option<usize>,
+    pub error: Option<String>,
+}
+
+pub struct ListKeeper {
+    pub state: ListState,
+    fetching: Option<(mpsc::Receiver<Outcome>, bool)>,
+    next_refresh: Instant,
+    waiting: Vec<UnixStream>,
+}
+
+impl ListKeeper {
+    /// The saved state (an unreadable one is reported and replaced by an empty one: the
+    /// configuration's own entries still apply, and the next refresh fetches the rest).
+    pub fn open(config: &Lists) -> ListKeeper {
+        let state = match ListState::load(&config.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("{e}; starting from the configuration's entries only");
+                ListState::default()
+            }
+        };
+        ListKeeper {
+            state,
+            fetching: None,
+            next_refresh: Instant::now(),
+            waiting: Vec::new(),
+        }
+    }
+
+    /// The entries beyond the configuration's, for the maps.
+    pub fn extra(&self, config: &Lists) -> Extra {
+        self.state.extra(config, now_unix())
+    }
+
+    /// Whether a refresh is running.
+    pub fn fetching(&self) -> bool {
+        self.fetching.is_some()
+    }
+
+    /// Makes the next periodic refresh due now (after the sources changed).
+    pub fn refresh_soon(&mut self) {
+        self.next_refresh = Instant::now();
+    }
+
+    /// Forgets expired run-time entries; true when the maps need an update.
+    pub fn expire(&mut self, config: &Lists) -> bool {
+        let changed = self.state.expire(now_unix());
+        if changed {
+            self.save(config);
+        }
+        changed
+    }
+
+    pub fn save(&self, config: &Lists) {
+        if let Err(e) = self.state.save(&config.state_dir) {
+            log::error!("lists: {e}");
+        }
+    }
+
+    /// Whether a periodic refresh is due (and there is something to fetch).
+    pub fn due(&self, config: &Lists) -> bool {
+        self.fetching.is_none()
+            && Instant::now() >= self.next_refresh
+            && ListName::ALL
+                .iter()
+                .any(|l| config.sources(*l).is_external())
+    }
+
+    /// Starts fetching every list with files or SPF records, on a background thread.
+    pub fn start_fetch(&mut self, config: &Lists, force: bool) {
+        if let Some((_, forced)) = &mut self.fetching {
+            // Forcing only changes how the outcome is accepted: the running fetch serves.
+            *forced |= force;
+            return;
+        }
+        self.next_refresh = Instant::now() + Duration::from_secs(config.refresh_interval);
+        let (tx, rx) = mpsc::channel();
+        let config = config.clone();
+        let spawned = thread::Builder::new().name("lists".into()).spawn(move || {
+            let options = spf::Options {
+                dns_server: config.dns_server,
+                lookup_limit: config.spf_lookup_limit,
+            };
+            let resolve = |domain: &str| spf::resolve(domain, &options).map_err(|e| e.to_string());
+            let outcome: Outcome = ListName::ALL
+                .iter()
+                .filter(|l| config.sources(**l).is_external())
+                .map(|l| {
+                    (
+                        *l,
+                        config.sources(*l).external(),
+                        lists::fetch(config.sources(*l), &resolve),
+                    )
+                })
+                .collect();
+            let _ = tx.send(outcome);
+        });
+        match spawned {
+            Ok(_) => {
+                log::info!("lists: refreshing{}", if force { " (forced)" } else { "" });
+                self.fetching = Some((rx, force))
+            }
+            Err(e) => log::error!("lists: cannot start a refresh: {e}"),
+        }
+    }
+
+    /// A client of `mailguard lists refresh`, answered when the refresh ends.
+    pub fn wait(&mut self, client: UnixStream) {
+        self.waiting.push(client);
+    }
+
+    /// A finished refresh, accepted into the state: the report, and the clients to answer.
+    pub fn poll(&mut self, config: &Lists) -> Option<(Vec<ListReport>, Vec<UnixStream>)> {
+        let (rx, force) = self.fetching.as_ref()?;
+        let outcome = match rx.try_recv() {
+            Ok(o) => o,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => vec![],
+        };
+        let force = *force;
+        self.fetching = None;
+        let reports = outcome
+            .into_iter()
+            .map(|(list, from, result)| {
+                match self
+                    .state
+                    .accept(list, from, result, config.max_shrink, force)
+                {
+                    Ok(n) => {
+                        log::info!("list {list}: {n} fetched entries in force");
+                        ListReport {
+                            list,
+                            entries: Some(n),
+                            error: None,
+                        }
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "list {list}: refresh failed, the last good version stays: {e}"
+                        );
+                        ListReport {
+                            list,
+                            entries: None,
+                            error: Some(e),
+                        }
+                    }
+                }
+            })
+            .collect();
+        self.save(config);
+        Some((reports, std::mem::take(&mut self.waiting)))
+    }
+}

@@ -1,0 +1,239 @@
+//! How the lists are shown: the `LISTS` part of `status`, `mailguard lists show|refresh`, and
+//! `mailguard allow|trust|block list`; and the durations `--for` takes.
+
+use std::fmt::Write as _;
+
+use guard_common::Reason;
+
+use serde::Serialize;
+
+use crate::{
+    list_keeper::ListReport,
+    lists::{ListEntry, ListName, ListSummary},
+    status::human_duration,
+};
+
+/// A list in `status`: its summary and the packets it decided.
+#[derive(Serialize, Debug, Clone)]
+pub struct ListStatus {
+    #[serde(flatten)]
+    pub summary: ListSummary,
+    /// Packets counted under `reason` (`mx_only_denied`, `trusted_source`, `blocked`).
+    pub packets: Option<u64>,
+    pub reason: &'static str,
+}
+
+impl ListStatus {
+    pub fn of(summary: ListSummary, packets: Option<u64>) -> ListStatus {
+        let reason = reason_of(summary.list).name();
+        ListStatus {
+            summary,
+            packets,
+            reason,
+        }
+    }
+}
+
+/// The reason that counts what a list decided: packets it passed or dropped.
+pub fn reason_of(list: ListName) -> Reason {
+    match list {
+        ListName::MxAllow => Reason::MxOnlyDenied,
+        ListName::Trusted => Reason::TrustedSource,
+        ListName::Block => Reason::Blocked,
+    }
+}
+
+/// "12m ago" / "never".
+fn ago(then: Option<u64>, now: u64) -> String {
+    match then {
+        None => "never".into(),
+        Some(t) => format!("{} ago", human_duration(now.saturating_sub(t))),
+    }
+}
+
+/// The lists table, with the packets each list decided when known.
+pub fn render_summaries(lists: &[ListStatus], mx_only: bool, now: u64) -> String {
+    let mut out = format!(
+        "\nlists (MX-only {}):\n{:<9} {:>8} {:>8} {:>8}  {:<14} {:>9}  {:<16} SOURCES\n",
+        if mx_only {
+            "ON: port 25 accepts only mx_allow"
+        } else {
+            "off"
+        },
+        "LIST",
+        "IPV4",
+        "IPV6",
+        "RUNTIME",
+        "PACKETS",
+        "FAILURES",
+        "LAST REFRESH"
+    );
+    for ListStatus {
+        summary: l,
+        packets,
+        ..
+    } in lists
+    {
+        let packets = packets.map_or("-".to_string(), |p| {
+            format!("{p} {}", short(reason_of(l.list)))
+        });
+        let refreshed = if l.sources.is_empty() {
+            "-".to_string()
+        } else {
+            ago(l.last_refresh, now)
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} {:>8} {:>8} {:>8}  {:<14} {:>9}  {:<16} {}",
+            l.list.name(),
+            l.ipv4,
+            l.ipv6,
+            l.runtime,
+            packets,
+            l.refresh_failures,
+            refreshed,
+            if l.sources.is_empty() {
+                "(config and run-time entries only)".to_string()
+            } else {
+                l.sources.join(" ")
+            }
+        );
+        if let Some(e) = &l.last_error {
+            let _ = writeln!(
+                out,
+                "  last refresh of {} FAILED (the last good version stays): {e}",
+                l.list
+            );
+        }
+    }
+    out
+}
+
+fn short(r: Reason) -> &'static str {
+    match r {
+        Reason::MxOnlyDenied => "denied",
+        Reason::TrustedSource => "exempt",
+        _ => "dropped",
+    }
+}
+
+/// One list's entries.
+pub fn render_entries(list: ListName, entries: &[ListEntry], now: u64) -> String {
+    let mut out = format!("{:<44} {:<22} EXPIRES\n", "CIDR", "ORIGIN");
+    for e in entries {
+        let expires = e.expires.map_or("never".to_string(), |t| {
+            format!("in {}", human_duration(t.saturating_sub(now)))
+        });
+        let _ = writeln!(
+            out,
+            "{:<44} {:<22} {expires}",
+            e.cidr.to_string(),
+            e.origins.join(",")
+        );
+    }
+    if entries.is_empty() {
+        let _ = writeln!(out, "(the {list} list is empty)");
+    }
+    out
+}
+
+/// What a refresh did to each list.
+pub fn render_refresh(reports: &[ListReport]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let _ = match (&r.entries, &r.error) {
+            (Some(n), _) => writeln!(out, "{}: {n} entries fetched", r.list),
+            (None, Some(e)) => {
+                writeln!(out, "{}: FAILED, the last good version stays: {e}", r.list)
+            }
+            (None, None) => writeln!(out, "{}: nothing fetched", r.list),
+        };
+    }
+    out
+}
+
+/// A duration such as `90s`, `10m`, `1h`, `2d`, `1h30m` (a bare number is seconds), in seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a duration (examples: 90s, 10m, 1h, 2d, 1h30m)");
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        total = number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(bad)?;
+    }
+    if total == 0 {
+        return Err(format!("`{text}`: a duration must be at least one second"));
+    }
+    // Ten years: anything longer is a mistake (leave `--for` out for a permanent entry).
+    if total > 10 * 365 * 86400 {
+        return Err(format!(
+            "`{text}` is longer than ten years; leave out --for for a permanent entry"
+        ));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("1x").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("h").is_err());
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("at least one second")
+        );
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("11000d").unwrap_err().contains("ten years"));
+    }
+
+    #[test]
+    fn summaries_show_failures() {
+        let l = ListSummary {
+            list: ListName::MxAllow,
+            ipv4: 3,
+            ipv6: 1,
+            runtime: 0,
+            sources: vec!["spf:provider.test".into()],
+            last_refresh: Some(1000),
+            refresh_failures: 2,
+            last_error: Some("SPF of provider.test: timed out".into()),
+        };
+        let text = render_summaries(&[ListStatus::of(l, Some(7))], true, 1060);
+        assert!(text.contains("7 denied"), "{text}");
+        assert!(text.contains("MX-only ON"), "{text}");
+        assert!(text.contains("1m00s ago"), "{text}");
+        assert!(text.contains("spf:provider.test"), "{text}");
+        assert!(text.contains("last refresh of mx_allow FAILED (the last good version stays): SPF of provider.test: timed out"), "{text}");
+    }
+}

@@ -1,0 +1,938 @@
+//! The source lists: `mx_allow` (MX-only mode: the only sources port 25 accepts), `trusted`
+//! (exempt from budgets) and `block` (dropped on every port). Each list is the union of CIDRs
+//! in the configuration, files (one CIDR per line), providers' SPF records (`spf.rs`), and
+//! entries added at run time (`mailguard allow|trust|block add`).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::config::{ConfigError, Place, parse_cidr};
+
+/// The three lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListName {
+    MxAllow,
+    Trusted,
+    Block,
+}
+
+impl ListName {
+    pub const ALL: [ListName; 3] = [ListName::MxAllow, ListName::Trusted, ListName::Block];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ListName::MxAllow => "mx_allow",
+            ListName::Trusted => "trusted",
+            ListName::Block => "block",
+        }
+    }
+}
+
+impl fmt::Display for ListName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where one list's entries come from (besides run-time additions).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ListSources {
+    #[serde(serialize_with = "crate::config::serialize_nets")]
+    pub cidrs: Vec<IpNet>,
+    pub files: Vec<PathBuf>,
+    /// Domains whose SPF records give ranges (followed through include/redirect/a/mx).
+    pub spf: Vec<String>,
+}
+
+impl ListSources {
+    /// Whether the list has sources that need fetching (files or DNS).
+    pub fn is_external(&self) -> bool {
+        !self.files.is_empty() || !self.spf.is_empty()
+    }
+
+    /// The external sources, as recorded with what was fetched from them.
+    pub fn external(&self) -> Vec<String> {
+        let files = self.files.iter().map(|f| format!("file:{}", f.display()));
+        files
+            .chain(self.spf.iter().map(|d| format!("spf:{d}")))
+            .collect()
+    }
+}
+
+/// The `[lists]` section.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lists {
+    pub lists: BTreeMap<ListName, ListSources>,
+    /// Seconds between refreshes of files and SPF records.
+    pub refresh_interval: u64,
+    /// A refresh that would remove more than this share of a list's fetched entries is
+    /// refused (unless forced).
+    pub max_shrink: f64,
+    /// DNS server for SPF lookups (`None`: the system resolver from /etc/resolv.conf).
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// DNS lookups allowed per SPF record tree (RFC 7208 says 10).
+    pub spf_lookup_limit: u32,
+    /// Where the last good version of every list and the run-time changes are kept.
+    pub state_dir: PathBuf,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailguard";
+
+impl Default for Lists {
+    fn default() -> Self {
+        Lists {
+            lists: ListName::ALL
+                .iter()
+                .map(|l| (*l, ListSources::default()))
+                .collect(),
+            refresh_interval: 3600,
+            max_shrink: 0.5,
+            dns_server: None,
+            spf_lookup_limit: 10,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+impl Lists {
+    pub fn sources(&self, list: ListName) -> &ListSources {
+        &self.lists[&list]
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLists {
+    refresh_interval: Option<Spanned<i64>>,
+    max_shrink: Option<Spanned<f64>>,
+    dns_server: Option<Spanned<String>>,
+    spf_lookup_limit: Option<Spanned<i64>>,
+    state_dir: Option<String>,
+    mx_allow: Option<RawList>,
+    trusted: Option<RawList>,
+    block: Option<RawList>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawList {
+    cidrs: Option<Vec<Spanned<String>>>,
+    files: Option<Vec<String>>,
+    spf: Option<Vec<Spanned<String>>>,
+}
+
+fn list(raw: Option<RawList>, name: ListName, place: &Place) -> Result<ListSources, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ListSources::default());
+    };
+    let mut out = ListSources::default();
+    for (i, c) in raw.cidrs.iter().flatten().enumerate() {
+        out.cidrs.push(
+            parse_cidr(c.get_ref())
+                .map_err(|m| place.error(c.span(), Some(format!("lists.{name}.cidrs[{i}]")), m))?,
+        );
+    }
+    out.files = raw
+        .files
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    for (i, d) in raw.spf.iter().flatten().enumerate() {
+        let domain = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        if !valid_domain(&domain) {
+            return Err(place.error(
+                d.span(),
+                Some(format!("lists.{name}.spf[{i}]")),
+                format!("`{}` is not a domain name", d.get_ref()),
+            ));
+        }
+        if name == ListName::Block {
+            return Err(place.error(
+                d.span(),
+                Some(format!("lists.{name}.spf[{i}]")),
+                "SPF records list senders to allow, not to block".into(),
+            ));
+        }
+        out.spf.push(domain);
+    }
+    Ok(out)
+}
+
+/// A DNS name: labels of letters, digits, hyphens and underscores (`_spf`), 1 to 63 characters,
+/// at most 253 in all.
+pub fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+pub(crate) fn validate(raw: Option<RawLists>, place: &Place) -> Result<Lists, ConfigError> {
+    let d = Lists::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let int = |v: &Option<Spanned<i64>>,
+               key: &str,
+               range: std::ops::RangeInclusive<i64>,
+               default: i64| match v {
+        None => Ok(default),
+        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
+        Some(s) => Err(place.error(
+            s.span(),
+            Some(key.into()),
+            format!(
+                "{} is out of range ({} to {})",
+                s.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        )),
+    };
+    let max_shrink = match &raw.max_shrink {
+        None => d.max_shrink,
+        Some(s) if (0.0..=1.0).contains(s.get_ref()) => *s.get_ref(),
+        Some(s) => {
+            return Err(place.error(
+                s.span(),
+                Some("lists.max_shrink".into()),
+                format!("{} is not a share between 0.0 and 1.0", s.get_ref()),
+            ));
+        }
+    };
+    let dns_server = match &raw.dns_server {
+        None => None,
+        Some(s) if s.get_ref().is_empty() => None,
+        Some(s) => Some(
+            s.get_ref()
+                .parse::<std::net::SocketAddr>()
+                .or_else(|_| {
+                    s.get_ref()
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    place.error(
+                        s.span(),
+                        Some("lists.dns_server".into()),
+                        format!(
+                            "`{}` is not an IP address (with an optional port)",
+                            s.get_ref()
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let mut lists = BTreeMap::new();
+    lists.insert(
+        ListName::MxAllow,
+        list(raw.mx_allow, ListName::MxAllow, place)?,
+    );
+    lists.insert(
+        ListName::Trusted,
+        list(raw.trusted, ListName::Trusted, place)?,
+    );
+    lists.insert(ListName::Block, list(raw.block, ListName::Block, place)?);
+    Ok(Lists {
+        lists,
+        refresh_interval: int(
+            &raw.refresh_interval,
+            "lists.refresh_interval",
+            10..=604_800,
+            d.refresh_interval as i64,
+        )? as u64,
+        max_shrink,
+        dns_server,
+        spf_lookup_limit: int(
+            &raw.spf_lookup_limit,
+            "lists.spf_lookup_limit",
+            1..=100,
+            d.spf_lookup_limit as i64,
+        )? as u32,
+        state_dir: raw.state_dir.map(PathBuf::from).unwrap_or(d.state_dir),
+    })
+}
+
+/// A CIDR list file: one CIDR (or address) per line; `#` starts a comment; blank lines are
+/// skipped. An error names the file and the line.
+pub fn parse_list_file(path: &Path, text: &str) -> Result<Vec<IpNet>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        out.push(parse_cidr(entry).map_err(|m| format!("{}:{}: {m}", path.display(), i + 1))?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn lists(text: &str) -> Result<Lists, String> {
+        Config::parse(text, "t.toml")
+            .map(|(c, _)| c.lists)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_section_parses() {
+        let l = lists(
+            r#"
+[lists]
+refresh_interval = 600
+max_shrink = 0.25
+dns_server = "198.18.0.53"
+spf_lookup_limit = 8
+state_dir = "/tmp/mg"
+
+[lists.mx_allow]
+cidrs = ["198.18.10.0/24"]
+files = ["/etc/mailguard/provider.txt"]
+spf = ["_spf.Provider.TEST."]
+
+[lists.block]
+cidrs = ["2001:db8:bad::/48"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(l.refresh_interval, 600);
+        assert_eq!(l.max_shrink, 0.25);
+        assert_eq!(l.dns_server, Some("198.18.0.53:53".parse().unwrap()));
+        assert_eq!(l.spf_lookup_limit, 8);
+        let mx = l.sources(ListName::MxAllow);
+        assert_eq!(mx.cidrs[0].to_string(), "198.18.10.0/24");
+        assert_eq!(mx.spf, vec!["_spf.provider.test"]);
+        assert!(mx.is_external());
+        assert!(!l.sources(ListName::Trusted).is_external());
+        assert_eq!(l.sources(ListName::Block).cidrs.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let e = lists("[lists.block]\ncidrs = [\"198.18.0.0/33\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:2:10: `lists.block.cidrs[0]`: prefix length `/33`"),
+            "{e}"
+        );
+        let e = lists("[lists.mx_allow]\nspf = [\"not a domain\"]\n").unwrap_err();
+        assert!(
+            e.contains("`lists.mx_allow.spf[0]`: `not a domain` is not a domain name"),
+            "{e}"
+        );
+        let e = lists("[lists.block]\nspf = [\"example.test\"]\n").unwrap_err();
+        assert!(e.contains("not to block"), "{e}");
+        let e = lists("[lists]\nmax_shrink = 2.0\n").unwrap_err();
+        assert!(e.contains("`lists.max_shrink`: 2 is not a share"), "{e}");
+        let e = lists("[lists]\ndns_server = \"dns.example\"\n").unwrap_err();
+        assert!(e.contains("`lists.dns_server`"), "{e}");
+        let e = lists("[lists.allow]\ncidrs = []\n").unwrap_err();
+        assert!(e.contains("allow"), "{e}");
+    }
+
+    #[test]
+    fn list_files_report_file_and_line() {
+        let p = Path::new("/etc/mailguard/provider.txt");
+        let ok = parse_list_file(
+            p,
+            "# provider ranges\n198.18.10.0/24\n\n2001:db8:10::/48  # v6\n198.18.11.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ["198.18.10.0/24", "2001:db8:10::/48", "198.18.11.5/32"]
+        );
+        let e = parse_list_file(p, "198.18.10.0/24\n198.18.10.1/24\n").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/mailguard/provider.txt:2: `198.18.10.1/24` has host bits set; did you mean `198.18.10.0/24`?"
+        );
+        let e = parse_list_file(p, "garbage here\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/mailguard/provider.txt:1: `garbage here` is not an IP address or CIDR"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn domains() {
+        assert!(valid_domain("_spf.google.com"));
+        assert!(!valid_domain("a..b"));
+        assert!(!valid_domain("exa mple.com"));
+        assert!(!valid_domain(&"a".repeat(64)));
+    }
+}
+
+/// Entries fetched from a list's files and SPF records: the last good version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    pub entries: std::collections::BTreeSet<IpNet>,
+    /// Unix seconds of the fetch.
+    pub fetched_at: u64,
+    /// The sources they came from (`ListSources::external`).
+    #[serde(default)]
+    pub from: Vec<String>,
+}
+
+/// How refreshing a list went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshStatus {
+    /// Unix seconds of the last refresh that succeeded.
+    pub last_success: Option<u64>,
+    pub failures: u64,
+    /// The last refresh's error, cleared by a success.
+    pub last_error: Option<String>,
+}
+
+/// The lists beyond the configuration: fetched entries, run-time additions, refresh status.
+/// Kept in `<state dir>/lists.json`, so that a restart starts from the last good version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListState {
+    pub fetched: BTreeMap<ListName, Fetched>,
+    /// Run-time additions: entry -> when it ends (Unix seconds, 0 for never).
+    pub runtime: BTreeMap<ListName, BTreeMap<IpNet, u64>>,
+    pub status: BTreeMap<ListName, RefreshStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a mailguard list state: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl ListState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("lists.json")
+    }
+
+    /// The saved state, or an empty one when there is none yet.
+    pub fn load(state_dir: &Path) -> Result<ListState, ListError> {
+        let path = ListState::path(state_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|source| ListError::Corrupt { path, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ListState::default()),
+            Err(source) => Err(ListError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Saves atomically (a crash leaves the old or the new version, never half of one).
+    pub fn save(&self, state_dir: &Path) -> Result<(), ListError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| ListError::Io {
+            action: "create",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = ListState::path(state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).expect("list state serializes");
+        std::fs::write(&tmp, text).map_err(|source| ListError::Io {
+            action: "write",
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| ListError::Io {
+            action: "rename",
+            path,
+            source,
+        })
+    }
+
+    /// Every entry beyond the configuration's own, for the maps (expired ones left out).
+    /// Fetched entries count while their list still has files or SPF records.
+    pub fn extra(&self, config: &Lists, now: u64) -> crate::policy::Extra {
+        let mut extra = crate::policy::Extra::new();
+        for (list, fetched) in self
+            .fetched
+            .iter()
+            .filter(|(l, _)| config.sources(**l).is_external())
+        {
+            let target = extra.entry(*list).or_default();
+            for net in &fetched.entries {
+                target.insert(*net, 0);
+            }
+        }
+        for (list, entries) in &self.runtime {
+            let target = extra.entry(*list).or_default();
+            for (net, expires) in entries.iter().filter(|(_, e)| **e == 0 || **e > now) {
+                // A run-time block with an end overrides a permanent entry from elsewhere only
+                // when nothing else lists it.
+                target
+                    .entry(*net)
+                    .and_modify(|e| *e = if *e == 0 { 0 } else { (*e).max(*expires) })
+                    .or_insert(*expires);
+            }
+        }
+        extra
+    }
+
+    /// Forgets run-time entries whose time is up; returns whether any went.
+    pub fn expire(&mut self, now: u64) -> bool {
+        let mut changed = false;
+        for entries in self.runtime.values_mut() {
+            let before = entries.len();
+            entries.retain(|_, e| *e == 0 || *e > now);
+            changed |= entries.len() != before;
+        }
+        changed
+    }
+
+    /// The outcome of fetching `list` from sources `from`: replaces the last good version,
+    /// unless it would shrink it by more than `max_shrink` (and `force` is not set: a change
+    /// of sources counts as forced) or overflow the map.
+    pub fn accept(
+        &mut self,
+        list: ListName,
+        from: Vec<String>,
+        result: Result<std::collections::BTreeSet<IpNet>, String>,
+        max_shrink: f64,
+        force: bool,
+    ) -> Result<usize, String> {
+        let now = now_unix();
+        let previous = self.fetched.get(&list).filter(|f| f.from == from);
+        let checked = result.and_then(|entries| {
+            if entries.len() > guard_common::LIST_ENTRIES as usize {
+                return Err(format!("{} entries do not fit the map ({} at most)", entries.len(), guard_common::LIST_ENTRIES));
+            }
+            let before = previous.map_or(0, |f| f.entries.len());
+            let removed = previous.map_or(0, |f| f.entries.difference(&entries).count());
+            if !force && before > 0 && removed as f64 > max_shrink * before as f64 {
+                return Err(format!(
+                    "refused: the update would remove {removed} of {before} entries (more than {:.0}%); \
+                     `mailguard lists refresh --force` accepts it",
+                    max_shrink * 100.0
+                ));
+            }
+            Ok(entries)
+        });
+        let status = self.status.entry(list).or_default();
+        match checked {
+            Ok(entries) => {
+                let n = entries.len();
+                self.fetched.insert(
+                    list,
+                    Fetched {
+                        entries,
+                        fetched_at: now,
+                        from,
+                    },
+                );
+                status.last_success = Some(now);
+                status.last_error = None;
+                Ok(n)
+            }
+            Err(e) => {
+                status.failures += 1;
+                status.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One entry of a list and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntry {
+    pub cidr: IpNet,
+    /// `config`, `fetched` (files and SPF records), `runtime` (`mailguard ... add`).
+    pub origins: Vec<String>,
+    /// When a run-time entry ends (Unix seconds), if it does.
+    pub expires: Option<u64>,
+}
+
+/// A list at a glance, for `status`, `lists show` and the metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSummary {
+    pub list: ListName,
+    /// Entries in the maps, by family.
+    pub ipv4: usize,
+    pub ipv6: usize,
+    /// Run-time entries among them.
+    pub runtime: usize,
+    /// Files and SPF domains refreshed into the list.
+    pub sources: Vec<String>,
+    /// Unix seconds of the last refresh that succeeded.
+    pub last_refresh: Option<u64>,
+    pub refresh_failures: u64,
+    pub last_error: Option<String>,
+}
+
+impl ListState {
+    /// Adds `nets` to `list` at run time (until `until`, Unix seconds, 0 for ever), or removes
+    /// them. All or nothing: a removal of an entry that is not a run-time one changes nothing
+    /// and says where the entry comes from.
+    pub fn edit(
+        &mut self,
+        config: &Lists,
+        list: ListName,
+        add: bool,
+        nets: &[IpNet],
+        until: u64,
+    ) -> Result<String, String> {
+        let entries = self.runtime.entry(list).or_default();
+        if add {
+            let total = entries.len() + nets.len();
+            if total > guard_common::LIST_ENTRIES as usize / 2 {
+                return Err(format!(
+                    "{total} run-time entries are too many for {list}; use a list file"
+                ));
+            }
+            for net in nets {
+                entries.insert(*net, until);
+            }
+            return Ok(match until {
+                0 => format!("added {} to {list}", join(nets)),
+                t => format!(
+                    "added {} to {list} for {}s",
+                    join(nets),
+                    t.saturating_sub(now_unix())
+                ),
+            });
+        }
+        for net in nets {
+            if !entries.contains_key(net) {
+                let from_config = config.sources(list).cidrs.contains(net);
+                let fetched = self
+                    .fetched
+                    .get(&list)
+                    .is_some_and(|f| f.entries.contains(net));
+                return Err(match (from_config, fetched) {
+                    (true, _) => format!(
+                        "{net} is in the configuration's [lists.{list}] cidrs: remove it there and reload"
+                    ),
+                    (_, true) => {
+                        format!("{net} comes from {list}'s files or SPF records: change them there")
+                    }
+                    _ => format!("{net} is not on the {list} list"),
+                });
+            }
+        }
+        for net in nets {
+            entries.remove(net);
+        }
+        Ok(format!("removed {} from {list}", join(nets)))
+    }
+
+    /// Every entry of `list`, with its origins (expired run-time entries left out).
+    pub fn entries(&self, config: &Lists, list: ListName, now: u64) -> Vec<ListEntry> {
+        let mut out: BTreeMap<IpNet, ListEntry> = BTreeMap::new();
+        let mut note = |net: &IpNet, origin: &str, expires: Option<u64>| {
+            let e = out.entry(*net).or_insert_with(|| ListEntry {
+                cidr: *net,
+                origins: vec![],
+                expires: None,
+            });
+            e.origins.push(origin.into());
+            e.expires = e.expires.or(expires);
+        };
+        for net in &config.sources(list).cidrs {
+            note(net, "config", None);
+        }
+        if config.sources(list).is_external() {
+            for net in self.fetched.get(&list).into_iter().flat_map(|f| &f.entries) {
+                note(net, "fetched", None);
+            }
+        }
+        for (net, until) in self
+            .runtime
+            .get(&list)
+            .into_iter()
+            .flatten()
+            .filter(|(_, u)| **u == 0 || **u > now)
+        {
+            note(net, "runtime", (*until != 0).then_some(*until));
+        }
+        out.into_values().collect()
+    }
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fetches a list's files (and, with `spf`, its SPF records): all of its external entries, or
+/// the first problem (naming the file and line, or the record).
+pub fn fetch(
+    sources: &ListSources,
+    spf: &dyn Fn(&str) -> Result<std::collections::BTreeSet<IpNet>, String>,
+) -> Result<std::collections::BTreeSet<IpNet>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    for path in &sources.files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        out.extend(parse_list_file(path, &text)?);
+    }
+    for domain in &sources.spf {
+        out.extend(spf(domain).map_err(|e| format!("SPF of {domain}: {e}"))?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> std::collections::BTreeSet<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn shrinking_updates_are_refused_unless_forced() {
+        let mut s = ListState::default();
+        let big = nets(&[
+            "198.18.1.0/24",
+            "198.18.2.0/24",
+            "198.18.3.0/24",
+            "198.18.4.0/24",
+        ]);
+        assert_eq!(
+            s.accept(ListName::MxAllow, vec![], Ok(big.clone()), 0.5, false),
+            Ok(4)
+        );
+        let small = nets(&["198.18.1.0/24"]);
+        let e = s
+            .accept(ListName::MxAllow, vec![], Ok(small.clone()), 0.5, false)
+            .unwrap_err();
+        assert!(e.contains("would remove 3 of 4 entries"), "{e}");
+        assert_eq!(
+            s.fetched[&ListName::MxAllow].entries,
+            big,
+            "the last good version stays"
+        );
+        assert_eq!(s.status[&ListName::MxAllow].failures, 1);
+        assert_eq!(
+            s.accept(ListName::MxAllow, vec![], Ok(small.clone()), 0.5, true),
+            Ok(1)
+        );
+        assert_eq!(s.fetched[&ListName::MxAllow].entries, small);
+        assert_eq!(s.status[&ListName::MxAllow].last_error, None);
+        // New sources make a new list: no shrink check against the old sources' entries.
+        assert_eq!(
+            s.accept(
+                ListName::MxAllow,
+                vec!["spf:other.test".into()],
+                Ok(nets(&[])),
+                0.5,
+                false
+            ),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn failures_keep_the_last_good_version() {
+        let mut s = ListState::default();
+        let good = nets(&["198.18.1.0/24"]);
+        s.accept(ListName::Trusted, vec![], Ok(good.clone()), 0.5, false)
+            .unwrap();
+        assert!(
+            s.accept(
+                ListName::Trusted,
+                vec![],
+                Err("DNS timeout".into()),
+                0.5,
+                false
+            )
+            .is_err()
+        );
+        assert_eq!(s.fetched[&ListName::Trusted].entries, good);
+        assert_eq!(
+            s.status[&ListName::Trusted].last_error.as_deref(),
+            Some("DNS timeout")
+        );
+        assert!(s.status[&ListName::Trusted].last_success.is_some());
+    }
+
+    #[test]
+    fn runtime_entries_expire() {
+        let mut s = ListState::default();
+        s.runtime
+            .entry(ListName::Block)
+            .or_default()
+            .insert("198.19.0.1/32".parse().unwrap(), 100);
+        s.runtime
+            .entry(ListName::Block)
+            .or_default()
+            .insert("198.19.0.2/32".parse().unwrap(), 0);
+        let config = Lists::default();
+        assert_eq!(s.extra(&config, 50)[&ListName::Block].len(), 2);
+        assert_eq!(
+            s.extra(&config, 150)[&ListName::Block].len(),
+            1,
+            "expired entries are left out"
+        );
+        assert!(s.expire(150));
+        assert!(!s.expire(150));
+        assert_eq!(s.runtime[&ListName::Block].len(), 1);
+    }
+
+    #[test]
+    fn runtime_edits_are_all_or_nothing_and_name_origins() {
+        let mut s = ListState::default();
+        let mut config = Lists::default();
+        config
+            .lists
+            .get_mut(&ListName::Block)
+            .unwrap()
+            .cidrs
+            .push("198.19.1.0/24".parse().unwrap());
+        let a: IpNet = "198.19.0.1/32".parse().unwrap();
+        let b: IpNet = "2001:db8:bad::/48".parse().unwrap();
+        assert_eq!(
+            s.edit(&config, ListName::Block, true, &[a, b], 0).unwrap(),
+            "added 198.19.0.1/32, 2001:db8:bad::/48 to block"
+        );
+        let e = s
+            .edit(
+                &config,
+                ListName::Block,
+                false,
+                &[a, "198.19.1.0/24".parse().unwrap()],
+                0,
+            )
+            .unwrap_err();
+        assert!(
+            e.contains("in the configuration's [lists.block] cidrs"),
+            "{e}"
+        );
+        assert_eq!(s.runtime[&ListName::Block].len(), 2, "nothing removed");
+        let e = s
+            .edit(
+                &config,
+                ListName::Block,
+                false,
+                &["198.19.9.9/32".parse().unwrap()],
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(e, "198.19.9.9/32 is not on the block list");
+        s.edit(&config, ListName::Block, false, &[a], 0).unwrap();
+        s.edit(
+            &config,
+            ListName::Block,
+            true,
+            &["198.19.1.0/24".parse().unwrap()],
+            500,
+        )
+        .unwrap();
+        let entries = s.entries(&config, ListName::Block, 100);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].cidr.to_string(), "198.19.1.0/24");
+        assert_eq!(entries[0].origins, ["config", "runtime"]);
+        assert_eq!(entries[0].expires, Some(500));
+        assert_eq!(
+            s.entries(&config, ListName::Block, 600)[0].expires,
+            None,
+            "expired: config only"
+        );
+    }
+
+    #[test]
+    fn state_round_trips_on_disk() {
+        let dir = std::env::temp_dir().join(format!("mailguard-lists-{}", std::process::id()));
+        let mut s = ListState::default();
+        s.accept(
+            ListName::MxAllow,
+            vec![],
+            Ok(nets(&["2001:db8:10::/48"])),
+            0.5,
+            false,
+        )
+        .unwrap();
+        s.runtime
+            .entry(ListName::Block)
+            .or_default()
+            .insert("198.19.0.1/32".parse().unwrap(), 0);
+        s.save(&dir).unwrap();
+        assert_eq!(ListState::load(&dir).unwrap(), s);
+        std::fs::write(ListState::path(&dir), "{not json").unwrap();
+        assert!(matches!(
+            ListState::load(&dir),
+            Err(ListError::Corrupt { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            ListState::load(&dir).unwrap(),
+            ListState::default(),
+            "no state yet: empty"
+        );
+    }
+
+    #[test]
+    fn fetch_reads_files_and_names_problems() {
+        let dir = std::env::temp_dir().join(format!("mailguard-fetch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.txt");
+        std::fs::write(&good, "198.18.1.0/24\n# comment\n2001:db8::/32\n").unwrap();
+        let no_spf = |_: &str| -> Result<std::collections::BTreeSet<IpNet>, String> {
+            Ok(Default::default())
+        };
+        let src = ListSources {
+            files: vec![good.clone()],
+            ..ListSources::default()
+        };
+        assert_eq!(fetch(&src, &no_spf).unwrap().len(), 2);
+        let missing = ListSources {
+            files: vec![dir.join("missing.txt")],
+            ..ListSources::default()
+        };
+        assert!(
+            fetch(&missing, &no_spf)
+                .unwrap_err()
+                .contains("missing.txt")
+        );
+        let spf = ListSources {
+            spf: vec!["provider.test".into()],
+            ..ListSources::default()
+        };
+        let failing = |d: &str| -> Result<std::collections::BTreeSet<IpNet>, String> {
+            Err(format!("{d}: NXDOMAIN"))
+        };
+        assert_eq!(
+            fetch(&spf, &failing).unwrap_err(),
+            "SPF of provider.test: provider.test: NXDOMAIN"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
