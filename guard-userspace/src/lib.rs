@@ -11,7 +11,7 @@
 //! - `list_view`: how the lists are shown
 //! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `metrics`: the Prometheus endpoint
-//! - `run`: the daemon
+//! - `run`: the daemon (`signals`: how it waits for signals and requests)
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
 
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod run;
+pub mod signals;
 pub mod spf;
 pub mod state;
 pub mod status;

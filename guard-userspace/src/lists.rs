@@ -596,17 +596,26 @@ pub struct ListSummary {
 }
 
 impl ListState {
-    /// Adds `nets` to `list` at run time (until `until`, Unix seconds, 0 for ever), or removes
-    /// them. All or nothing: a removal of an entry that is not a run-time one changes nothing
-    /// and says where the entry comes from.
+    /// Adds `nets` to `list` at run time (for `seconds`, else for ever), or removes them. All
+    /// or nothing: a removal of an entry that is not a run-time one changes nothing and says
+    /// where the entry comes from. A timed entry ends on the first whole second at least
+    /// `seconds` from now.
     pub fn edit(
         &mut self,
         config: &Lists,
         list: ListName,
         add: bool,
         nets: &[IpNet],
-        until: u64,
+        seconds: Option<u64>,
     ) -> Result<String, String> {
+        let until = seconds.map_or(0, |s| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (now + std::time::Duration::from_secs(s.max(1)))
+                .as_secs_f64()
+                .ceil() as u64
+        });
         let entries = self.runtime.entry(list).or_default();
         if add {
             let total = entries.len() + nets.len();
@@ -618,12 +627,12 @@ impl ListState {
             for net in nets {
                 entries.insert(*net, until);
             }
-            return Ok(match until {
-                0 => format!("added {} to {list}", join(nets)),
-                t => format!(
-                    "added {} to {list} for {}s",
+            return Ok(match seconds {
+                None => format!("added {} to {list}", join(nets)),
+                Some(s) => format!(
+                    "added {} to {list} for {}",
                     join(nets),
-                    t.saturating_sub(now_unix())
+                    crate::status::human_duration(s.max(1))
                 ),
             });
         }
@@ -820,7 +829,8 @@ mod state_tests {
         let a: IpNet = "198.19.0.1/32".parse().unwrap();
         let b: IpNet = "2001:db8:bad::/48".parse().unwrap();
         assert_eq!(
-            s.edit(&config, ListName::Block, true, &[a, b], 0).unwrap(),
+            s.edit(&config, ListName::Block, true, &[a, b], None)
+                .unwrap(),
             "added 198.19.0.1/32, 2001:db8:bad::/48 to block"
         );
         let e = s
@@ -829,7 +839,7 @@ mod state_tests {
                 ListName::Block,
                 false,
                 &[a, "198.19.1.0/24".parse().unwrap()],
-                0,
+                None,
             )
             .unwrap_err();
         assert!(
@@ -843,26 +853,30 @@ mod state_tests {
                 ListName::Block,
                 false,
                 &["198.19.9.9/32".parse().unwrap()],
-                0,
+                None,
             )
             .unwrap_err();
         assert_eq!(e, "198.19.9.9/32 is not on the block list");
-        s.edit(&config, ListName::Block, false, &[a], 0).unwrap();
-        s.edit(
-            &config,
-            ListName::Block,
-            true,
-            &["198.19.1.0/24".parse().unwrap()],
-            500,
-        )
-        .unwrap();
-        let entries = s.entries(&config, ListName::Block, 100);
+        s.edit(&config, ListName::Block, false, &[a], None).unwrap();
+        let now = now_unix();
+        let m = s
+            .edit(
+                &config,
+                ListName::Block,
+                true,
+                &["198.19.1.0/24".parse().unwrap()],
+                Some(500),
+            )
+            .unwrap();
+        assert_eq!(m, "added 198.19.1.0/24 to block for 8m20s");
+        let entries = s.entries(&config, ListName::Block, now);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].cidr.to_string(), "198.19.1.0/24");
         assert_eq!(entries[0].origins, ["config", "runtime"]);
-        assert_eq!(entries[0].expires, Some(500));
+        let until = entries[0].expires.expect("timed");
+        assert!((now + 500..=now + 502).contains(&until), "{until} vs {now}");
         assert_eq!(
-            s.entries(&config, ListName::Block, 600)[0].expires,
+            s.entries(&config, ListName::Block, now + 600)[0].expires,
             None,
             "expired: config only"
         );

@@ -283,7 +283,9 @@ where
     Ok(())
 }
 
-/// Now on the kernel's CLOCK_MONOTONIC_COARSE (nanoseconds) and the wall clock (seconds).
+const NS: u64 = 1_000_000_000;
+
+/// Now on the kernel's CLOCK_MONOTONIC_COARSE and on the wall clock, both in nanoseconds.
 fn clocks() -> (u64, u64) {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -294,7 +296,7 @@ fn clocks() -> (u64, u64) {
     let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_nanos() as u64);
     (mono, unix)
 }
 
@@ -384,7 +386,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
 
 impl<T: BorrowMut<MapData>> PolicyMaps<T> {
     /// One phase of the three lists' update. Block expiries go from Unix seconds to the
-    /// kernel's monotonic clock (`mono` and `unix` are the same instant on both clocks).
+    /// kernel's monotonic clock (`mono` and `unix`: the same instant on both clocks, in ns).
     fn sync_lists(
         &mut self,
         old: &Contents,
@@ -396,9 +398,9 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         let permanent = |_: u64| Some(1u8);
         let block = |expires: u64| match expires {
             0 => Some(BlockEntry { expires_ns: 0 }),
-            e if e <= unix => None,
+            e if e * NS <= unix => None,
             e => Some(BlockEntry {
-                expires_ns: mono + (e - unix) * 1_000_000_000,
+                expires_ns: mono + (e * NS - unix),
             }),
         };
         sync_trie(
@@ -549,13 +551,13 @@ impl<T: std::borrow::Borrow<MapData>> PolicyMaps<T> {
             let key = key.map_err(GuardError::map(names::MX_ALLOW_V6))?;
             c.mx_allow.v6.insert((key.prefix_len(), key.data()), 0);
         }
-        // Block expiries back to Unix seconds (to the second).
+        // Block expiries back to Unix seconds (rounded up).
         let (mono, unix) = clocks();
         let unix_of = |e: BlockEntry| {
             if e.expires_ns == 0 {
                 0
             } else {
-                unix + e.expires_ns.saturating_sub(mono).div_ceil(1_000_000_000)
+                (unix + e.expires_ns.saturating_sub(mono)).div_ceil(NS)
             }
         };
         for entry in self.block_v4.iter() {

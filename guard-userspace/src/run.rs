@@ -22,6 +22,7 @@ use crate::{
     metrics::{self, DaemonFacts},
     pins::Pins,
     policy::Contents,
+    signals::Signals,
     state::{self, Dirs, RunState, StateError},
 };
 
@@ -107,7 +108,7 @@ fn now() -> u64 {
 
 pub fn run(opts: RunOptions) -> Result<(), RunError> {
     // Block the signals first: one that arrives during set-up is handled once attached.
-    let signals = Signals::block()?;
+    let signals = Signals::block().map_err(RunError::Signals)?;
     let (config, warnings) = effective_config(&opts)?;
     for w in &warnings {
         log::warn!("{w}");
@@ -306,7 +307,11 @@ impl Daemon<'_> {
         };
         sd_notify("READY=1");
         loop {
-            if let Some(sig) = signals.wait_timeout(Duration::from_millis(200))? {
+            // Woken at once by a signal or a control request; polled quicker while a refresh
+            // runs, so that its outcome is applied (and answered) promptly.
+            let timeout = Duration::from_millis(if self.keeper.fetching() { 10 } else { 500 });
+            let wake: Vec<_> = control.iter().map(ControlServer::fd).collect();
+            if let Some(sig) = signals.wait(timeout, &wake).map_err(RunError::Signals)? {
                 if sig == libc::SIGHUP {
                     sd_notify("RELOADING=1");
                     let _ = self.reload(None);
@@ -437,12 +442,11 @@ impl Daemon<'_> {
                 }
             }
         }
-        let until = seconds.map_or(0, |s| now_unix() + s.max(1));
         let before = self.keeper.state.clone();
         let message = match self
             .keeper
             .state
-            .edit(&self.config.lists, list, add, &nets, until)
+            .edit(&self.config.lists, list, add, &nets, seconds)
         {
             Ok(m) => m,
             Err(m) => return Response::failed(format!("{m}; nothing changed")),
@@ -664,50 +668,5 @@ fn sd_notify(state: &str) {
     };
     if let Err(e) = result {
         log::warn!("sd_notify {state}: {e}");
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, blocked and received synchronously with sigwait.
-struct Signals {
-    set: libc::sigset_t,
-}
-
-impl Signals {
-    fn block() -> Result<Signals, RunError> {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only changes
-        // this thread's mask (set before any other thread exists).
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if rc != 0 {
-                return Err(RunError::Signals(std::io::Error::from_raw_os_error(rc)));
-            }
-            Ok(Signals { set })
-        }
-    }
-
-    /// The next blocked signal, or `None` after `timeout`.
-    fn wait_timeout(&self, timeout: Duration) -> Result<Option<i32>, RunError> {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: waits for one of the blocked signals in `set`, at most `ts`.
-        let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
-        if sig >= 0 {
-            return Ok(Some(sig));
-        }
-        match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EAGAIN)
-                || e.raw_os_error() == Some(libc::EINTR) =>
-            {
-                Ok(None)
-            }
-            e => Err(RunError::Signals(e)),
-        }
     }
 }

@@ -15,7 +15,7 @@
 use std::{
     fs::{self, File},
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -347,7 +347,13 @@ impl Mailguard {
 
     /// Runs a mailguard CLI command against this instance.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_with_env(args, &[])
+    }
+
+    /// Runs a mailguard CLI command with extra environment variables.
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let mut cmd = Command::new("nsenter");
+        cmd.envs(env.iter().copied());
         cmd.arg(format!("--net={}", self.ns_path))
             .arg("--")
             .arg(mailguard_bin());
@@ -780,6 +786,131 @@ pub fn parse_grepable(text: &str) -> Scan {
         v.sort_unstable();
     }
     scan
+}
+
+/// A plain HTTP GET from inside `ns`: the body of a 200 response, or what went wrong.
+pub fn try_http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> Result<String, String> {
+    let (addr, path, accept) = (addr.to_string(), path.to_string(), accept.to_string());
+    ns.spawn(move || {
+        let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut all = String::new();
+        s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+        let (head, body) = all.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+        if head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(head.to_string())
+        }
+    })
+    .join()
+    .expect("HTTP thread")
+}
+
+pub fn http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> String {
+    try_http_get(ns, addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// dnsmasq serving fixed records (and nothing else: no upstream, no /etc/hosts) on one address
+/// inside a namespace. Stopped by pid on drop.
+pub struct Dnsmasq {
+    child: Child,
+}
+
+/// A record dnsmasq serves.
+pub enum Record<'a> {
+    Txt(&'a str, &'a str),
+    /// A host's A or AAAA address.
+    Addr(&'a str, &'a str),
+    /// A domain's MX host.
+    Mx(&'a str, &'a str),
+}
+
+impl Dnsmasq {
+    pub fn start(ns: &Netns, listen: &str, records: &[Record]) -> Dnsmasq {
+        let mut cmd = ns.command("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-negcache",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            "--port=53",
+            "--log-queries",
+            "--log-facility=-",
+        ]);
+        cmd.arg(format!("--listen-address={listen}"));
+        // Names under these domains that have no record are NXDOMAIN, not forwarded.
+        cmd.args(["--local=/test/"]);
+        for r in records {
+            cmd.arg(match r {
+                // Passed as one argument: no quotes (they would be part of the text), and no
+                // commas (they separate character-strings).
+                Record::Txt(name, text) => format!("--txt-record={name},{text}"),
+                Record::Addr(name, ip) => format!("--host-record={name},{ip}"),
+                Record::Mx(name, host) => format!("--mx-host={name},{host},10"),
+            });
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("start dnsmasq (Debian package dnsmasq-base)");
+        let mut d = Dnsmasq { child };
+        // Ready when it answers on port 53.
+        let to: SocketAddr = format!("{listen}:53").parse().expect("listen address");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let query = ns.spawn(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.connect(to).ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+                // A query for `test` SOA (id 1, RD): any answer means it is up.
+                s.send(&[
+                    0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 6, 0, 1,
+                ])
+                .ok()?;
+                let mut buf = [0u8; 512];
+                s.recv(&mut buf).ok()
+            });
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("dnsmasq exited ({status}): is {listen}:53 taken?");
+            }
+            if query.join().ok().flatten().is_some() {
+                return d;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq did not answer on {listen}:53 within 10 s");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ip` and `port` as a socket address (IPv6 in brackets).
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("address")
 }
 
 /// Delivers one message with swaks from inside `ns`; returns swaks' transcript on failure.

@@ -10,17 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::lab::{CLIENT4, Lab, MAIL4, MAIL6, swaks};
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-    .parse()
-    .expect("address")
-}
+use guard_tests::lab::{CLIENT4, Lab, MAIL4, MAIL6, addr, swaks};
 
 fn lab_with(config: &str, extra_args: &[&str]) -> Lab {
     let mut lab = Lab::create();

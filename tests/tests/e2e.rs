@@ -4,10 +4,10 @@
 //! The tests share namespace names and kernel state: a lock file serialises them (and
 //! `cargo xtask test` runs them on one thread).
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use guard_tests::lab::{
-    self, CLIENT4, CLIENT6, Lab, MAIL_IFACE, MAIL4, MAIL6, nmap_syn_scan, swaks, tcp_banner,
+    self, CLIENT4, CLIENT6, Lab, MAIL_IFACE, MAIL4, MAIL6, addr, nmap_syn_scan, swaks, tcp_banner,
     udp_round_trip,
 };
 
@@ -29,16 +29,6 @@ fn lab() -> Lab {
     let mut lab = Lab::create();
     lab.start_services();
     lab
-}
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-    .parse()
-    .expect("address")
 }
 
 #[test]

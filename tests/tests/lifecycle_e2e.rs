@@ -13,7 +13,7 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL4, Mailguard},
+    lab::{Lab, MAIL4, Mailguard, http_get, try_http_get},
     netns::Netns,
 };
 
@@ -183,37 +183,6 @@ fn program_replaced_100_times_under_traffic() {
         last >= first + probes / 2,
         "the counters carried over the replacements"
     );
-}
-
-/// A plain HTTP GET from inside `ns`: the body of a 200 response, or what went wrong.
-fn try_http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> Result<String, String> {
-    let (addr, path, accept) = (addr.to_string(), path.to_string(), accept.to_string());
-    ns.spawn(move || {
-        let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(|e| e.to_string())?;
-        let mut all = String::new();
-        s.read_to_string(&mut all).map_err(|e| e.to_string())?;
-        let (head, body) = all.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
-        if head.starts_with("HTTP/1.1 200") {
-            Ok(body.to_string())
-        } else {
-            Err(head.to_string())
-        }
-    })
-    .join()
-    .expect("HTTP thread")
-}
-
-fn http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> String {
-    try_http_get(ns, addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
 const METRICS: &str = "198.18.0.1:9477";

@@ -20,6 +20,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("swaks", "the SMTP client that delivers test messages"),
     ("libio-socket-inet6-perl", "swaks over IPv6"),
     ("nmap", "SYN scans from the client namespace"),
+    (
+        "dnsmasq-base",
+        "a real DNS server serving a provider's SPF records in the lists tests",
+    ),
     ("hping3", "SYN floods"),
     ("bpftool", "inspecting loaded programs and maps"),
     ("xdp-tools", "xdp-filter, the peer in benchmarks"),

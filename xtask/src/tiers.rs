@@ -75,6 +75,20 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
+        what: "lists: MX-only with Postfix, SPF from dnsmasq, refresh failures, 100 swaps, block expiry",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "lists_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
         what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic",
         args: &[
             "test",
