@@ -289,8 +289,6 @@ pub const DEFAULT_TRACKED_SOURCES: u32 = 65_536;
 pub const DEFAULT_TRACKED_CONNECTIONS: u32 = 65_536;
 /// Capacity of `VERIFIED`: sources seen completing a connection.
 pub const VERIFIED_ENTRIES: u32 = 65_536;
-/// Capacity of each `TRUSTED_*` trie.
-pub const TRUSTED_ENTRIES: u32 = 16_384;
 
 #[cfg(test)]
 mod tests {

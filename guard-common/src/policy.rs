@@ -25,8 +25,14 @@ pub struct BlockEntry {
 }
 const _: () = assert!(core::mem::size_of::<BlockEntry>() == 8);
 
-/// Capacity of each list trie (`MX_ALLOW_*`, `BLOCK_*`): a provider's ranges, a blocklist feed.
-pub const LIST_ENTRIES: u32 = 1_048_576;
+/// The most prefixes a list (`mx_allow`, `trusted`, `block`) holds per address family: a
+/// provider's ranges, a blocklist feed.
+pub const LIST_MAX_ENTRIES: u32 = 1 << 20;
+
+/// Capacity of each list trie: twice the most a list holds, so that a swap can add the whole
+/// new version before it removes the old one. LPM tries allocate per entry: unused capacity
+/// costs no memory.
+pub const LIST_MAP_CAPACITY: u32 = 2 * LIST_MAX_ENTRIES;
 
 /// Run-time switches of the XDP program; the single entry of the `SETTINGS` array map.
 #[repr(C)]

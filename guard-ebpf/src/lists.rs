@@ -5,28 +5,30 @@
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
 };
-use guard_common::{Reason, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, Settings};
+use guard_common::{Reason, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED};
 
 use crate::{
     maps::{BLOCK_V4, BLOCK_V6, MX_ALLOW_V4, MX_ALLOW_V6},
-    parse::{Ip, bytes},
+    parse::{bytes, src_off},
 };
 
-/// Whether the packet's source is on the block list (and its block has not expired).
+/// Whether the packet's source is on the block list (and its block has not expired); the trie
+/// of the packet's family is looked up only when it has entries (`flags`: `Settings::flags`).
 /// A BPF subprogram (not inlined): the verifier then continues the caller from two outcomes
 /// instead of from every path inside.
 #[inline(never)]
-pub fn blocked(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<bool, Reason> {
-    let entry = if ip.v6 {
-        if !settings.has(SETTING_BLOCK_V6_USED) {
+pub fn blocked(ctx: &XdpContext, l3_off: usize, v6: bool, flags: u32) -> Result<bool, Reason> {
+    let src = src_off(l3_off, v6);
+    let entry = if v6 {
+        if flags & SETTING_BLOCK_V6_USED == 0 {
             return Ok(false);
         }
-        BLOCK_V6.get(Key::new(128, *bytes::<16>(ctx, ip.src_off())?))
+        BLOCK_V6.get(Key::new(128, *bytes::<16>(ctx, src)?))
     } else {
-        if !settings.has(SETTING_BLOCK_V4_USED) {
+        if flags & SETTING_BLOCK_V4_USED == 0 {
             return Ok(false);
         }
-        BLOCK_V4.get(Key::new(32, *bytes::<4>(ctx, ip.src_off())?))
+        BLOCK_V4.get(Key::new(32, *bytes::<4>(ctx, src)?))
     };
     Ok(match entry {
         None => false,
@@ -41,14 +43,15 @@ pub fn blocked(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<bool, R
 
 /// Whether the packet's source is in the MX allowlist. A BPF subprogram, as `blocked`.
 #[inline(never)]
-pub fn mx_allowed(ctx: &XdpContext, ip: &Ip) -> Result<bool, Reason> {
-    Ok(if ip.v6 {
+pub fn mx_allowed(ctx: &XdpContext, l3_off: usize, v6: bool) -> Result<bool, Reason> {
+    let src = src_off(l3_off, v6);
+    Ok(if v6 {
         MX_ALLOW_V6
-            .get(Key::new(128, *bytes::<16>(ctx, ip.src_off())?))
+            .get(Key::new(128, *bytes::<16>(ctx, src)?))
             .is_some()
     } else {
         MX_ALLOW_V4
-            .get(Key::new(32, *bytes::<4>(ctx, ip.src_off())?))
+            .get(Key::new(32, *bytes::<4>(ctx, src)?))
             .is_some()
     })
 }

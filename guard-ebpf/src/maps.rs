@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use guard_common::{
     ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
-    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_ENTRIES,
+    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
-    SourceKey, SourceState, TRUSTED_ENTRIES, VERIFIED_ENTRIES, maps as names,
+    SourceKey, SourceState, VERIFIED_ENTRIES, maps as names,
 };
 
 /// Packets counted by reason.
@@ -92,13 +92,13 @@ pub static VERIFIED: LruHashMap<SourceKey, u64> =
     LruHashMap::with_max_entries(VERIFIED_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Trusted IPv4 sources, exempt from budgets. key: LPM prefix length (host order) + address
-/// (network order); value: `u8` 1; capacity: `TRUSTED_ENTRIES` (16384).
+/// (network order); value: `u8` 1; capacity: `LIST_MAP_CAPACITY` (2097152).
 #[map(name = "MG_TRUSTED_V4")]
-pub static TRUSTED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(TRUSTED_ENTRIES, 0);
+pub static TRUSTED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 /// Trusted IPv6 sources; as `TRUSTED_V4` with 16-byte addresses.
 #[map(name = "MG_TRUSTED_V6")]
-pub static TRUSTED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRUSTED_ENTRIES, 0);
+pub static TRUSTED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 /// GCRA state (theoretical arrival time, ns) of the global SYN ceiling, one per CPU.
 /// key: `u32` 0; value: `u64`; capacity 1.
@@ -122,23 +122,24 @@ pub static ACCOUNTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACCOUNTI
 
 /// The MX allowlist (MX-only mode: the only sources port 25 accepts), IPv4.
 /// key: LPM prefix length (host order) + address (network order); value: `u8` 1;
-/// capacity: `LIST_ENTRIES` (1048576).
+/// capacity: `LIST_MAP_CAPACITY` (2097152).
 #[map(name = "MG_MX_ALLOW_V4")]
-pub static MX_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+pub static MX_ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 /// The MX allowlist, IPv6; as `MX_ALLOW_V4` with 16-byte addresses.
 #[map(name = "MG_MX_ALLOW_V6")]
-pub static MX_ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+pub static MX_ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 /// The block list (every packet from these sources is dropped), IPv4.
 /// key: LPM prefix length (host order) + address (network order);
-/// value: `BlockEntry` (expiry, host order); capacity: `LIST_ENTRIES` (1048576).
+/// value: `BlockEntry` (expiry, host order); capacity: `LIST_MAP_CAPACITY` (2097152).
 #[map(name = "MG_BLOCK_V4")]
-pub static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+pub static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 /// The block list, IPv6; as `BLOCK_V4` with 16-byte addresses.
 #[map(name = "MG_BLOCK_V6")]
-pub static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::with_max_entries(LIST_ENTRIES, 0);
+pub static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> =
+    LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
 // The names above must be the ones userspace looks up.
 const _: () = {

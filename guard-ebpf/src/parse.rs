@@ -133,8 +133,15 @@ impl Ip {
     /// Offset of the source address.
     #[inline(always)]
     pub fn src_off(&self) -> usize {
-        (self.l3_off & L3_OFF_MASK) + if self.v6 { IPV6_SRC } else { IPV4_SRC }
+        src_off(self.l3_off, self.v6)
     }
+}
+
+/// Offset of the source address of the IP header at `l3_off` (for subprograms, which take
+/// scalars rather than a pointer to an `Ip` that would then have to live on the stack).
+#[inline(always)]
+pub fn src_off(l3_off: usize, v6: bool) -> usize {
+    (l3_off & L3_OFF_MASK) + if v6 { IPV6_SRC } else { IPV4_SRC }
 }
 
 /// The IPv4 header, options included (IHL honoured).

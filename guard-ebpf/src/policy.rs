@@ -11,8 +11,8 @@
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
     MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
-    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
-    port_rule_index,
+    PortKind, PortRule, Reason, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW,
+    SETTING_MX_ONLY, Settings, Transport, port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -32,7 +32,10 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
         parse::ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
         _ => return Ok(Reason::NonIp),
     };
-    if lists::blocked(ctx, &ip, settings)? {
+    // One inline test: while the block list is empty a packet pays nothing more.
+    if settings.flags & (SETTING_BLOCK_V4_USED | SETTING_BLOCK_V6_USED) != 0
+        && lists::blocked(ctx, ip.l3_off, ip.v6, settings.flags)?
+    {
         return Ok(Reason::Blocked);
     }
     if ip.fragment == Fragment::Later {
@@ -112,7 +115,7 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason>
         // MX-only: the mx ports (25) accept only the MX allowlist (a filtering provider).
         if rule.class == MailClass::Mx as u8
             && settings.has(SETTING_MX_ONLY)
-            && !lists::mx_allowed(ctx, ip)?
+            && !lists::mx_allowed(ctx, ip.l3_off, ip.v6)?
         {
             return Ok(Reason::MxOnlyDenied);
         }

@@ -529,8 +529,13 @@ impl ListState {
         let now = now_unix();
         let previous = self.fetched.get(&list).filter(|f| f.from == from);
         let checked = result.and_then(|entries| {
-            if entries.len() > guard_common::LIST_ENTRIES as usize {
-                return Err(format!("{} entries do not fit the map ({} at most)", entries.len(), guard_common::LIST_ENTRIES));
+            let v4 = entries.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+            let v6 = entries.len() - v4;
+            let max = guard_common::LIST_MAX_ENTRIES as usize;
+            if v4 > max || v6 > max {
+                return Err(format!(
+                    "{v4} IPv4 and {v6} IPv6 entries do not fit: a list holds at most {max} per family"
+                ));
             }
             let before = previous.map_or(0, |f| f.entries.len());
             let removed = previous.map_or(0, |f| f.entries.difference(&entries).count());
@@ -619,7 +624,7 @@ impl ListState {
         let entries = self.runtime.entry(list).or_default();
         if add {
             let total = entries.len() + nets.len();
-            if total > guard_common::LIST_ENTRIES as usize / 2 {
+            if total > guard_common::LIST_MAX_ENTRIES as usize / 2 {
                 return Err(format!(
                     "{total} run-time entries are too many for {list}; use a list file"
                 ));
@@ -767,6 +772,26 @@ mod state_tests {
             ),
             Ok(0)
         );
+    }
+
+    #[test]
+    fn lists_larger_than_the_map_are_refused() {
+        let mut s = ListState::default();
+        let huge: std::collections::BTreeSet<IpNet> = (0..=guard_common::LIST_MAX_ENTRIES)
+            .map(|i| {
+                let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                a[4..8].copy_from_slice(&i.to_be_bytes());
+                IpNet::new(std::net::Ipv6Addr::from(a).into(), 64).unwrap()
+            })
+            .collect();
+        let e = s
+            .accept(ListName::Block, vec![], Ok(huge), 0.5, true)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "0 IPv4 and 1048577 IPv6 entries do not fit: a list holds at most 1048576 per family"
+        );
+        assert!(!s.fetched.contains_key(&ListName::Block));
     }
 
     #[test]

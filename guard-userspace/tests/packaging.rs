@@ -42,6 +42,10 @@ fn man_page_is_generated_from_the_cli() {
         "confirm",
         "unload",
         "check\\-config",
+        "allow",
+        "trust",
+        "block",
+        "lists",
     ] {
         assert!(man.contains(cmd), "the man page lacks {cmd}");
     }
@@ -63,6 +67,10 @@ fn completions_know_every_command() {
             "confirm",
             "unload",
             "check-config",
+            "allow",
+            "trust",
+            "block",
+            "lists",
         ] {
             assert!(script.contains(cmd), "{shell} completions lack {cmd}");
         }

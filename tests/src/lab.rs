@@ -686,6 +686,14 @@ pub fn tcp_banner(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Option<Str
     .expect("client thread")
 }
 
+/// Whether a TCP connection from inside `ns` to `addr` is established within `timeout` (for
+/// servers that, like Postfix, keep the connection open after their banner).
+pub fn tcp_connects(ns: &Netns, addr: SocketAddr, timeout: Duration) -> bool {
+    ns.spawn(move || std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+        .join()
+        .expect("client thread")
+}
+
 /// Sends one datagram from a connected UDP socket inside `ns` and waits for the echo.
 pub fn udp_round_trip(ns: &Netns, to: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
     ns.spawn(move || {

@@ -17,7 +17,7 @@ use std::{
 
 use guard_tests::lab::{
     ATTACKER4, ATTACKER6, CLIENT4, CLIENT6, Dnsmasq, Lab, MAIL4, MAIL6, Mailguard, Record, addr,
-    http_get, swaks, tcp_banner,
+    http_get, swaks, tcp_connects,
 };
 use serde_json::Value;
 
@@ -133,8 +133,9 @@ fn summary(mg: &Mailguard, list: &str) -> Value {
         .unwrap_or_else(|| panic!("no {list} in {status}"))
 }
 
-fn reaches(lab_ns: &guard_tests::netns::Netns, ip: &str, port: u16) -> bool {
-    tcp_banner(lab_ns, addr(ip, port), Duration::from_secs(2)).is_some()
+/// Whether a TCP connection from `ns` to `ip`:`port` is established (within 2 s).
+fn reaches(ns: &guard_tests::netns::Netns, ip: &str, port: u16) -> bool {
+    tcp_connects(ns, addr(ip, port), Duration::from_secs(2))
 }
 
 #[test]
@@ -637,7 +638,7 @@ fn runtime_edits_block_with_expiry_and_survive_a_restart() {
         "{listed:?}"
     );
     let quick = |ns: &guard_tests::netns::Netns, ip: &str, port: u16| {
-        tcp_banner(ns, addr(ip, port), Duration::from_millis(300)).is_some()
+        tcp_connects(ns, addr(ip, port), Duration::from_millis(300))
     };
     assert!(!quick(&lab.attacker.ns, MAIL4, 22), "blocked over IPv4");
     assert!(

@@ -11,6 +11,7 @@ use std::{
 
 use guard_tests::lab::{
     ATTACKER4, CLIENT4, Lab, MAIL_IFACE, MAIL4, MAIL6, Scan, nmap_syn_scan, swaks, tcp_banner,
+    tcp_connects,
 };
 
 const CONFIG: &str = r#"# The demo's /etc/mailguard/mailguard.toml
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
     }
 }
 
-const STEPS: u32 = 8;
+const STEPS: u32 = 9;
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}/{STEPS}] {text}");
@@ -309,7 +310,89 @@ fn demo() {
         postfix.delivered().len() - before
     );
 
-    step(8, "mailguard status and mailguard top");
+    step(
+        8,
+        "MX-only: the MX points at a filtering provider (the client plays it), so port 25 closes to everyone else",
+    );
+    let mx_config = format!(
+        "{}\n[lists]\nstate_dir = \"{}\"\n\n[lists.mx_allow]\ncidrs = [\"{CLIENT4}/32\", \"2001:db8::2/128\"]\n",
+        CONFIG.replace(
+            "icmp_echo = \"allow\"\n",
+            "icmp_echo = \"allow\"\nmx_only = true\n"
+        ),
+        lab.dir.path.join("state").display()
+    );
+    println!("      | mx_only = true");
+    println!("      | [lists.mx_allow]");
+    println!("      | cidrs = [\"{CLIENT4}/32\", \"2001:db8::2/128\"]");
+    lab.rewrite_mailguard_config(&mx_config);
+    let out = lab.mailguard().cli(&["reload"]);
+    println!(
+        "      mailguard reload: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(out.status.success(), "reload with mx_only failed");
+    let direct = tcp_connects(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 25)),
+        Duration::from_secs(2),
+    );
+    println!(
+        "      the attacker's direct connection to port 25: {}",
+        if !direct {
+            "dropped (mx_only_denied)"
+        } else {
+            "GOT THROUGH"
+        }
+    );
+    assert!(!direct, "MX-only let the attacker reach port 25");
+    let via_provider = swaks(&lab.client.ns, MAIL4, 25, "through the provider").is_ok();
+    println!(
+        "      mail through the provider: {}",
+        if via_provider { "accepted" } else { "FAILED" }
+    );
+    assert!(
+        via_provider,
+        "the provider could not deliver in MX-only mode"
+    );
+    let submission = tcp_connects(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 587)),
+        Duration::from_secs(2),
+    );
+    println!(
+        "      users still reach submission (587) from anywhere: {}",
+        if submission { "yes" } else { "NO" }
+    );
+    assert!(submission, "MX-only closed submission");
+    let out = lab
+        .mailguard()
+        .cli(&["block", "add", ATTACKER4, "--for", "10m"]);
+    println!(
+        "      mailguard block add {ATTACKER4} --for 10m: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(out.status.success(), "block add failed");
+    let blocked = !tcp_connects(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 587)),
+        Duration::from_secs(2),
+    );
+    println!(
+        "      now even 587 is closed to the attacker: {}",
+        if blocked {
+            "dropped (blocked)"
+        } else {
+            "STILL OPEN"
+        }
+    );
+    assert!(blocked, "the block did not take effect");
+    let out = lab.mailguard().cli(&["block", "list"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("      {line}");
+    }
+
+    step(9, "mailguard status and mailguard top");
     let out = lab.mailguard().cli(&["status"]);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("      {line}");

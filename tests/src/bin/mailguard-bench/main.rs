@@ -5,10 +5,16 @@
 //!    XDP_DROP, same toolchain), on identical packets, trials alternating (`measure.rs`).
 //! 2. A mail SYN from a new source (the insert path), by single runs over many sources.
 //! 3. The cost of a budget-charged SYN with 1 thousand to 1 million tracked sources.
-//! 4. The cost sock_ops adds per connection, from the kernel's run-time statistics.
+//! 4. The lists: loading and swapping up to a million prefixes, and the lookups' per-packet cost
+//!    at every size (`lists.rs`).
+//! 5. The cost sock_ops adds per connection, from the kernel's run-time statistics.
 //!
 //! Before anything is timed, counters prove that every run took the intended path.
+//!
+//! `MAILGUARD_BENCH_ONLY=packets` (section 1) or `=lists` (section 4) measures one section,
+//! prints it and writes nothing: for trying a change quickly.
 
+mod lists;
 mod measure;
 
 use std::{
@@ -133,6 +139,11 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("{e}"))?;
     floor.load().map_err(|e| e.to_string())?;
     let floor: &Xdp = floor;
+    let only = std::env::var("MAILGUARD_BENCH_ONLY").ok();
+    if only.as_deref() == Some("lists") {
+        lists::measure(floor)?;
+        return Ok(());
+    }
 
     let syn = |src: &str, port: u16| Packet::v4(src, "198.18.0.1", tcp(40000, port, SYN)).build();
     let cases = [
@@ -184,6 +195,10 @@ fn run() -> Result<(), String> {
         rows.push((c, m));
     }
 
+    if only.as_deref() == Some("packets") {
+        return Ok(());
+    }
+
     // New sources: each packet from a source mailguard has not seen, so every run inserts.
     let new_packets: Vec<Vec<u8>> = (0..NEW_SOURCES)
         .map(|i| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25))
@@ -229,6 +244,7 @@ fn run() -> Result<(), String> {
     let medians: Vec<f64> = scaling.iter().map(|(_, m)| m.mailguard.median).collect();
     let spread = medians.iter().cloned().fold(f64::MIN, f64::max)
         / medians.iter().cloned().fold(f64::MAX, f64::min);
+    let list_rows = lists::measure(floor)?;
     let (steal1, total1) = cpu_times();
     let steal = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
 
@@ -248,7 +264,7 @@ fn run() -> Result<(), String> {
         scaling: &scaling,
         spread,
         sockops: &sockops,
-    });
+    }) + &lists::report(&list_rows);
     std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote {out}");
     Ok(())

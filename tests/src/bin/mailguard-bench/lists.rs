@@ -1,0 +1,244 @@
+//! The lists' costs: loading N prefixes (parsing a list file, writing the trie), swapping a list
+//! for another of the same size, and the per-packet cost of the lookups (block list miss, MX
+//! allowlist hit) with N prefixes in each list.
+//!
+//! Prefixes stay inside the documentation ranges: IPv6 lists (in 2001:db8::/32) scale to a
+//! million; IPv4 ones (inside 198.18.0.0/15, which holds 262143 distinct prefixes of /16 or
+//! longer) to a hundred thousand.
+
+use std::{path::Path, time::Instant};
+
+use aya::programs::Xdp;
+use guard_common::Reason;
+use guard_tests::packet::{Packet, SYN, tcp};
+use ipnet::IpNet;
+use mailguard::{
+    config::Config,
+    guard::Guard,
+    lists::parse_list_file,
+    policy::{AddrList, Contents},
+};
+
+use crate::{
+    check_path,
+    measure::{CHECK_RUNS, Comparison, compare},
+};
+
+/// One family at one scale.
+pub struct ListRow {
+    pub family: &'static str,
+    pub entries: usize,
+    /// Parsing a list file of `entries` lines.
+    pub parse_ms: f64,
+    /// Writing `entries` prefixes into an empty trie.
+    pub load_ms: f64,
+    /// Replacing them all with `entries` others (added first, then the old ones removed).
+    pub swap_ms: f64,
+    /// A SYN to port 25 from an allowed source: block list miss, MX allowlist hit.
+    pub lookup: Comparison,
+}
+
+/// The `n` prefixes of a /16 (`base`), longest first (`longest_first`) or shortest first.
+fn v4_prefixes(base: [u8; 2], n: usize, longest_first: bool) -> Vec<IpNet> {
+    let lens: Vec<u8> = if longest_first {
+        (17..=32).rev().collect()
+    } else {
+        (17..=32).collect()
+    };
+    lens.into_iter()
+        .flat_map(|len| {
+            let count = 1u32 << (len - 16);
+            (0..count).map(move |k| {
+                let host = k << (32 - len);
+                let addr =
+                    std::net::Ipv4Addr::from(u32::from_be_bytes([base[0], base[1], 0, 0]) | host);
+                IpNet::new(addr.into(), len).expect("valid length")
+            })
+        })
+        .take(n)
+        .collect()
+}
+
+/// `n` IPv6 prefixes: /96s under 2001:db8:0:`group`::/64 (allow lists) or /64s outside
+/// 2001:db8:0::/48 (block lists).
+fn v6_prefixes(group: u16, n: usize, block: bool) -> Vec<IpNet> {
+    (0..n as u32)
+        .map(|i| {
+            let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            if block {
+                a[4..8].copy_from_slice(&(i + 0x0001_0000).to_be_bytes());
+                IpNet::new(std::net::Ipv6Addr::from(a).into(), 64).expect("/64")
+            } else {
+                a[6..8].copy_from_slice(&group.to_be_bytes());
+                a[8..12].copy_from_slice(&i.to_be_bytes());
+                IpNet::new(std::net::Ipv6Addr::from(a).into(), 96).expect("/96")
+            }
+        })
+        .collect()
+}
+
+fn addr_list(nets: &[IpNet]) -> AddrList {
+    let mut l = AddrList::default();
+    for n in nets {
+        l.insert(n, 0);
+    }
+    l
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Measures one family at every scale, on a guard of its own (MX-only on, no budgets).
+pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
+    let (config, _) = Config::parse(
+        // No budget on port 25: the packet's cost beyond the floor is parsing and the lookups.
+        "mx_only = true\n[budgets]\nsyn_ceiling = 0\n[budgets.mx]\nrate = 0\nmax_connections = 0\n",
+        "bench",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
+    guard
+        .policy_maps()
+        .map_err(|e| e.to_string())?
+        .apply(None, &config)
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let cases: [(&str, &[usize]); 2] = [
+        ("IPv4", &[10, 100_000]),
+        ("IPv6", &[10, 100_000, 1_000_000]),
+    ];
+    for (family, scales) in cases {
+        let v6 = family == "IPv6";
+        // The source: covered by the allowlist's first prefix in both versions.
+        let packet = if v6 {
+            Packet::v6("2001:db8::5", "2001:db8::1", tcp(40000, 25, SYN)).build()
+        } else {
+            Packet::v4("198.18.0.5", "198.18.0.1", tcp(40000, 25, SYN)).build()
+        };
+        for &n in scales {
+            let (allow_a, allow_b, block) = if v6 {
+                let mut a = v6_prefixes(0, n, false);
+                let mut b = v6_prefixes(1, n, false);
+                let source: IpNet = "2001:db8::/64".parse().expect("prefix");
+                a[0] = source;
+                b[0] = source;
+                (a, b, v6_prefixes(0, n, true))
+            } else {
+                (
+                    v4_prefixes([198, 18], n, true),
+                    v4_prefixes([198, 18], n, false),
+                    v4_prefixes([198, 19], n, true),
+                )
+            };
+            let text: String = allow_a.iter().map(|p| format!("{p}\n")).collect();
+            let started = Instant::now();
+            let parsed = parse_list_file(Path::new("bench.txt"), &text)?;
+            let parse_ms = ms(started);
+            if parsed.len() != n {
+                return Err(format!("parsed {} of {n} prefixes", parsed.len()));
+            }
+            let empty = Contents::default();
+            let a = Contents {
+                mx_allow: addr_list(&parsed),
+                ..Contents::default()
+            };
+            let mut maps = guard.policy_maps().map_err(|e| e.to_string())?;
+            let started = Instant::now();
+            maps.apply_over(&empty, &a, &config)
+                .map_err(|e| e.to_string())?;
+            let load_ms = ms(started);
+            let b = Contents {
+                mx_allow: addr_list(&allow_b),
+                ..Contents::default()
+            };
+            let started = Instant::now();
+            maps.apply_over(&a, &b, &config)
+                .map_err(|e| e.to_string())?;
+            let swap_ms = ms(started);
+            let full = Contents {
+                mx_allow: b.mx_allow.clone(),
+                block: addr_list(&block),
+                ..Contents::default()
+            };
+            maps.apply_over(&b, &full, &config)
+                .map_err(|e| e.to_string())?;
+            check_path(
+                &guard,
+                &format!("{family} allowed SYN, {n} prefixes"),
+                &packet,
+                Reason::MailNew,
+                CHECK_RUNS,
+            )?;
+            let lookup = compare(guard.xdp().map_err(|e| e.to_string())?, floor, &packet);
+            println!(
+                "lists {family} {n:>8} prefixes: parse {parse_ms:.0} ms, load {load_ms:.0} ms, swap {swap_ms:.0} ms; \
+                 lookups {:.0} ns ({:.2}x the floor)",
+                lookup.mailguard.median, lookup.ratio.median
+            );
+            guard
+                .policy_maps()
+                .map_err(|e| e.to_string())?
+                .apply_over(&full, &empty, &config)
+                .map_err(|e| e.to_string())?;
+            rows.push(ListRow {
+                family,
+                entries: n,
+                parse_ms,
+                load_ms,
+                swap_ms,
+                lookup,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Largest median lookup cost over smallest, per family.
+pub fn spread(rows: &[ListRow], family: &str) -> f64 {
+    let m: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.family == family)
+        .map(|r| r.lookup.mailguard.median)
+        .collect();
+    m.iter().cloned().fold(f64::MIN, f64::max) / m.iter().cloned().fold(f64::MAX, f64::min)
+}
+
+/// The report's section.
+pub fn report(rows: &[ListRow]) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::from(
+        "## Lists\n\nMX-only on, no budget on port 25. Each row: a list file of N prefixes parsed, written into the \
+         empty MX allowlist trie (load), replaced by N other prefixes (swap: the new ones added, then the old ones \
+         removed, as the daemon does), then the block list filled with N prefixes too. The packet, a SYN to port 25 \
+         from an allowed source, then pays a block-list miss and an allowlist hit. IPv6 prefixes are in \
+         2001:db8::/32; IPv4 ones inside 198.18.0.0/15, which holds too few distinct prefixes for a million.\n\n\
+         | family | prefixes | parse ms | load ms | swap ms | lookup ns (min-max) | ratio to floor |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}-{:.0}) | {:.2}x |",
+            r.family,
+            r.entries,
+            r.parse_ms,
+            r.load_ms,
+            r.swap_ms,
+            r.lookup.mailguard.median,
+            r.lookup.mailguard.min,
+            r.lookup.mailguard.max,
+            r.lookup.ratio.median
+        );
+    }
+    for family in ["IPv4", "IPv6"] {
+        let s = spread(rows, family);
+        let _ = write!(
+            md,
+            "\n{family}: largest lookup median over smallest {s:.2} ({} the 10% flatness target of issue 5).",
+            if s <= 1.10 { "within" } else { "**outside**" }
+        );
+    }
+    md.push('\n');
+    md
+}
