@@ -229,11 +229,15 @@ fn query_server(
     };
     let socket = UdpSocket::bind(bind).map_err(io)?;
     socket.connect(server).map_err(io)?;
-    socket.set_read_timeout(Some(timeout)).map_err(io)?;
     socket.send(&query).map_err(io)?;
     let mut buf = vec![0u8; 65535];
     let deadline = std::time::Instant::now() + timeout;
     loop {
+        // What is left of `timeout` (never zero: that would mean no timeout).
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(io)?;
         let n = socket.recv(&mut buf).map_err(io)?;
         match decode_response(&buf[..n], id, name, rtype) {
             Ok(Decoded::Truncated) => return query_tcp(server, &query, id, name, rtype, timeout),

@@ -39,13 +39,23 @@ pub struct ListKeeper {
 }
 
 impl ListKeeper {
-    /// The saved state (an unreadable one is reported and replaced by an empty one: the
-    /// configuration's own entries still apply, and the next refresh fetches the rest).
+    /// The saved state. An unreadable one is reported and replaced by an empty one (the
+    /// configuration's own entries still apply, and the next refresh fetches the rest); a
+    /// corrupt file is first moved aside, so that nothing in it is lost.
     pub fn open(config: &Lists) -> ListKeeper {
         let state = match ListState::load(&config.state_dir) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("{e}; starting from the configuration's entries only");
+                if let lists::ListError::Corrupt { path, .. } = &e {
+                    let aside = path.with_extension(format!("json.corrupt-{}", now_unix()));
+                    match std::fs::rename(path, &aside) {
+                        Ok(()) => {
+                            log::error!("the unreadable list state is kept as {}", aside.display())
+                        }
+                        Err(r) => log::error!("cannot move {} aside: {r}", path.display()),
+                    }
+                }
                 ListState::default()
             }
         };
