@@ -14,9 +14,9 @@ use crate::{
 
 /// Whether the packet's source is on the block list (and its block has not expired); the trie
 /// of the packet's family is looked up only when it has entries (`flags`: `Settings::flags`).
-/// A BPF subprogram (not inlined): the verifier then continues the caller from two outcomes
-/// instead of from every path inside.
-#[inline(never)]
+/// Inlined: every packet passes here, and a BPF-to-BPF call would cost it ~10 ns; the flag
+/// tests come first, so an empty list costs a packet one test.
+#[inline(always)]
 pub fn blocked(ctx: &XdpContext, l3_off: usize, v6: bool, flags: u32) -> Result<bool, Reason> {
     let src = src_off(l3_off, v6);
     let entry = if v6 {
@@ -41,7 +41,9 @@ pub fn blocked(ctx: &XdpContext, l3_off: usize, v6: bool, flags: u32) -> Result<
     })
 }
 
-/// Whether the packet's source is in the MX allowlist. A BPF subprogram, as `blocked`.
+/// Whether the packet's source is in the MX allowlist. A BPF subprogram (not inlined): only
+/// port-25 traffic in MX-only mode pays the call, and the verifier continues the caller from
+/// two outcomes instead of from every path inside.
 #[inline(never)]
 pub fn mx_allowed(ctx: &XdpContext, l3_off: usize, v6: bool) -> Result<bool, Reason> {
     let src = src_off(l3_off, v6);

@@ -11,8 +11,8 @@
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
     MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
-    PortKind, PortRule, Reason, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW,
-    SETTING_MX_ONLY, Settings, Transport, port_rule_index,
+    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
+    port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -32,10 +32,8 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
         parse::ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
         _ => return Ok(Reason::NonIp),
     };
-    // One inline test: while the block list is empty a packet pays nothing more.
-    if settings.flags & (SETTING_BLOCK_V4_USED | SETTING_BLOCK_V6_USED) != 0
-        && lists::blocked(ctx, ip.l3_off, ip.v6, settings.flags)?
-    {
+    // Before anything else: a blocked source gets nothing, not even a budget entry.
+    if lists::blocked(ctx, ip.l3_off, ip.v6, settings.flags)? {
         return Ok(Reason::Blocked);
     }
     if ip.fragment == Fragment::Later {
