@@ -25,8 +25,17 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "a real DNS server serving a provider's SPF records in the lists tests",
     ),
     ("hping3", "SYN floods"),
+    (
+        "netsniff-ng",
+        "trafgen, the fast random-source SYN flood in benchmarks",
+    ),
     ("bpftool", "inspecting loaded programs and maps"),
     ("xdp-tools", "xdp-filter, the peer in benchmarks"),
+    (
+        "nftables",
+        "the nftables recipe (ct count, limit rate), the peer on the wire in benchmarks",
+    ),
+    ("gnuplot-nox", "the benchmark report's PNG plots"),
     (
         "prometheus",
         "a real Prometheus server scraping /metrics, and promtool",

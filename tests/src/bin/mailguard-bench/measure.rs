@@ -3,8 +3,10 @@
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 
 /// Runs per timed trial (as in ../shared/TOOLCHAIN.md's baselines).
-pub const REPEAT: u32 = 10_000_000;
-pub const TRIALS: usize = 15;
+pub const REPEAT: u32 = 2_000_000;
+pub const TRIALS: usize = 21;
+/// Single runs behind each p99.
+pub const TAIL_RUNS: usize = 20_000;
 /// Runs per path check.
 pub const CHECK_RUNS: u32 = 1_000_000;
 
@@ -24,53 +26,88 @@ pub fn stats(mut v: Vec<f64>) -> Stats {
     }
 }
 
-/// Mean nanoseconds per run over `runs` runs in one BPF_PROG_TEST_RUN call, as the kernel
-/// measures it (whole nanoseconds; time the test loop spent rescheduled is left out). Timing
-/// the call from userspace would add a fixed set-up cost of several milliseconds per call.
-pub fn ns_per_run(program: &Xdp, packet: &[u8], runs: u32) -> f64 {
-    let r = program
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            repeat: runs,
-            ..TestRunOptions::new()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
-    r.duration.as_nanos() as f64
+/// One BPF_PROG_TEST_RUN call: the program's verdict and the mean time per run.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub retval: u32,
+    pub ns: f64,
 }
 
-/// One measured comparison: mailguard and the floor, and their per-trial ratio.
+/// A program the benchmark can time: mailguard, the floor, or a peer opened by id.
+pub trait Timed {
+    /// Runs `packet` `repeat` times in one BPF_PROG_TEST_RUN call. The kernel reports the mean
+    /// time per run in whole nanoseconds, leaving out time the test loop spent rescheduled;
+    /// timing the call from userspace would add a fixed set-up cost of several milliseconds.
+    fn run(&self, packet: &[u8], repeat: u32) -> Run;
+}
+
+impl Timed for Xdp {
+    fn run(&self, packet: &[u8], repeat: u32) -> Run {
+        let r = self
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        Run {
+            retval: r.return_value,
+            ns: r.duration.as_nanos() as f64,
+        }
+    }
+}
+
+/// Mean nanoseconds per run over `runs` runs in one BPF_PROG_TEST_RUN call.
+pub fn ns_per_run(program: &dyn Timed, packet: &[u8], runs: u32) -> f64 {
+    program.run(packet, runs).ns
+}
+
+/// One measured comparison: mailguard, and its per-trial ratio to the floor.
 pub struct Comparison {
     pub mailguard: Stats,
-    pub floor: Stats,
     pub ratio: Stats,
 }
 
-/// Alternates the two programs over `TRIALS` trials of `REPEAT` runs on the same packet.
-/// Each mailguard trial is divided by the floor trial run beside it, so that drift in the
-/// machine's speed cancels out.
-pub fn compare(mailguard: &Xdp, floor: &Xdp, packet: &[u8]) -> Comparison {
-    let (mut mg, mut fl) = (Vec::new(), Vec::new());
+/// Times every program on the same packet over `TRIALS` trials of `REPEAT` runs, the order of
+/// the programs rotating from trial to trial; returns each program's per-trial means.
+pub fn trials(programs: &[&dyn Timed], packet: &[u8]) -> Vec<Vec<f64>> {
+    let mut times = vec![Vec::with_capacity(TRIALS); programs.len()];
     for trial in 0..TRIALS {
-        if trial % 2 == 0 {
-            fl.push(ns_per_run(floor, packet, REPEAT));
-            mg.push(ns_per_run(mailguard, packet, REPEAT));
-        } else {
-            mg.push(ns_per_run(mailguard, packet, REPEAT));
-            fl.push(ns_per_run(floor, packet, REPEAT));
+        for k in 0..programs.len() {
+            let i = (trial + k) % programs.len();
+            times[i].push(ns_per_run(programs[i], packet, REPEAT));
         }
     }
-    let ratio = stats(mg.iter().zip(&fl).map(|(m, f)| m / f).collect());
+    times
+}
+
+/// Each trial of `a` divided by the trial of `b` run beside it, so that drift in the
+/// machine's speed cancels out.
+pub fn ratios(a: &[f64], b: &[f64]) -> Stats {
+    stats(a.iter().zip(b).map(|(a, b)| a / b).collect())
+}
+
+/// Alternates mailguard and the floor over `TRIALS` trials of `REPEAT` runs on one packet.
+pub fn compare(mailguard: &Xdp, floor: &Xdp, packet: &[u8]) -> Comparison {
+    let t = trials(&[mailguard, floor], packet);
     Comparison {
-        mailguard: stats(mg),
-        floor: stats(fl),
-        ratio,
+        mailguard: stats(t[0].clone()),
+        ratio: ratios(&t[0], &t[1]),
     }
+}
+
+/// The 99th percentile of `n` single runs (repeat 1) of one packet, kernel-measured; every
+/// single run includes the test loop's own timer reads, the floor's as much as the others'.
+pub fn p99_single(program: &dyn Timed, packet: &[u8], n: usize) -> f64 {
+    let mut v: Vec<f64> = (0..n).map(|_| ns_per_run(program, packet, 1)).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[(n * 99).div_ceil(100) - 1]
 }
 
 /// Single runs (repeat 1) over many different packets: the mean kernel-measured time of one
 /// run, for paths a repeated packet cannot exercise (a new source each time). Includes the
 /// test loop's own timer reads, as the floor measured the same way does.
-pub fn single_runs(program: &Xdp, packets: &[Vec<u8>]) -> f64 {
+pub fn single_runs(program: &dyn Timed, packets: &[Vec<u8>]) -> f64 {
     let total: f64 = packets.iter().map(|p| ns_per_run(program, p, 1)).sum();
     total / packets.len() as f64
 }
