@@ -121,7 +121,10 @@ fn measure_cases<'a>(
         verdicts.push(check_peer_path(peer, c.name, &c.packet)?);
         let floor_run = floor.run(&c.packet, 1);
         if floor_run.retval != XDP_DROP {
-            return Err(format!("{}: the floor returned {}", c.name, floor_run.retval));
+            return Err(format!(
+                "{}: the floor returned {}",
+                c.name, floor_run.retval
+            ));
         }
     }
     println!(
@@ -437,7 +440,7 @@ fn run() -> Result<(), String> {
         .unwrap_or(std::path::Path::new("."))
         .join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let bars: Vec<(String, Vec<(f64, f64, f64)>)> = rows
+    let bars: Vec<plots::BarGroup> = rows
         .iter()
         .map(|r| {
             let s = |s: &Stats| (s.median, s.min, s.max);
@@ -468,6 +471,7 @@ fn run() -> Result<(), String> {
         floor_single,
         peer_single,
         peer_version: &peer.version,
+        peer_ports: &peer.ports,
         scaling: &scaling,
         spread,
         sockops: &sockops,
@@ -626,6 +630,7 @@ struct Report<'a> {
     floor_single: f64,
     peer_single: f64,
     peer_version: &'a str,
+    peer_ports: &'a str,
     scaling: &'a [(u32, Comparison)],
     spread: f64,
     sockops: &'a SockopsCost,
@@ -684,7 +689,7 @@ fn report(r: Report) -> String {
          kernel-measured: every single run includes the test loop's own timer reads, the floor's too, so compare \
          p99s with the floor's. The verifier processed {} instructions for mailguard_xdp.\n",
         r.peer_version,
-        "25, 110, 143, 465, 587, 993, 995",
+        r.peer_ports,
         r.verified.map_or("?".to_string(), |n| n.to_string())
     );
     let _ = writeln!(

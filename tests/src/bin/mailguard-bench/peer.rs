@@ -24,6 +24,8 @@ pub struct XdpFilter {
     prog: OwnedFd,
     /// xdp-filter and the version of its Debian package.
     pub version: String,
+    /// The ports allowed, as a list for the report.
+    pub ports: String,
 }
 
 impl XdpFilter {
@@ -39,14 +41,26 @@ impl XdpFilter {
             xdp_filter(&["port", &p.to_string()])?;
         }
         let version = String::from_utf8_lossy(
-            &sh(&["dpkg-query", "-W", "-f", "xdp-filter of xdp-tools ${Version}", "xdp-tools"])
-                .stdout,
+            &sh(&[
+                "dpkg-query",
+                "-W",
+                "-f",
+                "xdp-filter of xdp-tools ${Version}",
+                "xdp-tools",
+            ])
+            .stdout,
         )
         .into_owned();
         let id = attached_program_id(IFACE)?;
         Ok(XdpFilter {
-            prog: prog_fd_by_id(id).map_err(|e| format!("opening xdp-filter's program {id}: {e}"))?,
+            prog: prog_fd_by_id(id)
+                .map_err(|e| format!("opening xdp-filter's program {id}: {e}"))?,
             version,
+            ports: ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 

@@ -7,10 +7,15 @@ use std::{
     process::{Command, Stdio},
 };
 
+/// A bar's median, min and max.
+pub type Bar = (f64, f64, f64);
+/// A group's label and its bars, one per series.
+pub type BarGroup = (String, Vec<Bar>);
+
 /// Runs a gnuplot script that writes `png` (the script's `set output` is added here).
 pub fn render(png: &Path, title: &str, script: &str) -> Result<(), String> {
     let full = format!(
-        "set terminal pngcairo size 960,560 font 'sans,10'\nset output '{}'\nset title '{}'\n{script}",
+        "set terminal pngcairo size 960,560 font 'sans,10' noenhanced\nset output '{}'\nset title '{}'\n{script}",
         png.display(),
         title.replace('\'', "")
     );
@@ -47,7 +52,7 @@ pub fn bars(
     title: &str,
     ylabel: &str,
     series: &[&str],
-    rows: &[(String, Vec<(f64, f64, f64)>)],
+    rows: &[BarGroup],
 ) -> Result<(), String> {
     let mut data = String::from("$bars << EOD\n");
     for (label, values) in rows {
