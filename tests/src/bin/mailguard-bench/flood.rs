@@ -235,6 +235,11 @@ fn trial(
             "the attacker sent {attack_pps:.0} packets/s with no flood started: an earlier generator still runs"
         ));
     }
+    if pacing.is_some() && attack_pps < 100.0 {
+        return Err(format!(
+            "trafgen ({pacing:?}) sent only {attack_pps:.0} packets/s: the flood did not run"
+        ));
+    }
     Ok(Trial {
         attack_pps,
         messages_per_s: delivered as f64 / sending.as_secs_f64(),
