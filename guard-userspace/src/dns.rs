@@ -196,31 +196,40 @@ fn encode_name(out: &mut Vec<u8>, name: &str) {
     out.push(0);
 }
 
+/// A socket error of one query: a timeout, or the error itself (`transport` prefixes it).
+fn io_error(
+    e: std::io::Error,
+    transport: &str,
+    name: &str,
+    rtype: RecordType,
+    server: SocketAddr,
+) -> DnsError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        DnsError::Timeout {
+            name: name.into(),
+            rtype: rtype.name(),
+            server,
+        }
+    } else {
+        DnsError::Io {
+            name: name.into(),
+            rtype: rtype.name(),
+            server,
+            message: format!("{transport}{e}"),
+        }
+    }
+}
+
 fn query_server(
     server: SocketAddr,
     name: &str,
     rtype: RecordType,
     timeout: Duration,
 ) -> Result<Vec<Answer>, DnsError> {
-    let io = |e: std::io::Error| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            DnsError::Timeout {
-                name: name.into(),
-                rtype: rtype.name(),
-                server,
-            }
-        } else {
-            DnsError::Io {
-                name: name.into(),
-                rtype: rtype.name(),
-                server,
-                message: e.to_string(),
-            }
-        }
-    };
+    let io = |e| io_error(e, "", name, rtype, server);
     let id = random_id();
     let query = encode_query(id, name, rtype);
     let bind: SocketAddr = match server {
@@ -265,25 +274,7 @@ fn query_tcp(
     rtype: RecordType,
     timeout: Duration,
 ) -> Result<Vec<Answer>, DnsError> {
-    let io = |e: std::io::Error| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            DnsError::Timeout {
-                name: name.into(),
-                rtype: rtype.name(),
-                server,
-            }
-        } else {
-            DnsError::Io {
-                name: name.into(),
-                rtype: rtype.name(),
-                server,
-                message: format!("TCP: {e}"),
-            }
-        }
-    };
+    let io = |e| io_error(e, "TCP: ", name, rtype, server);
     let mut stream = TcpStream::connect_timeout(&server, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;

@@ -248,14 +248,7 @@ impl Guard {
             mode: mode.name(),
             source,
         })?;
-        let fd = FdLink::try_from(link).map_err(|source| GuardError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        fd.pin(&path).map_err(|source| GuardError::PinLink {
-            path: path.clone(),
-            source,
-        })?;
+        pin_link(link, &path)?;
         Ok(Attachment::New(mode))
     }
 
@@ -287,14 +280,7 @@ impl Guard {
             program: names::SOCKOPS_PROGRAM,
             source,
         })?;
-        let fd = FdLink::try_from(link).map_err(|source| GuardError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        fd.pin(&path).map_err(|source| GuardError::PinLink {
-            path: path.clone(),
-            source,
-        })?;
+        pin_link(link, &path)?;
         Ok(Attachment::New(AttachedMode::Native))
     }
 
@@ -594,4 +580,20 @@ impl Counters {
             .filter(|&(_, d)| d > 0)
             .collect()
     }
+}
+
+/// Pins a freshly made link at `path`, where it outlives this process.
+fn pin_link<L>(link: L, path: &std::path::Path) -> Result<(), GuardError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let fd = FdLink::try_from(link).map_err(|source| GuardError::Link {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    fd.pin(path).map_err(|source| GuardError::PinLink {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
 }

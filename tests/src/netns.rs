@@ -23,6 +23,19 @@ pub fn enter_private_netns() {
     sh(&["ip", "link", "set", "lo", "up"]);
 }
 
+/// What `ip -j -s link show dev IFACE` says of an interface (addresses, counters, attached
+/// XDP program), in `ns` or in the caller's own namespace.
+pub fn link_info(ns: Option<&Netns>, iface: &str) -> serde_json::Value {
+    let args = ["ip", "-j", "-s", "link", "show", "dev", iface];
+    let out = match ns {
+        Some(ns) => ns.run(&args),
+        None => sh(&args),
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("`{}` printed no JSON: {e}", args.join(" ")));
+    json[0].take()
+}
+
 /// Runs a command to success, panicking with its output otherwise.
 pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0])

@@ -40,8 +40,9 @@ commands:
           network-namespace end to end); prints what each tier executed
   demo    set up, build, and run the lab: a real Postfix, a client and an attacker in
           network namespaces, with mailguard attached to the mail host
-  bench   set up, build, and measure per-packet cost with BPF_PROG_TEST_RUN; writes
-          docs/BENCHMARKS.md
+  bench   set up, build, and measure mailguard against the floor, xdp-filter and the
+          nftables recipe (per-packet cost, scaling, a SYN flood on the wire); writes
+          docs/BENCHMARKS.md and its plots in docs/bench/ (about 15 minutes)
   lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
           with nightly for its target
 ";

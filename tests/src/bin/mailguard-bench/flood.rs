@@ -20,7 +20,7 @@ use std::{
 
 use guard_tests::{
     lab::{Lab, MAIL4, swaks},
-    netns::Netns,
+    netns::{Netns, link_info},
 };
 
 /// Trials per point.
@@ -64,10 +64,7 @@ fn trafgen_config(mail_mac: &str) -> String {
 
 /// The MAC address of an interface in a namespace.
 fn mac(ns: &Netns, iface: &str) -> Result<String, String> {
-    let out = ns.run(&["ip", "-j", "link", "show", "dev", iface]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j link: {e}"))?;
-    json[0]["address"]
+    link_info(Some(ns), iface)["address"]
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| format!("no MAC address for {iface}"))
@@ -144,10 +141,7 @@ impl Drop for Started {
 
 /// Packets the interface has sent, from the kernel's counters.
 fn tx_packets(ns: &Netns, iface: &str) -> Result<u64, String> {
-    let out = ns.run(&["ip", "-j", "-s", "link", "show", "dev", iface]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j -s link: {e}"))?;
-    json[0]["stats64"]["tx"]["packets"]
+    link_info(Some(ns), iface)["stats64"]["tx"]["packets"]
         .as_u64()
         .ok_or_else(|| format!("no tx packet counter for {iface}"))
 }

@@ -62,10 +62,10 @@ use peer::XdpFilter;
 const CONFIG: &str =
     "[budgets]\nsyn_ceiling = 0\ntracked_sources = 1100000\ntracked_connections = 1100000\n";
 
-/// The same, with MX-only on and a block list, for the list verdicts.
-const MX_ONLY_CONFIG: &str = "mx_only = true\n[budgets]\nsyn_ceiling = 0\ntracked_sources = 1100000\n\
-     tracked_connections = 1100000\n[lists.mx_allow]\ncidrs = [\"198.18.0.0/24\"]\n\
-     [lists.block]\ncidrs = [\"198.18.9.0/24\"]\n";
+/// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
+const MX_ONLY_SWITCH: &str = "mx_only = true\n";
+const MX_ONLY_LISTS: &str =
+    "[lists.mx_allow]\ncidrs = [\"198.18.0.0/24\"]\n[lists.block]\ncidrs = [\"198.18.9.0/24\"]\n";
 
 /// XDP verdicts.
 const XDP_ABORTED: u32 = 0;
@@ -250,7 +250,9 @@ fn run() -> Result<(), String> {
     let _accepted = listener.accept().map_err(|e| e.to_string())?;
 
     let (config, _) = Config::parse(CONFIG, "bench").map_err(|e| e.to_string())?;
-    let (mx_config, _) = Config::parse(MX_ONLY_CONFIG, "bench").map_err(|e| e.to_string())?;
+    let (mx_config, _) =
+        Config::parse(&format!("{MX_ONLY_SWITCH}{CONFIG}{MX_ONLY_LISTS}"), "bench")
+            .map_err(|e| e.to_string())?;
     let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
     guard
         .policy_maps()

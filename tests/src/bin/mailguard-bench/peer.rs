@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use guard_tests::netns::sh;
+use guard_tests::netns::{link_info, sh};
 
 use crate::measure::{Run, Timed};
 
@@ -115,12 +115,9 @@ fn xdp_filter(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The id of the XDP program attached to `iface`, from `ip -j link show`.
+/// The id of the XDP program attached to `iface`.
 fn attached_program_id(iface: &str) -> Result<u32, String> {
-    let out = sh(&["ip", "-j", "link", "show", "dev", iface]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j link: {e}"))?;
-    json[0]["xdp"]["prog"]["id"]
+    link_info(None, iface)["xdp"]["prog"]["id"]
         .as_u64()
         .map(|id| id as u32)
         .ok_or_else(|| format!("no XDP program attached to {iface} after `xdp-filter load`"))
