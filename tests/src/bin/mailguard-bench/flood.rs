@@ -171,9 +171,11 @@ fn trial(
             if !p.starts_with("max") {
                 cmd.args(["--rate", p]);
             }
+            let log = std::fs::File::create(lab.dir.path.join("trafgen.log"))
+                .map_err(|e| format!("trafgen.log: {e}"))?;
             let child = cmd
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .process_group(0)
                 .spawn()
                 .map_err(|e| format!("trafgen: {e}"))?;
@@ -223,6 +225,11 @@ fn trial(
         .iter()
         .filter(|m| m.contains(subject))
         .count();
+    if delivered > MESSAGES {
+        return Err(format!(
+            "{delivered} delivered messages carry the subject {subject:?}, but {MESSAGES} were sent"
+        ));
+    }
     let attack_pps = (tx1 - tx_lead) as f64 / sending.as_secs_f64();
     if pacing.is_none() && attack_pps > 100.0 {
         return Err(format!(
@@ -230,8 +237,9 @@ fn trial(
         ));
     }
     if pacing.is_some() && attack_pps < 100.0 {
+        let log = std::fs::read_to_string(lab.dir.path.join("trafgen.log")).unwrap_or_default();
         return Err(format!(
-            "trafgen ({pacing:?}) sent only {attack_pps:.0} packets/s: the flood did not run"
+            "trafgen ({pacing:?}) sent only {attack_pps:.0} packets/s: the flood did not run; it said:\n{log}"
         ));
     }
     Ok(Trial {
@@ -246,6 +254,42 @@ fn settle() {
     thread::sleep(Duration::from_secs(1));
 }
 
+/// Turns a protection on the mail host on (`on`) or off again.
+fn protect(lab: &mut Lab, protection: &str, on: bool) -> Result<(), String> {
+    match (protection, on) {
+        ("nftables", true) => {
+            let path = lab.dir.path.join("recipe.nft");
+            std::fs::write(&path, nft_recipe()).map_err(|e| e.to_string())?;
+            lab.mail
+                .ns
+                .run(&["nft", "-f", path.to_str().ok_or("path")?]);
+        }
+        ("nftables", false) => {
+            lab.mail
+                .ns
+                .run(&["nft", "delete", "table", "inet", "mg_recipe"]);
+        }
+        ("mailguard", true) => {
+            lab.start_mailguard(&mailguard_config(), &[]);
+        }
+        ("mailguard", false) => lab.stop_mailguard(),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One message delivered before the trial, under every protection alike (for mailguard it
+/// makes the sender a source seen completing connections, exempt from the ceiling).
+fn warm_up(lab: &Lab, marker: &str) -> Result<(), String> {
+    swaks(&lab.client.ns, MAIL4, 25, marker)
+        .map_err(|e| format!("warm-up delivery failed: {e}"))?;
+    let postfix = lab.postfix.as_ref().ok_or("no Postfix in the lab")?;
+    if !postfix.wait_delivered(marker, Duration::from_secs(20)) {
+        return Err("the warm-up message was not delivered".into());
+    }
+    Ok(())
+}
+
 /// Every protection at every attack setting.
 pub fn measure() -> Result<Vec<Point>, String> {
     let mut lab = Lab::create();
@@ -256,60 +300,38 @@ pub fn measure() -> Result<Vec<Point>, String> {
         trafgen_config(&mac(&lab.mail.ns, &lab.mail.iface)?),
     )
     .map_err(|e| e.to_string())?;
-    let mut points = Vec::new();
-    for protection in PROTECTIONS {
-        match protection {
-            "nftables" => {
-                let path = lab.dir.path.join("recipe.nft");
-                std::fs::write(&path, nft_recipe()).map_err(|e| e.to_string())?;
-                lab.mail
-                    .ns
-                    .run(&["nft", "-f", path.to_str().ok_or("path")?]);
-            }
-            "mailguard" => {
-                lab.start_mailguard(&mailguard_config(), &[]);
-            }
-            _ => {}
-        }
-        // The sender has delivered here before (for mailguard: a source seen completing
-        // connections, exempt from the ceiling).
-        let marker = format!("warm-up for {protection}");
-        swaks(&lab.client.ns, MAIL4, 25, &marker)
-            .map_err(|e| format!("{protection}: warm-up delivery failed: {e}"))?;
-        let postfix = lab.postfix.as_ref().ok_or("no Postfix in the lab")?;
-        if !postfix.wait_delivered(&marker, Duration::from_secs(20)) {
-            return Err(format!(
-                "{protection}: the warm-up message was not delivered"
-            ));
-        }
-        for (attack, pacing) in ATTACKS {
-            let mut trials = Vec::new();
-            for n in 0..TRIALS {
+    let mut points: Vec<Point> = PROTECTIONS
+        .iter()
+        .flat_map(|protection| {
+            ATTACKS.iter().map(move |(attack, _)| Point {
+                protection,
+                attack,
+                trials: Vec::new(),
+            })
+        })
+        .collect();
+    // Trials of the three protections interleave (their order rotating), so that the drift of
+    // a shared machine's speed over minutes falls on all of them alike.
+    for (a, (attack, pacing)) in ATTACKS.into_iter().enumerate() {
+        for n in 0..TRIALS {
+            for k in 0..PROTECTIONS.len() {
+                let p = (n + k) % PROTECTIONS.len();
+                let protection = PROTECTIONS[p];
+                protect(&mut lab, protection, true)?;
                 let subject = format!("flood trial {protection} {attack} {n}");
-                let t = trial(&lab, &trafgen_conf, pacing, &subject)?;
+                let result = warm_up(&lab, &format!("warm-up {protection} {attack} {n}"))
+                    .and_then(|()| trial(&lab, &trafgen_conf, pacing, &subject));
+                protect(&mut lab, protection, false)?;
+                let t = result.map_err(|e| format!("{protection}, {attack}: {e}"))?;
                 println!(
-                    "flood {protection:<9} {attack:<12} attack {:>7.0} pkt/s  legitimate {:>6.1} msg/s  success {:>5.1}%",
+                    "flood {protection:<9} {attack:<14} attack {:>7.0} pkt/s  legitimate {:>6.1} msg/s  success {:>5.1}%",
                     t.attack_pps,
                     t.messages_per_s,
                     t.success * 100.0
                 );
-                trials.push(t);
+                points[p * ATTACKS.len() + a].trials.push(t);
                 settle();
             }
-            points.push(Point {
-                protection,
-                attack,
-                trials,
-            });
-        }
-        match protection {
-            "nftables" => {
-                lab.mail
-                    .ns
-                    .run(&["nft", "delete", "table", "inet", "mg_recipe"]);
-            }
-            "mailguard" => lab.stop_mailguard(),
-            _ => {}
         }
     }
     Ok(points)
@@ -380,7 +402,8 @@ pub fn report(points: &[Point], plots: &[(&str, String)]) -> String {
          - **mailguard**: `mailguard run` with `syn_ceiling = 2000` and the budget above; the sender has delivered \
          once before (a warm-up message, for every protection alike), so it is a source seen completing \
          connections.\n\n\
-         Every figure is the median of {TRIALS} trials, with min-max.\n\n",
+         Every figure is the median of {TRIALS} trials, with min-max; the protections' trials interleave, their \
+         order rotating, each set up afresh (mailguard started, the nftables table loaded) before its trial.\n\n",
         FLOOD_LEAD.as_secs(),
         nft_recipe()
     );
