@@ -86,21 +86,27 @@ pub struct BudgetSettings {
     pub mask_v6: [u8; 16],
     /// `TRUSTED_*` bits: which trusted tries have entries (empty ones are not looked up).
     pub flags: u32,
+    /// Slots of the `SOURCES` table (`source_slots(budgets.tracked_sources)`): the range the
+    /// source hash is mapped onto. A value larger than the map makes lookups fail (fails open).
+    pub source_slots: u32,
+    /// Slots of `CONN_PRESENCE` (`presence_slots(budgets.tracked_connections)`).
+    pub presence_slots: u32,
 }
 
 /// `BudgetSettings::flags`: `TRUSTED_V4` has entries.
 pub const TRUSTED_V4_USED: u32 = 1 << 0;
 /// `BudgetSettings::flags`: `TRUSTED_V6` has entries.
 pub const TRUSTED_V6_USED: u32 = 1 << 1;
-const _: () = assert!(core::mem::size_of::<BudgetSettings>() == 64);
+const _: () = assert!(core::mem::size_of::<BudgetSettings>() == 72);
 
 /// Address family tags in `SourceKey::family`.
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// A source prefix charged with connections, per class. Key of `SOURCES`, `CONNECTIONS` and
-/// (with class 0) `VERIFIED`.
-#[repr(C)]
+/// A source prefix charged with connections, per class. Key of `SOURCES` slots, `CONNECTIONS`
+/// and (with class 0) `VERIFIED`. Aligned to 4 bytes so that it hashes and compares as five
+/// 32-bit words (see `sources`).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
     /// Source address masked to the source prefix, network byte order; IPv4 uses the first 4
@@ -144,7 +150,7 @@ impl SourceKey {
     }
 }
 
-/// What XDP keeps per source and class; value of the `SOURCES` LRU map.
+/// What XDP keeps per source and class, in its `SourceSlot` of the `SOURCES` table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
@@ -244,17 +250,20 @@ pub enum AccountingEvent {
     CountTableFull = 3,
     /// A count found at zero at close (lost to a race with a table clean-up): left at zero.
     UnderflowAvoided = 4,
-    /// XDP started tracking the rate of a new source (with `SOURCES` full, the least recently
-    /// used source is forgotten and starts again with a full bucket).
+    /// XDP started tracking the rate of a new source.
     SourceTracked = 5,
     /// Not counted: the kernel refused close callbacks for the socket. Fails open.
     NoCloseCallback = 6,
+    /// A new source took the slot of another (both slots of its pair were in use): the other
+    /// is forgotten and starts again with a full bucket (fails open). Many of these mean
+    /// `budgets.tracked_sources` is too small for the sources seen.
+    SourceEvicted = 7,
 }
 
 pub const ACCOUNTING_SLOTS: u32 = 8;
 
 impl AccountingEvent {
-    pub const ALL: [AccountingEvent; 7] = [
+    pub const ALL: [AccountingEvent; 8] = [
         AccountingEvent::Counted,
         AccountingEvent::Uncounted,
         AccountingEvent::SocketTableFull,
@@ -262,6 +271,7 @@ impl AccountingEvent {
         AccountingEvent::UnderflowAvoided,
         AccountingEvent::SourceTracked,
         AccountingEvent::NoCloseCallback,
+        AccountingEvent::SourceEvicted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -273,6 +283,7 @@ impl AccountingEvent {
             AccountingEvent::UnderflowAvoided => "underflow_avoided",
             AccountingEvent::SourceTracked => "source_tracked",
             AccountingEvent::NoCloseCallback => "no_close_callback",
+            AccountingEvent::SourceEvicted => "source_evicted",
         }
     }
 }

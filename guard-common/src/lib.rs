@@ -9,10 +9,12 @@ pub mod budget;
 pub mod maps;
 pub mod policy;
 pub mod reason;
+pub mod sources;
 
 pub use budget::*;
 pub use policy::*;
 pub use reason::{COUNTER_SLOTS, Reason, Verdict};
+pub use sources::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -28,5 +30,6 @@ mod pod {
     unsafe impl aya::Pod for BudgetSettings {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceState {}
+    unsafe impl aya::Pod for SourceSlot {}
     unsafe impl aya::Pod for BlockEntry {}
 }

@@ -16,10 +16,13 @@ pub const OPEN_SOURCES_V6: &str = "MG_OPEN_SRC_V6";
 pub const BUDGETS: &str = "MG_BUDGETS";
 /// Single-entry array of `BudgetSettings`.
 pub const BUDGET_SETTINGS: &str = "MG_BUDGET_CFG";
-/// LRU hash `SourceKey` -> `SourceState`: rate state per source and class.
+/// Array of `SourceSlot` (two-way set-associative by `SourceKey::slot_hash`): rate state per
+/// source and class.
 pub const SOURCES: &str = "MG_SOURCES";
 /// Hash `SourceKey` -> `u32`: concurrent connections per source and class (sock_ops).
 pub const CONNECTIONS: &str = "MG_CONNS";
+/// Array of `u32` by `presence_slot`: counted connections per hash slot (sock_ops).
+pub const CONN_PRESENCE: &str = "MG_CONN_PRESENCE";
 /// Hash socket cookie (`u64`) -> `SourceKey`: the connections sock_ops counted.
 pub const SOCKETS: &str = "MG_SOCKETS";
 /// LRU hash `SourceKey` (class 0) -> `u64` time: sources seen completing a connection.
@@ -32,6 +35,8 @@ pub const TRUSTED_V6: &str = "MG_TRUSTED_V6";
 pub const SYN_CEILING: &str = "MG_CEILING";
 /// Per-CPU `u64`: GCRA state of the RST rate limit.
 pub const RST_LIMIT: &str = "MG_RST_LIMIT";
+/// Per-CPU `[u64; 2]`: jiffies and the coarse clock read at them (a cache of the clock).
+pub const CLOCK: &str = "MG_CLOCK";
 /// Per-CPU `u64` budget outcomes by class (`class_counter_slot`).
 pub const CLASS_COUNTERS: &str = "MG_CLASS_CNT";
 /// Per-CPU `u64` sock_ops events (`AccountingEvent`).
@@ -55,12 +60,14 @@ pub const ALL: &[&str] = &[
     BUDGET_SETTINGS,
     SOURCES,
     CONNECTIONS,
+    CONN_PRESENCE,
     SOCKETS,
     VERIFIED,
     TRUSTED_V4,
     TRUSTED_V6,
     SYN_CEILING,
     RST_LIMIT,
+    CLOCK,
     CLASS_COUNTERS,
     ACCOUNTING,
     MX_ALLOW_V4,

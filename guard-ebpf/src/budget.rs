@@ -4,32 +4,34 @@
 //! 2. a source never seen completing a connection is held to the global SYN ceiling (a
 //!    spoofed flood has a new source per packet; real senders complete handshakes);
 //! 3. a source holding its class's maximum of concurrent connections is refused (counts kept
-//!    exact by the sock_ops program);
+//!    exact by the sock_ops program, read only when its presence slot says it holds any);
 //! 4. a source over its class's new-connection rate (GCRA) is refused.
 //!
 //! Refused means dropped, or with `action = "reject"` answered with a TCP RST while the
 //! global RST rate limit allows. Every outcome is counted per class.
 //!
-//! Time is `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, one tick): far cheaper than the
-//! precise clock, and its steps do not accumulate into the rates.
+//! A source's rate state lives in its slot of the `SOURCES` table (sources.rs): a known source
+//! costs a hash, two array slots and a compare, no hash-map lookup.
+//!
+//! Time is CLOCK_MONOTONIC_COARSE (one tick; clock.rs reads it for a load per packet): far
+//! cheaper than the precise clock, and its steps do not accumulate into the rates.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
-    programs::XdpContext,
-};
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use guard_common::{
-    AccountingEvent, BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget,
-    FAMILY_V4, FAMILY_V6, Reason, SETTING_MONITOR, SourceKey, SourceState, TRUSTED_V4_USED,
+    BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
+    Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot, SourceState, TRUSTED_V4_USED,
     TRUSTED_V6_USED, class_counter_slot, effective_count,
 };
 
 use crate::{
+    clock::coarse_ns,
     maps::{
-        ACCOUNTING, BUDGET_SETTINGS, BUDGETS, CLASS_COUNTERS, CONNECTIONS, RST_LIMIT, SOURCES,
-        SYN_CEILING, TRUSTED_V4, TRUSTED_V6, VERIFIED,
+        BUDGET_SETTINGS, BUDGETS, CLASS_COUNTERS, CONNECTIONS, RST_LIMIT, SYN_CEILING, TRUSTED_V4,
+        TRUSTED_V6, VERIFIED,
     },
     parse::{Ip, bytes},
     policy::settings,
+    sources::{Pair, may_have_connections},
 };
 
 /// Charges a new connection to `class` from the packet's source; returns its reason.
@@ -52,30 +54,36 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8) -> Result<Reason, Reason> {
             Reason::TrustedSource,
         ));
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_ns();
+    let hash = key.slot_hash();
+    let pair = Pair::of(hash, cfg.source_slots);
+    let found = pair.find(&key);
 
+    let mut flags = 0;
     if !cfg.syn_ceiling.is_unlimited() {
-        let verified = SourceKey { class: 0, ..key };
-        if VERIFIED.get_ptr(verified).is_none() && !take(Limiter::SynCeiling, cfg, now) {
+        if verified(&key, found) {
+            flags = SLOT_VERIFIED;
+        } else if !take(Limiter::SynCeiling, cfg, now) {
             // Never a RST here: the source is most likely spoofed.
             return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling));
         }
     }
 
-    let state = match tracked_state(&key, now) {
+    let slot = match found.or_else(|| pair.claim(&key, flags, now)) {
         Some(s) => s,
         // Fails open: the connection passes, counted for the class as untracked.
         None => return Ok(counted(class, BudgetOutcome::Untracked, Reason::MailNew)),
     };
-    // SAFETY: `state` points into a map value that stays valid while the program runs; the
+    // SAFETY: `slot` points into a map value that stays valid while the program runs; the
     // counters are statistics, updated without atomics (a lost update is acceptable).
-    unsafe {
-        (*state).syns += 1;
-        (*state).last_ns = now;
-    }
+    let state = unsafe {
+        (*slot).state.syns += 1;
+        (*slot).state.last_ns = now;
+        &raw mut (*slot).state
+    };
 
     if budget.max_connections != 0
+        && may_have_connections(hash, cfg.presence_slots)
         && let Some(count) = CONNECTIONS.get_ptr(key)
     {
         // SAFETY: a map value pointer, valid while the program runs.
@@ -95,7 +103,29 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8) -> Result<Reason, Reason> {
     Ok(counted(class, BudgetOutcome::Within, Reason::MailNew))
 }
 
-/// The source key of the packet, and whether the source is trusted.
+/// Whether the source completed a connection (exempt from the SYN ceiling). The slot keeps the
+/// answer once `VERIFIED` says yes, so a known verified source costs no lookup.
+#[inline(always)]
+fn verified(key: &SourceKey, slot: Option<*mut SourceSlot>) -> bool {
+    if let Some(s) = slot {
+        // SAFETY: a map value pointer, valid while the program runs.
+        if unsafe { (*s).flags } & SLOT_VERIFIED != 0 {
+            return true;
+        }
+    }
+    let class0 = SourceKey { class: 0, ..*key };
+    if VERIFIED.get_ptr(class0).is_none() {
+        return false;
+    }
+    if let Some(s) = slot {
+        // SAFETY: as above.
+        unsafe { (*s).flags |= SLOT_VERIFIED };
+    }
+    true
+}
+
+/// The source key of the packet, and whether the source is trusted. The key is built as
+/// words (address words masked by the source prefix), the form it is hashed and compared in.
 #[inline(always)]
 fn source(
     ctx: &XdpContext,
@@ -103,50 +133,33 @@ fn source(
     cfg: &BudgetSettings,
     class: u8,
 ) -> Result<(SourceKey, bool), Reason> {
-    let mut key = SourceKey {
-        addr: [0; 16],
-        family: FAMILY_V4,
-        class,
-        reserved: [0; 2],
-    };
-    let trusted = if ip.v6 {
+    let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    if ip.v6 {
         let a = bytes::<16>(ctx, ip.src_off())?;
-        for ((k, a), m) in key.addr.iter_mut().zip(a).zip(cfg.mask_v6) {
-            *k = a & m;
-        }
-        key.family = FAMILY_V6;
-        cfg.flags & TRUSTED_V6_USED != 0 && TRUSTED_V6.get(Key::new(128, *a)).is_some()
+        let m = &cfg.mask_v6;
+        let key = SourceKey::from_words([
+            word(&a[0..4]) & word(&m[0..4]),
+            word(&a[4..8]) & word(&m[4..8]),
+            word(&a[8..12]) & word(&m[8..12]),
+            word(&a[12..16]) & word(&m[12..16]),
+            SourceKey::tag_word(FAMILY_V6, class),
+        ]);
+        let trusted =
+            cfg.flags & TRUSTED_V6_USED != 0 && TRUSTED_V6.get(Key::new(128, *a)).is_some();
+        Ok((key, trusted))
     } else {
         let a = bytes::<4>(ctx, ip.src_off())?;
-        for ((k, a), m) in key.addr.iter_mut().zip(a).zip(cfg.mask_v4) {
-            *k = a & m;
-        }
-        cfg.flags & TRUSTED_V4_USED != 0 && TRUSTED_V4.get(Key::new(32, *a)).is_some()
-    };
-    Ok((key, trusted))
-}
-
-/// The source's rate state, created (with a full bucket) when missing.
-#[inline(always)]
-fn tracked_state(key: &SourceKey, now: u64) -> Option<*mut SourceState> {
-    if let Some(s) = SOURCES.get_ptr_mut(key) {
-        return Some(s);
+        let key = SourceKey::from_words([
+            word(a) & word(&cfg.mask_v4),
+            0,
+            0,
+            0,
+            SourceKey::tag_word(FAMILY_V4, class),
+        ]);
+        let trusted =
+            cfg.flags & TRUSTED_V4_USED != 0 && TRUSTED_V4.get(Key::new(32, *a)).is_some();
+        Ok((key, trusted))
     }
-    let fresh = SourceState {
-        tat_ns: now,
-        syns: 0,
-        refused: 0,
-        first_ns: now,
-        last_ns: now,
-    };
-    // Another CPU may insert the same source first: then its entry is used.
-    if SOURCES.insert(key, fresh, BPF_NOEXIST as u64).is_ok()
-        && let Some(c) = ACCOUNTING.get_ptr_mut(AccountingEvent::SourceTracked as u32)
-    {
-        // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
-        unsafe { *c += 1 };
-    }
-    SOURCES.get_ptr_mut(key)
 }
 
 /// Which per-CPU GCRA state a limit uses.
@@ -180,7 +193,7 @@ fn take(which: Limiter, cfg: &BudgetSettings, now: u64) -> bool {
 
 /// A refused new connection: dropped, or answered with a RST when the class says reject, the
 /// packet can be turned into one, and the RST limit allows.
-#[inline(always)]
+#[inline(never)]
 fn refuse(
     ip: &Ip,
     class: u8,
@@ -202,8 +215,7 @@ fn refuse(
     let monitor = settings().has(SETTING_MONITOR);
     let allowed = monitor
         || match BUDGET_SETTINGS.get(0) {
-            // SAFETY: a helper without arguments.
-            Some(cfg) => take(Limiter::Rst, cfg, unsafe { bpf_ktime_get_coarse_ns() }),
+            Some(cfg) => take(Limiter::Rst, cfg, coarse_ns()),
             None => false,
         };
     if allowed {

@@ -2,9 +2,7 @@
 //! and the MX allowlist (in MX-only mode, the only sources the mx-class ports accept). Both are
 //! LPM tries over source addresses; an empty list is not looked up.
 
-use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
-};
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use guard_common::{Reason, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED};
 
 use crate::{
@@ -33,11 +31,7 @@ pub fn blocked(ctx: &XdpContext, l3_off: usize, v6: bool, flags: u32) -> Result<
     Ok(match entry {
         None => false,
         Some(e) if e.expires_ns == 0 => true,
-        Some(e) => {
-            // SAFETY: a helper without arguments.
-            let now = unsafe { bpf_ktime_get_coarse_ns() };
-            now < e.expires_ns
-        }
+        Some(e) => crate::clock::coarse_ns() < e.expires_ns,
     })
 }
 

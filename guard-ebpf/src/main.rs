@@ -1,5 +1,6 @@
 //! mailguard's kernel programs. `mailguard_xdp` decides every inbound packet: the policy is in
-//! `policy.rs`, per-source budgets in `budget.rs`, the RST of the reject action in `reject.rs`,
+//! `policy.rs`, per-source budgets in `budget.rs` (their table in `sources.rs`, their clock in
+//! `clock.rs`), the RST of the reject action in `reject.rs`,
 //! header parsing in `parse.rs`, socket lookups in `sockets.rs`. `mailguard_sockops`
 //! (`sockops.rs`) keeps the concurrent-connection counts exact. Every map is in `maps.rs`.
 #![no_std]
@@ -9,6 +10,7 @@
 #![allow(internal_features)]
 
 mod budget;
+mod clock;
 mod lists;
 mod maps;
 mod parse;
@@ -16,6 +18,7 @@ mod policy;
 mod reject;
 mod sockets;
 mod sockops;
+mod sources;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use guard_common::{Reason, SETTING_MONITOR, Verdict};

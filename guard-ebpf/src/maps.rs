@@ -2,7 +2,7 @@
 //! `guard_common::maps`; the types of keys and values come from guard-common.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -10,7 +10,7 @@ use guard_common::{
     ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
     ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
-    SourceKey, SourceState, VERIFIED_ENTRIES, maps as names,
+    SourceKey, SourceSlot, VERIFIED_ENTRIES, maps as names, presence_slots,
 };
 
 /// Packets counted by reason.
@@ -58,14 +58,16 @@ pub static BUDGETS: Array<ClassBudget> = Array::with_max_entries(CLASS_SLOTS, 0)
 #[map(name = "MG_BUDGET_CFG")]
 pub static BUDGET_SETTINGS: Array<BudgetSettings> = Array::with_max_entries(1, 0);
 
-/// Rate state of each source prefix and class, least recently used evicted when full (the
-/// evicted source starts again with a full bucket: fails open). LRU lists are per CPU (faster
-/// inserts; each CPU evicts from its own share).
-/// key: `SourceKey` (address network order); value: `SourceState` (host order);
-/// capacity: `budgets.tracked_sources` (default 65536), set at load.
+/// Rate state of each source prefix and class: a two-way set-associative table (see
+/// guard-common's `sources`). A new source takes a free slot of its pair or evicts the one with
+/// the older last SYN (the evicted source starts again with a full bucket: fails open).
+/// key: `u32` slot, `source_pair(key.slot_hash(), source_slots)` or the next one;
+/// value: `SourceSlot` {`SourceKey` (address network order), flags, `SourceState` (host
+/// order)}, all zero when free; capacity: `source_slots(budgets.tracked_sources)` (default
+/// 65536), set at load. Mmapable: userspace reads the whole table as memory.
 #[map(name = "MG_SOURCES")]
-pub static SOURCES: LruHashMap<SourceKey, SourceState> =
-    LruHashMap::with_max_entries(DEFAULT_TRACKED_SOURCES, BPF_F_NO_COMMON_LRU);
+pub static SOURCES: Array<SourceSlot> =
+    Array::with_max_entries(DEFAULT_TRACKED_SOURCES, BPF_F_MMAPABLE);
 
 /// Concurrent connections of each source prefix and class, kept exact by sock_ops
 /// (incremented at passive establishment, decremented at close). Entries are removed at zero.
@@ -75,6 +77,15 @@ pub static SOURCES: LruHashMap<SourceKey, SourceState> =
 #[map(name = "MG_CONNS")]
 pub static CONNECTIONS: HashMap<SourceKey, u32> =
     HashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
+
+/// Open counted connections per hash slot, kept by sock_ops beside `CONNECTIONS`: zero proves
+/// that no key with this slot has a counted connection, so XDP skips the `CONNECTIONS` lookup.
+/// key: `u32` `presence_slot(key.slot_hash(), presence_slots)`; value: `u32` count (host
+/// order); capacity: `presence_slots(budgets.tracked_connections)` (4 per connection; default
+/// 262144), set at load.
+#[map(name = "MG_CONN_PRESENCE")]
+pub static CONN_PRESENCE: Array<u32> =
+    Array::with_max_entries(presence_slots(DEFAULT_TRACKED_CONNECTIONS), 0);
 
 /// The connections sock_ops counted, so that exactly those are uncounted at close.
 /// key: `u64` socket cookie (host order); value: `SourceKey`;
@@ -104,6 +115,11 @@ pub static TRUSTED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(LIST_MA
 /// key: `u32` 0; value: `u64`; capacity 1.
 #[map(name = "MG_CEILING")]
 pub static SYN_CEILING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The coarse clock as this CPU last read it (clock.rs): key `u32` 0; value `[u64; 2]`
+/// {jiffies, CLOCK_MONOTONIC_COARSE ns} (host order), one per CPU; capacity 1.
+#[map(name = "MG_CLOCK")]
+pub static CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// GCRA state of the RST rate limit of the `reject` action, one per CPU.
 /// key: `u32` 0; value: `u64`; capacity 1.
@@ -152,12 +168,14 @@ const _: () = {
     assert!(const_str_eq(names::BUDGET_SETTINGS, "MG_BUDGET_CFG"));
     assert!(const_str_eq(names::SOURCES, "MG_SOURCES"));
     assert!(const_str_eq(names::CONNECTIONS, "MG_CONNS"));
+    assert!(const_str_eq(names::CONN_PRESENCE, "MG_CONN_PRESENCE"));
     assert!(const_str_eq(names::SOCKETS, "MG_SOCKETS"));
     assert!(const_str_eq(names::VERIFIED, "MG_VERIFIED"));
     assert!(const_str_eq(names::TRUSTED_V4, "MG_TRUSTED_V4"));
     assert!(const_str_eq(names::TRUSTED_V6, "MG_TRUSTED_V6"));
     assert!(const_str_eq(names::SYN_CEILING, "MG_CEILING"));
     assert!(const_str_eq(names::RST_LIMIT, "MG_RST_LIMIT"));
+    assert!(const_str_eq(names::CLOCK, "MG_CLOCK"));
     assert!(const_str_eq(names::CLASS_COUNTERS, "MG_CLASS_CNT"));
     assert!(const_str_eq(names::ACCOUNTING, "MG_ACCOUNTING"));
     assert!(const_str_eq(names::MX_ALLOW_V4, "MG_MX_ALLOW_V4"));

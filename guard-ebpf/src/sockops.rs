@@ -2,9 +2,11 @@
 //! connections to mail ports exact, for XDP to read when a new SYN arrives.
 //!
 //! - A passive connection to a mail port is established: remember its socket (by cookie) with
-//!   its source key, add one to the source's count, ask for state callbacks, and mark the source
-//!   verified (it completed a handshake).
-//! - A remembered socket reaches CLOSE, whoever closed it: forget it and subtract one. Only a
+//!   its source key, add one to the source's count and to its presence slot (`CONN_PRESENCE`,
+//!   which tells XDP whether the count is worth looking up), ask for state callbacks, and mark
+//!   the source verified (it completed a handshake).
+//! - A remembered socket reaches CLOSE, whoever closed it: forget it and subtract one from its
+//!   count and its presence slot. Only a
 //!   socket whose entry this call removed is uncounted, so every count goes down exactly once
 //!   for each time it went up, and never for a connection it did not count.
 //!
@@ -30,7 +32,10 @@ use aya_ebpf::{
 };
 use guard_common::{AccountingEvent, PortKind, SourceKey, Transport, port_rule_index};
 
-use crate::maps::{ACCOUNTING, BUDGET_SETTINGS, CONNECTIONS, PORT_RULES, SOCKETS, VERIFIED};
+use crate::{
+    maps::{BUDGET_SETTINGS, CONNECTIONS, PORT_RULES, SOCKETS, VERIFIED},
+    sources::{presence_down, presence_up, record},
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -99,6 +104,7 @@ fn established(ctx: &SockOpsContext) {
         }
     };
     add(count, 1);
+    presence_up(key.slot_hash(), cfg.presence_slots);
     let verified = SourceKey { class: 0, ..key };
     // Only new sources are inserted: an LRU insert costs far more than a lookup.
     if VERIFIED.get_ptr(verified).is_none() {
@@ -118,6 +124,9 @@ fn closed(ctx: &SockOpsContext) {
     };
     if SOCKETS.remove(cookie).is_err() {
         return; // uncounted by someone else already
+    }
+    if let Some(cfg) = BUDGET_SETTINGS.get(0) {
+        presence_down(key.slot_hash(), cfg.presence_slots);
     }
     let Some(count) = CONNECTIONS.get_ptr_mut(key) else {
         return;
@@ -179,13 +188,5 @@ fn source_key(
             })
         }
         _ => None,
-    }
-}
-
-#[inline(always)]
-fn record(event: AccountingEvent) {
-    if let Some(c) = ACCOUNTING.get_ptr_mut(event as u32) {
-        // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
-        unsafe { *c += 1 };
     }
 }

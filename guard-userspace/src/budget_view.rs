@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     guard::GuardError,
+    source_table::SourceTable,
     state::{Dirs, StateError, pinned},
 };
 
@@ -142,10 +143,8 @@ impl BudgetView {
             });
         }
 
-        let sources_map = pinned(dirs, names::SOURCES)?;
-        let sources: HashMap<_, SourceKey, SourceState> =
-            HashMap::try_from(&sources_map).map_err(GuardError::map(names::SOURCES))?;
-        let sources_tracked = sources.keys().filter(|k| k.is_ok()).count() as u64;
+        let sources = SourceTable::open(&pinned(dirs, names::SOURCES)?)?;
+        let sources_tracked = sources.in_use().count() as u64;
         let conns_map = pinned(dirs, names::CONNECTIONS)?;
         let conns: HashMap<_, SourceKey, u32> =
             HashMap::try_from(&conns_map).map_err(GuardError::map(names::CONNECTIONS))?;
@@ -164,7 +163,7 @@ impl BudgetView {
             syn_ceiling: rate_of(&settings.syn_ceiling, cpus).map(|r| r.0),
             reject_limit: rate_of(&settings.reject_limit, cpus).map(|r| r.0),
             sources_tracked,
-            sources_capacity: capacity(&sources_map, names::SOURCES)?,
+            sources_capacity: sources.capacity() as u32,
             sources_with_connections: with,
             connections_counted: counted,
             connections_by_class: by_class,
@@ -245,10 +244,11 @@ impl BudgetView {
                 "warning: {full} connections were not counted (tables full, or no close callback): see budgets.tracked_connections"
             );
         }
-        if self.sources_tracked >= self.sources_capacity as u64 {
+        let evicted = self.events["source_evicted"];
+        if evicted > 0 {
             let _ = writeln!(
                 out,
-                "note: source table full: the least recently seen sources are forgotten first"
+                "note: {evicted} sources were forgotten to make room for new ones (they start again with a full bucket): see budgets.tracked_sources"
             );
         }
         out
@@ -290,8 +290,8 @@ fn source_name(k: &SourceKey, prefix_v4: u32, prefix_v6: u32) -> String {
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock XDP stamps sources with
-/// (`bpf_ktime_get_coarse_ns`).
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock XDP stamps sources with (guard-ebpf's
+/// clock.rs).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -321,11 +321,8 @@ pub fn top(dirs: &Dirs, limit: usize) -> Result<Vec<TopRow>, StateError> {
     for (k, n) in conns.iter().filter_map(Result::ok) {
         rows.entry(k).or_default().0 = effective_count(n);
     }
-    let sources_map = pinned(dirs, names::SOURCES)?;
-    let sources: HashMap<_, SourceKey, SourceState> =
-        HashMap::try_from(&sources_map).map_err(GuardError::map(names::SOURCES))?;
-    for (k, s) in sources.iter().filter_map(Result::ok) {
-        rows.entry(k).or_default().1 = Some(s);
+    for slot in SourceTable::open(&pinned(dirs, names::SOURCES)?)?.in_use() {
+        rows.entry(slot.key).or_default().1 = Some(slot.state);
     }
     let now = monotonic_ns();
     let mut out: Vec<TopRow> = rows

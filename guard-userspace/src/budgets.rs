@@ -48,7 +48,8 @@ pub struct Budgets {
     pub source_prefix_v4: u8,
     /// Bits of an IPv6 source that make one budget (64: each /64, as an attacker owns one).
     pub source_prefix_v6: u8,
-    /// Sources whose rate state is kept (least recently used forgotten first).
+    /// Slots of the rate table (two-way set-associative; of two, the source seen less recently
+    /// is forgotten first).
     pub tracked_sources: u32,
     /// Concurrent connections counted (a source beyond fails open).
     pub tracked_connections: u32,

@@ -13,7 +13,9 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use guard_common::{COUNTER_SLOTS, Reason, maps as names};
+use guard_common::{
+    COUNTER_SLOTS, Reason, SourceKey, maps as names, presence_slot, presence_slots, source_slots,
+};
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -179,19 +181,69 @@ impl Guard {
     /// Loads as `load`, with every map pinned under `pins`: maps a previous run pinned are
     /// reused when they match what the program expects, and recreated (reported) otherwise.
     pub fn load_pinned(budgets: &Budgets, pins: &Pins) -> Result<(Guard, Vec<String>), GuardError> {
-        let recreated = pins.check_maps(EBPF_OBJECT, budgets)?;
+        let mut recreated = pins.check_maps(EBPF_OBJECT, budgets)?;
         std::fs::create_dir_all(pins.maps_dir()).map_err(|source| GuardError::PinDir {
             path: pins.maps_dir(),
             source,
         })?;
-        Ok((Guard::load_with(budgets, Some(pins))?, recreated))
+        // A presence filter created beside reused socket and count tables (an upgrade from a
+        // version without it) would hide the open connections from XDP: rebuild it.
+        let rebuild = !pins.map(names::CONN_PRESENCE).exists() && pins.map(names::SOCKETS).exists();
+        let mut guard = Guard::load_with(budgets, Some(pins))?;
+        if rebuild {
+            let n = guard.rebuild_presence(budgets)?;
+            recreated.push(format!(
+                "map {}: rebuilt from the {n} connections counted in {}",
+                names::CONN_PRESENCE,
+                names::SOCKETS
+            ));
+        }
+        Ok((guard, recreated))
+    }
+
+    /// Fills the empty presence filter from the socket table (every counted open connection).
+    /// Connections sock_ops counts or uncounts meanwhile may be off by one in their slot: one
+    /// too many costs XDP a needless count lookup, one too few lets that source past its cap
+    /// until the connection closes (fails open). Returns how many connections were added.
+    fn rebuild_presence(&mut self, budgets: &Budgets) -> Result<usize, GuardError> {
+        let slots = presence_slots(budgets.tracked_connections);
+        let mut counts: std::collections::HashMap<u32, u32> = Default::default();
+        {
+            let map = self
+                .ebpf
+                .map(names::SOCKETS)
+                .ok_or(GuardError::MissingMap(names::SOCKETS))?;
+            let sockets: aya::maps::HashMap<_, u64, SourceKey> =
+                aya::maps::HashMap::try_from(map).map_err(GuardError::map(names::SOCKETS))?;
+            for key in sockets.iter().filter_map(Result::ok).map(|(_, k)| k) {
+                *counts
+                    .entry(presence_slot(key.slot_hash(), slots))
+                    .or_default() += 1;
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::CONN_PRESENCE)
+            .ok_or(GuardError::MissingMap(names::CONN_PRESENCE))?;
+        let mut presence: Array<_, u32> =
+            Array::try_from(map).map_err(GuardError::map(names::CONN_PRESENCE))?;
+        for (&slot, &n) in &counts {
+            presence
+                .set(slot, n, 0)
+                .map_err(GuardError::map(names::CONN_PRESENCE))?;
+        }
+        Ok(counts.values().sum::<u32>() as usize)
     }
 
     fn load_with(budgets: &Budgets, pins: Option<&Pins>) -> Result<Guard, GuardError> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::SOURCES, budgets.tracked_sources)
+            .map_max_entries(names::SOURCES, source_slots(budgets.tracked_sources))
             .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
+            .map_max_entries(
+                names::CONN_PRESENCE,
+                presence_slots(budgets.tracked_connections),
+            )
             .map_max_entries(names::SOCKETS, budgets.tracked_connections);
         if let Some(pins) = pins {
             for name in names::ALL {

@@ -12,6 +12,7 @@
 //! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `metrics`: the Prometheus endpoint
 //! - `run`: the daemon (`signals`: how it waits for signals and requests)
+//! - `source_table`: the per-source rate table as memory (for `status` and `top`)
 //! - `state`: pins and the state file other commands read
 //! - `status`: the `status` report
 
@@ -29,6 +30,7 @@ pub mod pins;
 pub mod policy;
 pub mod run;
 pub mod signals;
+pub mod source_table;
 pub mod spf;
 pub mod state;
 pub mod status;

@@ -185,8 +185,9 @@ fn remove(path: &Path) -> Result<bool, PinError> {
 /// Capacities set by the configuration rather than the object.
 pub fn configured_capacity(map: &str, budgets: &Budgets) -> Option<u32> {
     match map {
-        names::SOURCES => Some(budgets.tracked_sources),
+        names::SOURCES => Some(guard_common::source_slots(budgets.tracked_sources)),
         names::CONNECTIONS | names::SOCKETS => Some(budgets.tracked_connections),
+        names::CONN_PRESENCE => Some(guard_common::presence_slots(budgets.tracked_connections)),
         _ => None,
     }
 }
@@ -239,8 +240,13 @@ mod tests {
             tracked_connections: 456,
             ..Budgets::default()
         };
-        assert_eq!(configured_capacity(names::SOURCES, &b), Some(123));
+        assert_eq!(
+            configured_capacity(names::SOURCES, &b),
+            Some(124),
+            "whole pairs"
+        );
         assert_eq!(configured_capacity(names::SOCKETS, &b), Some(456));
+        assert_eq!(configured_capacity(names::CONN_PRESENCE, &b), Some(4 * 456));
         assert_eq!(configured_capacity(names::COUNTERS, &b), None);
     }
 
@@ -250,13 +256,11 @@ mod tests {
         for name in names::ALL {
             assert!(obj.maps.contains_key(*name), "object lacks map {name}");
         }
-        assert_eq!(
-            obj.maps[names::SOURCES].key_size() as usize,
-            std::mem::size_of::<guard_common::SourceKey>()
-        );
+        assert_eq!(obj.maps[names::SOURCES].key_size(), 4, "an array");
         assert_eq!(
             obj.maps[names::SOURCES].value_size() as usize,
-            std::mem::size_of::<guard_common::SourceState>()
+            std::mem::size_of::<guard_common::SourceSlot>()
         );
+        assert_eq!(obj.maps[names::CONN_PRESENCE].value_size(), 4);
     }
 }

@@ -12,6 +12,7 @@ use guard_common::{
     OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED,
     SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW, SETTING_MONITOR, SETTING_MX_ONLY, Settings,
     TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, maps as names, port_rule_index, prefix_mask,
+    presence_slots, source_slots,
 };
 use ipnet::IpNet;
 
@@ -92,6 +93,8 @@ pub fn budget_settings(b: &Budgets, trusted: &AddrList, host: HostFacts) -> Budg
         } else {
             TRUSTED_V6_USED
         }),
+        source_slots: source_slots(b.tracked_sources),
+        presence_slots: presence_slots(b.tracked_connections),
     }
 }
 

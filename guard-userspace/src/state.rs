@@ -76,6 +76,8 @@ pub enum StateError {
     },
     #[error(transparent)]
     Guard(#[from] GuardError),
+    #[error(transparent)]
+    SourceTable(#[from] crate::source_table::SourceTableError),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {

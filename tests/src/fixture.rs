@@ -3,13 +3,17 @@
 //! move exactly the expected counter by exactly one.
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
-use guard_common::{AccountingEvent, Reason, SourceKey, SourceState, Verdict, maps as names};
+use guard_common::{
+    AccountingEvent, Reason, SourceKey, SourceState, Verdict, maps as names, presence_slot,
+    presence_slots,
+};
 use mailguard::{
     config::Config,
     guard::{Counters, Guard},
+    source_table::SourceTable,
 };
 
 /// Pins the calling thread to the first CPU it may run on.
@@ -98,14 +102,37 @@ impl Harness {
         &mut self.guard
     }
 
-    /// Sets the concurrent-connection count of a source, as sock_ops would.
+    /// Sets the concurrent-connection count of a source, and its presence slot with it, as
+    /// sock_ops would.
     pub fn set_connections(&mut self, key: SourceKey, count: u32) {
+        let old = self.connections(&key).unwrap_or(0);
         let map = self
             .guard
             .map_mut(names::CONNECTIONS)
             .expect("connections map");
         let mut conns: HashMap<_, SourceKey, u32> = HashMap::try_from(map).expect("hash map");
         conns.insert(key, count, 0).expect("set count");
+        let slots = presence_slots(self.config.budgets.tracked_connections);
+        let slot = presence_slot(key.slot_hash(), slots);
+        let map = self
+            .guard
+            .map_mut(names::CONN_PRESENCE)
+            .expect("presence map");
+        let mut presence: Array<_, u32> = Array::try_from(map).expect("array");
+        let n = presence.get(&slot, 0).expect("presence slot");
+        presence
+            .set(slot, n.wrapping_add(count).wrapping_sub(old), 0)
+            .expect("set presence");
+    }
+
+    /// The presence slot of a source, as sock_ops keeps it.
+    pub fn presence(&self, key: &SourceKey) -> u32 {
+        let slots = presence_slots(self.config.budgets.tracked_connections);
+        let map = self.guard.map(names::CONN_PRESENCE).expect("presence map");
+        let presence: Array<_, u32> = Array::try_from(map).expect("array");
+        presence
+            .get(&presence_slot(key.slot_hash(), slots), 0)
+            .expect("presence slot")
     }
 
     /// The concurrent-connection count of a source, as sock_ops keeps it (`None`: no entry).
@@ -133,8 +160,7 @@ impl Harness {
     /// The rate state XDP keeps for a source, if any.
     pub fn source_state(&self, key: &SourceKey) -> Option<SourceState> {
         let map = self.guard.map(names::SOURCES).expect("sources map");
-        let sources: HashMap<_, SourceKey, SourceState> = HashMap::try_from(map).expect("LRU map");
-        sources.get(key, 0).ok()
+        SourceTable::open(map).expect("source table").find(key)
     }
 
     /// Runs a packet and returns what the program left in it (for XDP_TX rewrites).

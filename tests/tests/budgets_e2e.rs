@@ -219,6 +219,41 @@ fn connection_cap_holds_and_frees_at_once() {
     assert!(lab.mailguard().count("connection_cap_rejected") >= 1);
 }
 
+/// A restart that finds the socket and count tables pinned but no presence filter (an upgrade
+/// from a version without one) rebuilds it from the open connections, so the cap still holds.
+#[test]
+fn cap_holds_across_an_upgrade_that_adds_the_presence_filter() {
+    let config = "interface = \"mg-mail0\"\n[budgets]\nsyn_ceiling = 0\n\
+                  [budgets.mx]\nrate = 0\nmax_connections = 2\n";
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab.start_mailguard(config, &[]);
+    let smtp = addr(MAIL4, 25);
+    let mut held: Vec<TcpStream> = (1..=2)
+        .map(|i| open(&lab, None, smtp, &format!("connection {i} of 2")))
+        .collect();
+
+    let mg = lab.mailguard.take().expect("mailguard");
+    let presence = mg.pin_dir.join("maps/MG_CONN_PRESENCE");
+    mg.end(libc::SIGKILL);
+    std::fs::remove_file(&presence).expect("unpin the presence filter");
+    lab.start_mailguard(config, &[]);
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        log.contains("MG_CONN_PRESENCE: rebuilt from the 2 connections"),
+        "restart log: {log}"
+    );
+    match smtp_connect(&lab, None, smtp, Duration::from_secs(2)) {
+        Attempt::TimedOut => {}
+        Attempt::Open(_) => panic!("a 3rd connection opened beyond the cap of 2 after the restart"),
+        Attempt::Refused(_) => panic!("the 3rd connection was refused: the mx action is drop"),
+    }
+    drop(held.remove(0));
+    let (s, took) = open_soon(&lab, smtp, "after one of the two closed");
+    println!("upgrade: cap held across the restart; new connection {took:?} after one closed");
+    held.push(s);
+}
+
 #[test]
 fn ipv6_budget_is_per_64() {
     let lab = lab_with(

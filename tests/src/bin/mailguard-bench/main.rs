@@ -35,13 +35,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::Xdp,
     sys::{Stats as BpfStats, enable_stats},
 };
 use guard_common::{
-    AccountingEvent, BUDGET_ACTIVE, ClassBudget, Gcra, MailClass, Reason, SourceKey, SourceState,
-    maps as names,
+    AccountingEvent, BUDGET_ACTIVE, ClassBudget, Gcra, MailClass, Reason, SourceKey, SourceSlot,
+    SourceState, maps as names, presence_slot, presence_slots, source_pair, source_slots,
 };
 use guard_tests::{
     fixture::pin_to_one_cpu,
@@ -58,9 +58,13 @@ use measure::{
 };
 use peer::XdpFilter;
 
-/// The configuration measured: defaults, with room for a million tracked sources.
-const CONFIG: &str =
-    "[budgets]\nsyn_ceiling = 0\ntracked_sources = 1100000\ntracked_connections = 1100000\n";
+/// The configuration measured: defaults, with room for a million tracked sources and
+/// connections, and a SYN ceiling burst large enough that the new-source runs (every one an
+/// unverified source) are all admitted, each paying the ceiling's check.
+const CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\ntracked_sources = 2200000\n\
+                      tracked_connections = 1100000\n";
+const TRACKED_SOURCES: u32 = 2_200_000;
+const TRACKED_CONNECTIONS: u32 = 1_100_000;
 
 /// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
 const MX_ONLY_SWITCH: &str = "mx_only = true\n";
@@ -260,6 +264,22 @@ fn run() -> Result<(), String> {
         .apply(None, &config)
         .map_err(|e| e.to_string())?;
     charge_every_syn(&mut guard)?;
+    // The known sources completed connections before (sock_ops marked them verified); one
+    // holds a connection open, counted as sock_ops counts it.
+    let mx = |k: SourceKey| SourceKey {
+        class: MailClass::Mx as u8,
+        ..k
+    };
+    let known_v4 = mx(SourceKey::v4([198, 18, 0, 2], [255; 4], 0));
+    let holding = mx(SourceKey::v4([198, 18, 0, 3], [255; 4], 0));
+    let mut v6 = [0u8; 16];
+    v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    v6[15] = 2;
+    let known_v6 = mx(SourceKey::v6(v6, guard_common::prefix_mask::<16>(64), 0));
+    for k in [known_v4, holding, known_v6] {
+        mark_verified(&mut guard, k)?;
+    }
+    add_connections(&mut guard, &[holding])?;
     let verified = guard.verified_instructions().ok().flatten();
 
     let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
@@ -306,6 +326,14 @@ fn run() -> Result<(), String> {
             name: "mail SYN charged to a budget, known source (25)",
             short: "mail SYN charged",
             packet: syn("198.18.0.2", 25),
+            reason: Reason::MailNew,
+            target: Some((3.0, "6")),
+            below_peer: true,
+        },
+        Case {
+            name: "mail SYN charged, known source holding 1 connection (25)",
+            short: "charged, open connection",
+            packet: syn("198.18.0.3", 25),
             reason: Reason::MailNew,
             target: Some((3.0, "6")),
             below_peer: true,
@@ -401,10 +429,10 @@ fn run() -> Result<(), String> {
 
     // Scaling: the same known-source SYN with more and more sources tracked.
     let known = &default_cases[2].packet;
-    let mut scaling: Vec<(u32, Comparison)> = Vec::new();
-    let mut filled = 0u32;
+    let mut scaling: Vec<(u32, u32, Comparison)> = Vec::new();
+    let (mut filled, mut placed) = (0u32, 0u32);
     for n in SCALES {
-        fill_sources(&mut guard, filled, n)?;
+        placed += fill_sources(&mut guard, filled, n)?;
         filled = n;
         check_path(
             &guard,
@@ -415,12 +443,12 @@ fn run() -> Result<(), String> {
         )?;
         let m = compare(guard.xdp().map_err(|e| e.to_string())?, floor, known);
         println!(
-            "{n:>9} sources tracked: {:.0} ns, ratio {:.2}x",
+            "{n:>9} sources added ({placed} placed): {:.0} ns, ratio {:.2}x",
             m.mailguard.median, m.ratio.median
         );
-        scaling.push((n, m));
+        scaling.push((n, placed, m));
     }
-    let medians: Vec<f64> = scaling.iter().map(|(_, m)| m.mailguard.median).collect();
+    let medians: Vec<f64> = scaling.iter().map(|(_, _, m)| m.mailguard.median).collect();
     let spread = medians.iter().cloned().fold(f64::MIN, f64::max)
         / medians.iter().cloned().fold(f64::MAX, f64::min);
     let list_rows = lists::measure(floor)?;
@@ -543,36 +571,80 @@ fn guard_accounting(guard: &Guard, event: AccountingEvent) -> Result<u64, String
         .sum())
 }
 
-/// Adds tracked sources (rate state and connection counts) up to `to`, IPv6 /64s that no
-/// packet of the bench uses.
-fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<(), String> {
+/// Marks a source as having completed a connection, as sock_ops does.
+fn mark_verified(guard: &mut Guard, key: SourceKey) -> Result<(), String> {
+    let map = guard.map_mut(names::VERIFIED).ok_or("no verified map")?;
+    let mut verified: HashMap<_, SourceKey, u64> =
+        HashMap::try_from(map).map_err(|e| e.to_string())?;
+    verified
+        .insert(SourceKey { class: 0, ..key }, 1, 0)
+        .map_err(|e| e.to_string())
+}
+
+/// One open connection for each source, counted as sock_ops counts it (`CONNECTIONS` and the
+/// presence slot).
+fn add_connections(guard: &mut Guard, keys: &[SourceKey]) -> Result<(), String> {
+    {
+        let map = guard
+            .map_mut(names::CONNECTIONS)
+            .ok_or("no connections map")?;
+        let mut conns: HashMap<_, SourceKey, u32> =
+            HashMap::try_from(map).map_err(|e| e.to_string())?;
+        for k in keys {
+            conns.insert(*k, 1, 0).map_err(|e| format!("count: {e}"))?;
+        }
+    }
+    let map = guard
+        .map_mut(names::CONN_PRESENCE)
+        .ok_or("no presence map")?;
+    let mut presence: Array<_, u32> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let slots = presence_slots(TRACKED_CONNECTIONS);
+    for k in keys {
+        let i = presence_slot(k.slot_hash(), slots);
+        let n = presence.get(&i, 0).map_err(|e| e.to_string())?;
+        presence.set(i, n + 1, 0).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Adds tracked sources (rate state and one open connection each) up to `to`, IPv6 /64s that no
+/// packet of the bench uses, each in the first free slot of its pair as XDP places them; a
+/// source whose pair is full is left out. Returns how many were placed.
+fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<u32, String> {
     let key = |i: u32| {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         a[4..8].copy_from_slice(&i.to_be_bytes());
         SourceKey::v6(a, guard_common::prefix_mask::<16>(64), MailClass::Mx as u8)
     };
+    let slots = source_slots(TRACKED_SOURCES);
+    let mut placed = 0;
     {
         let map = guard.map_mut(names::SOURCES).ok_or("no sources map")?;
-        let mut sources: HashMap<_, SourceKey, SourceState> =
-            HashMap::try_from(map).map_err(|e| e.to_string())?;
+        let mut sources: Array<_, SourceSlot> = Array::try_from(map).map_err(|e| e.to_string())?;
         for i in from..to {
-            sources
-                .insert(key(i), SourceState::default(), 0)
-                .map_err(|e| format!("source {i}: {e}"))?;
+            let k = key(i);
+            let first = source_pair(k.slot_hash(), slots);
+            for index in [first, first + 1] {
+                let slot = sources.get(&index, 0).map_err(|e| e.to_string())?;
+                if slot.key.family == 0 {
+                    let fresh = SourceSlot {
+                        key: k,
+                        flags: 0,
+                        state: SourceState::default(),
+                    };
+                    sources
+                        .set(index, fresh, 0)
+                        .map_err(|e| format!("source {i}: {e}"))?;
+                    placed += 1;
+                    break;
+                }
+            }
         }
     }
-    let map = guard
-        .map_mut(names::CONNECTIONS)
-        .ok_or("no connections map")?;
-    let mut conns: HashMap<_, SourceKey, u32> =
-        HashMap::try_from(map).map_err(|e| e.to_string())?;
-    for i in from..to {
-        conns
-            .insert(key(i), 1, 0)
-            .map_err(|e| format!("count {i}: {e}"))?;
-    }
-    Ok(())
+    let keys: Vec<SourceKey> = (from..to).map(key).collect();
+    add_connections(guard, &keys)?;
+    Ok(placed)
 }
 
 struct SockopsCost {
@@ -633,7 +705,7 @@ struct Report<'a> {
     peer_single: f64,
     peer_version: &'a str,
     peer_ports: &'a str,
-    scaling: &'a [(u32, Comparison)],
+    scaling: &'a [(u32, u32, Comparison)],
     spread: f64,
     sockops: &'a SockopsCost,
 }
@@ -676,9 +748,14 @@ fn report(r: Report) -> String {
          **mailguard**; the **floor**, an XDP program that only returns `XDP_DROP`, built with the same toolchain \
          (guard-ebpf's `xdp-floor`); and **xdp-filter** ({}), the closest XDP peer, loaded by its own tool with the \
          deny policy (a packet passes only when a rule matches) and the mail ports {} allowed, then opened by \
-         program id. mailguard runs with the default configuration, except that the mx budget is set to charge \
-         every SYN (rate state, cap lookup, rate check) without ever refusing one at these rates; the MX-only and \
-         block rows run with MX-only on (allowlist 198.18.0.0/24) and a block list (198.18.9.0/24).\n\n\
+         program id. mailguard runs with the default configuration (the SYN ceiling on), except that the mx \
+         budget is set to charge every SYN (rate state, connection count, rate check) without ever refusing one \
+         at these rates, the ceiling's burst is raised so that the new-source runs are all admitted (each still \
+         pays the ceiling's check), and the tables are sized for a million sources. The known sources \
+         (198.18.0.2, 198.18.0.3, 2001:db8::2) are marked as having completed a connection, as sock_ops marks \
+         a sender, and 198.18.0.3 holds one open connection, counted as sock_ops counts it (so its SYN reads \
+         the exact count, which the others skip by their presence slot). The MX-only and block rows run with \
+         MX-only on (allowlist 198.18.0.0/24) and a block list (198.18.9.0/24).\n\n\
          Before timing, each packet is run {CHECK_RUNS} times through mailguard and through xdp-filter: \
          mailguard's counters must show exactly {CHECK_RUNS} packets under the intended reason, xdp-filter's own \
          per-action counters exactly {CHECK_RUNS} under the verdict it returned (shown in the table; xdp-filter \
@@ -752,13 +829,16 @@ fn report(r: Report) -> String {
     );
     let _ = writeln!(
         md,
-        "## Tracked sources\n\nThe known-source SYN, with the rate table and the connection-count table each \
-         holding this many other sources (IPv6 /64s):\n\n| sources tracked | mailguard ns (min-max) | ratio to floor |\n|---:|---:|---:|"
+        "## Tracked sources\n\nThe known-source SYN, with this many other sources (IPv6 /64s) added to the rate \
+         table ({TRACKED_SOURCES} slots, two-way set-associative: each source placed in the first free slot of its \
+         pair, as XDP places them; a source whose pair is full is left out) and holding one open connection each \
+         in the connection-count table and its presence filter:\n\n\
+         | sources added | placed in the rate table | mailguard ns (min-max) | ratio to floor |\n|---:|---:|---:|---:|"
     );
-    for (n, m) in r.scaling {
+    for (n, placed, m) in r.scaling {
         let _ = writeln!(
             md,
-            "| {n} | {:.0} ({:.0}-{:.0}) | {:.2}x |",
+            "| {n} | {placed} | {:.0} ({:.0}-{:.0}) | {:.2}x |",
             m.mailguard.median, m.mailguard.min, m.mailguard.max, m.ratio.median
         );
     }
