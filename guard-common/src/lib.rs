@@ -6,12 +6,14 @@
 extern crate std;
 
 pub mod budget;
+pub mod list_index;
 pub mod maps;
 pub mod policy;
 pub mod reason;
 pub mod sources;
 
 pub use budget::*;
+pub use list_index::*;
 pub use policy::*;
 pub use reason::{COUNTER_SLOTS, Reason, Verdict};
 pub use sources::*;

@@ -45,6 +45,11 @@ pub const ACCOUNTING: &str = "MG_ACCOUNTING";
 /// LPM tries of the MX allowlist (MX-only mode): address -> `u8`.
 pub const MX_ALLOW_V4: &str = "MG_MX_ALLOW_V4";
 pub const MX_ALLOW_V6: &str = "MG_MX_ALLOW_V6";
+/// The IPv4 list index (see `list_index`): level 16 and 24 entries (`u32`), level 32 bitmap
+/// words (`u64`).
+pub const V4_INDEX_16: &str = "MG_V4_INDEX_16";
+pub const V4_INDEX_24: &str = "MG_V4_INDEX_24";
+pub const V4_INDEX_32: &str = "MG_V4_INDEX_32";
 /// LPM tries of the block list: address -> `BlockEntry`.
 pub const BLOCK_V4: &str = "MG_BLOCK_V4";
 pub const BLOCK_V6: &str = "MG_BLOCK_V6";
@@ -74,6 +79,9 @@ pub const ALL: &[&str] = &[
     MX_ALLOW_V6,
     BLOCK_V4,
     BLOCK_V6,
+    V4_INDEX_16,
+    V4_INDEX_24,
+    V4_INDEX_32,
 ];
 
 /// Name of the XDP program in the object file.

@@ -40,8 +40,11 @@ pub const LIST_MAP_CAPACITY: u32 = 2 * LIST_MAX_ENTRIES;
 pub struct Settings {
     /// `SETTING_*` bits.
     pub flags: u32,
+    /// Which IPv4 lists are indexed and which generation of each is in use
+    /// (`index_active_bit`, `index_generation_bit`; see `list_index`).
+    pub index: u32,
     /// Zero; room for later switches without changing the value size.
-    pub reserved: [u32; 3],
+    pub reserved: [u32; 2],
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
@@ -262,7 +265,8 @@ mod tests {
     fn settings_flags() {
         let s = Settings {
             flags: SETTING_MONITOR,
-            reserved: [0; 3],
+            index: 0,
+            reserved: [0; 2],
         };
         assert!(s.has(SETTING_MONITOR));
         assert!(!s.has(SETTING_ECHO_ALLOW));

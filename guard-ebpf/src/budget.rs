@@ -19,12 +19,13 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use guard_common::{
     BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
-    Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot, SourceState, TRUSTED_V4_USED,
-    TRUSTED_V6_USED, class_counter_slot, effective_count,
+    INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot, SourceState,
+    TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count,
 };
 
 use crate::{
     clock::coarse_ns,
+    lists::v4_indexed,
     maps::{
         BUDGET_SETTINGS, BUDGETS, CLASS_COUNTERS, CONNECTIONS, RST_LIMIT, SYN_CEILING, TRUSTED_V4,
         TRUSTED_V6, VERIFIED,
@@ -156,8 +157,11 @@ fn source(
             0,
             SourceKey::tag_word(FAMILY_V4, class),
         ]);
-        let trusted =
-            cfg.flags & TRUSTED_V4_USED != 0 && TRUSTED_V4.get(Key::new(32, *a)).is_some();
+        let trusted = cfg.flags & TRUSTED_V4_USED != 0
+            && match v4_indexed(INDEX_TRUSTED, settings().index, *a) {
+                Some(found) => found,
+                None => TRUSTED_V4.get(Key::new(32, *a)).is_some(),
+            };
         Ok((key, trusted))
     }
 }

@@ -10,7 +10,8 @@ use guard_common::{
     ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
     ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
-    SourceKey, SourceSlot, VERIFIED_ENTRIES, maps as names, presence_slots,
+    SourceKey, SourceSlot, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
+    VERIFIED_ENTRIES, maps as names, presence_slots,
 };
 
 /// Packets counted by reason.
@@ -157,6 +158,25 @@ pub static BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::with_max_entries(LI
 pub static BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> =
     LpmTrie::with_max_entries(LIST_MAP_CAPACITY, 0);
 
+/// The IPv4 list index (guard-common's `list_index`), level 16: one entry per /16 for each
+/// list and generation. key: `u32` `v4_slot_16(area, address)`; value: `u32` `INDEX_NONE`,
+/// `INDEX_COVERED` or `INDEX_CHILD + block` (host order); capacity `V4_INDEX_16_ENTRIES`
+/// (393216). Written by userspace through mmap.
+#[map(name = "MG_V4_INDEX_16")]
+pub static V4_INDEX_16: Array<u32> = Array::with_max_entries(V4_INDEX_16_ENTRIES, BPF_F_MMAPABLE);
+
+/// Level 24: blocks of 256 entries, one per /24 of a partial /16. key: `u32`
+/// `v4_slot_24(area, block, address)`; value: `u32` as level 16, `INDEX_CHILD + bitmap`;
+/// capacity `V4_INDEX_24_ENTRIES` (1572864).
+#[map(name = "MG_V4_INDEX_24")]
+pub static V4_INDEX_24: Array<u32> = Array::with_max_entries(V4_INDEX_24_ENTRIES, BPF_F_MMAPABLE);
+
+/// Level 32: 256-bit bitmaps of partial /24s, four words each. key: `u32`
+/// `v4_slot_32(area, bitmap, address).0`; value: `u64`, bit `address & 63` set for an address
+/// in the list (host order); capacity `V4_INDEX_32_ENTRIES` (393216).
+#[map(name = "MG_V4_INDEX_32")]
+pub static V4_INDEX_32: Array<u64> = Array::with_max_entries(V4_INDEX_32_ENTRIES, BPF_F_MMAPABLE);
+
 // The names above must be the ones userspace looks up.
 const _: () = {
     assert!(const_str_eq(names::COUNTERS, "MG_COUNTERS"));
@@ -182,6 +202,9 @@ const _: () = {
     assert!(const_str_eq(names::MX_ALLOW_V6, "MG_MX_ALLOW_V6"));
     assert!(const_str_eq(names::BLOCK_V4, "MG_BLOCK_V4"));
     assert!(const_str_eq(names::BLOCK_V6, "MG_BLOCK_V6"));
+    assert!(const_str_eq(names::V4_INDEX_16, "MG_V4_INDEX_16"));
+    assert!(const_str_eq(names::V4_INDEX_24, "MG_V4_INDEX_24"));
+    assert!(const_str_eq(names::V4_INDEX_32, "MG_V4_INDEX_32"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

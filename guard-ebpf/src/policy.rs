@@ -33,7 +33,7 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
         _ => return Ok(Reason::NonIp),
     };
     // Before anything else: a blocked source gets nothing, not even a budget entry.
-    if lists::blocked(ctx, ip.l3_off, ip.v6, settings.flags)? {
+    if lists::blocked(ctx, ip.l3_off, ip.v6, settings)? {
         return Ok(Reason::Blocked);
     }
     if ip.fragment == Fragment::Later {
@@ -113,7 +113,7 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason>
         // MX-only: the mx ports (25) accept only the MX allowlist (a filtering provider).
         if rule.class == MailClass::Mx as u8
             && settings.has(SETTING_MX_ONLY)
-            && !lists::mx_allowed(ctx, ip.l3_off, ip.v6)?
+            && !lists::mx_allowed(ctx, ip.l3_off, ip.v6, settings.index)?
         {
             return Ok(Reason::MxOnlyDenied);
         }
@@ -219,7 +219,8 @@ fn echo_request(settings: &Settings) -> Reason {
 /// and let ping through.
 const FALLBACK_SETTINGS: Settings = Settings {
     flags: SETTING_ECHO_ALLOW,
-    reserved: [0; 3],
+    index: 0,
+    reserved: [0; 2],
 };
 
 /// The run-time switches (one array slot, read once per packet).

@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use crate::{
     budgets::Budgets,
+    list_index::IndexMaps,
     pins::{PinError as PinsError, Pins},
     policy::{HostFacts, PolicyMaps},
 };
@@ -122,6 +123,8 @@ pub enum GuardError {
     Host(#[source] std::io::Error),
     #[error("cannot read program information: {0}")]
     Info(#[source] ProgramError),
+    #[error(transparent)]
+    Mapped(#[from] crate::mapped::MappedError),
 }
 
 impl GuardError {
@@ -445,6 +448,12 @@ impl Guard {
     /// The policy maps, for writing a configuration into them.
     pub fn policy_maps(&mut self) -> Result<PolicyMaps<&mut MapData>, GuardError> {
         let host = HostFacts::of_this_host()?;
+        let map = |name: &'static str| self.ebpf.map(name).ok_or(GuardError::MissingMap(name));
+        let index = IndexMaps::open(
+            map(names::V4_INDEX_16)?,
+            map(names::V4_INDEX_24)?,
+            map(names::V4_INDEX_32)?,
+        )?;
         let [
             settings,
             ports,
@@ -503,6 +512,7 @@ impl Guard {
                 .map_err(GuardError::map(names::BLOCK_V4))?,
             block_v6: LpmTrie::try_from(get(block_v6, names::BLOCK_V6)?)
                 .map_err(GuardError::map(names::BLOCK_V6))?,
+            index,
             host,
         })
     }

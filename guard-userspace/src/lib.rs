@@ -7,9 +7,11 @@
 //! - `policy`: a `Config` turned into map contents
 //! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
 //! - `lists`: the source lists (mx_allow, trusted, block), their sources and saved state
+//! - `list_index`: the IPv4 lists expanded into the index XDP reads in constant time
 //! - `list_keeper`: the daemon's side of the lists (refreshes, run-time edits)
 //! - `list_view`: how the lists are shown
 //! - `spf`, `dns`: a provider's ranges from its SPF record
+//! - `mapped`: mmapable array maps as memory
 //! - `metrics`: the Prometheus endpoint
 //! - `run`: the daemon (`signals`: how it waits for signals and requests)
 //! - `source_table`: the per-source rate table as memory (for `status` and `top`)
@@ -22,9 +24,11 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod guard;
+pub mod list_index;
 pub mod list_keeper;
 pub mod list_view;
 pub mod lists;
+pub mod mapped;
 pub mod metrics;
 pub mod pins;
 pub mod policy;

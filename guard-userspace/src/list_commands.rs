@@ -154,7 +154,7 @@ pub fn lists(dirs: &Dirs, action: ListsAction) -> anyhow::Result<u8> {
         let summaries: Vec<ListSummary> = serde_json::from_value(data["lists"].clone())?;
         let rows: Vec<ListStatus> = summaries
             .into_iter()
-            .map(|s| ListStatus::of(s, None))
+            .map(|s| ListStatus::of(s, None, None))
             .collect();
         let mx_only = data
             .get("mx_only")

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use guard_common::Reason;
+use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, index_active_bit};
 
 use serde::Serialize;
 
@@ -21,16 +21,37 @@ pub struct ListStatus {
     /// Packets counted under `reason` (`mx_only_denied`, `trusted_source`, `blocked`).
     pub packets: Option<u64>,
     pub reason: &'static str,
+    /// How XDP looks up IPv4 sources in the list: `index` (constant cost), `trie` (the list is
+    /// too scattered for the index), or `None` when not known (no running program read).
+    pub ipv4_lookup: Option<&'static str>,
 }
 
 impl ListStatus {
-    pub fn of(summary: ListSummary, packets: Option<u64>) -> ListStatus {
+    /// `index`: the `Settings::index` in force, when known.
+    pub fn of(summary: ListSummary, packets: Option<u64>, index: Option<u32>) -> ListStatus {
         let reason = reason_of(summary.list).name();
+        let ipv4_lookup = index.map(|bits| {
+            if bits & index_active_bit(index_list(summary.list)) != 0 {
+                "index"
+            } else {
+                "trie"
+            }
+        });
         ListStatus {
             summary,
             packets,
             reason,
+            ipv4_lookup,
         }
+    }
+}
+
+/// The list's number in the IPv4 index (`INDEX_*`).
+pub fn index_list(list: ListName) -> u32 {
+    match list {
+        ListName::MxAllow => INDEX_MX_ALLOW,
+        ListName::Trusted => INDEX_TRUSTED,
+        ListName::Block => INDEX_BLOCK,
     }
 }
 
@@ -71,6 +92,7 @@ pub fn render_summaries(lists: &[ListStatus], mx_only: bool, now: u64) -> String
     for ListStatus {
         summary: l,
         packets,
+        ipv4_lookup,
         ..
     } in lists
     {
@@ -98,6 +120,13 @@ pub fn render_summaries(lists: &[ListStatus], mx_only: bool, now: u64) -> String
                 l.sources.join(" ")
             }
         );
+        if ipv4_lookup == &Some("trie") && l.ipv4 > 0 {
+            let _ = writeln!(
+                out,
+                "  {}: IPv4 lookups walk the trie: the list is too scattered for the index",
+                l.list
+            );
+        }
         if let Some(e) = &l.last_error {
             let _ = writeln!(
                 out,
@@ -229,7 +258,14 @@ mod tests {
             refresh_failures: 2,
             last_error: Some("SPF of provider.test: timed out".into()),
         };
-        let text = render_summaries(&[ListStatus::of(l, Some(7))], true, 1060);
+        let indexed = ListStatus::of(l.clone(), Some(7), Some(index_active_bit(INDEX_MX_ALLOW)));
+        assert_eq!(indexed.ipv4_lookup, Some("index"));
+        assert!(!render_summaries(&[indexed], true, 1060).contains("walk the trie"));
+        let text = render_summaries(&[ListStatus::of(l, Some(7), Some(0))], true, 1060);
+        assert!(
+            text.contains("mx_allow: IPv4 lookups walk the trie: the list is too scattered"),
+            "{text}"
+        );
         assert!(text.contains("7 denied"), "{text}");
         assert!(text.contains("MX-only ON"), "{text}");
         assert!(text.contains("1m00s ago"), "{text}");

@@ -8,11 +8,11 @@ use std::{
 
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{
-    BUDGET_ACTIVE, BUDGET_REJECT, BlockEntry, BudgetSettings, ClassBudget, Gcra, MailClass,
-    OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED,
-    SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW, SETTING_MONITOR, SETTING_MX_ONLY, Settings,
-    TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, maps as names, port_rule_index, prefix_mask,
-    presence_slots, source_slots,
+    BUDGET_ACTIVE, BUDGET_REJECT, BlockEntry, BudgetSettings, ClassBudget, Gcra, INDEX_BLOCK,
+    INDEX_LISTS, INDEX_MX_ALLOW, INDEX_TRUSTED, MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4,
+    OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW,
+    SETTING_MONITOR, SETTING_MX_ONLY, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport,
+    maps as names, port_rule_index, prefix_mask, presence_slots, source_slots,
 };
 use ipnet::IpNet;
 
@@ -20,6 +20,7 @@ use crate::{
     budgets::{Action, Budgets, ClassLimits},
     config::{Config, EchoPolicy},
     guard::GuardError,
+    list_index::{IndexMaps, V4Index},
     lists::ListName,
 };
 
@@ -37,6 +38,8 @@ pub struct PolicyMaps<T> {
     pub mx_allow_v6: LpmTrie<T, [u8; 16], u8>,
     pub block_v4: LpmTrie<T, [u8; 4], BlockEntry>,
     pub block_v6: LpmTrie<T, [u8; 16], BlockEntry>,
+    /// The IPv4 list index, mapped writable.
+    pub index: IndexMaps,
     pub host: HostFacts,
 }
 
@@ -137,7 +140,7 @@ impl AddrList {
 pub type Extra = BTreeMap<ListName, BTreeMap<IpNet, u64>>;
 
 /// The `Settings` a configuration and the block list ask for.
-pub fn settings(config: &Config, block: &AddrList) -> Settings {
+pub fn settings(config: &Config, block: &AddrList, index: u32) -> Settings {
     let mut flags = 0;
     if config.monitor {
         flags |= SETTING_MONITOR;
@@ -156,7 +159,8 @@ pub fn settings(config: &Config, block: &AddrList) -> Settings {
     }
     Settings {
         flags,
-        reserved: [0; 3],
+        index,
+        reserved: [0; 2],
     }
 }
 
@@ -374,16 +378,48 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .set(slot, budget, 0)
                 .map_err(GuardError::map(names::BUDGETS))?;
         }
-        // The settings say which lists have entries: written while both versions' entries are
+        // The new versions of the IPv4 indexes go into the generations not in use; the settings
+        // switch to them, and say which lists have entries, while both versions' entries are
         // in the tries.
+        let in_force = self
+            .settings
+            .get(&0, 0)
+            .map_err(GuardError::map(names::SETTINGS))?;
+        let index = self.write_index(in_force.index, new);
         self.settings
-            .set(0, settings(config, &merged(&old.block, &new.block)), 0)
+            .set(
+                0,
+                settings(config, &merged(&old.block, &new.block), index),
+                0,
+            )
             .map_err(GuardError::map(names::SETTINGS))?;
         self.sync_lists(old, new, Phase::Remove, unix, mono)?;
         self.settings
-            .set(0, settings(config, &new.block), 0)
+            .set(0, settings(config, &new.block, index), 0)
             .map_err(GuardError::map(names::SETTINGS))?;
         Ok(())
+    }
+
+    /// Writes the IPv4 index of every list into the generation not in use (`in_force`:
+    /// `Settings::index` now) and returns the `Settings::index` that switches to them. A list
+    /// too scattered for the index is left to its trie, with a warning.
+    fn write_index(&mut self, in_force: u32, new: &Contents) -> u32 {
+        let build = |list: ListName| match V4Index::build(new.list(list).v4.keys()) {
+            Ok(ix) => Some(ix),
+            Err(e) => {
+                log::warn!(
+                    "list {}: IPv4 lookups use the trie, not the index: {e}",
+                    list.name()
+                );
+                None
+            }
+        };
+        let mut lists: [Option<V4Index>; INDEX_LISTS as usize] = Default::default();
+        lists[INDEX_MX_ALLOW as usize] = build(ListName::MxAllow);
+        lists[INDEX_TRUSTED as usize] = build(ListName::Trusted);
+        lists[INDEX_BLOCK as usize] = build(ListName::Block);
+        self.index
+            .write(in_force, &lists.each_ref().map(Option::as_ref))
     }
 }
 
@@ -604,7 +640,7 @@ mod tests {
         assert_eq!(contents.mx_allow.len(), 2);
         assert_eq!(contents.block.v6.len(), 1);
         assert_eq!(contents.block.v4[&(32, [198, 19, 0, 7])], 1_900_000_000);
-        let s = settings(&c, &contents.block);
+        let s = settings(&c, &contents.block, 0);
         assert_eq!(
             s.flags,
             SETTING_ECHO_ALLOW | SETTING_MX_ONLY | SETTING_BLOCK_V4_USED | SETTING_BLOCK_V6_USED
@@ -673,7 +709,7 @@ mod tests {
             !rules.contains_key(&6400),
             "port 25 must not be stored byte-swapped"
         );
-        let s = settings(&c, &AddrList::default());
+        let s = settings(&c, &AddrList::default(), 0);
         assert_eq!(s.flags, SETTING_ECHO_ALLOW);
     }
 
@@ -695,6 +731,6 @@ mod tests {
         let (len, bytes) = s.v6.iter().next().unwrap();
         assert_eq!(*len, 24 + 32);
         assert_eq!(&bytes[..7], &[6, 0, 22, 0x20, 0x01, 0x0d, 0xb8]);
-        assert_eq!(settings(&c, &AddrList::default()).flags, SETTING_MONITOR);
+        assert_eq!(settings(&c, &AddrList::default(), 0).flags, SETTING_MONITOR);
     }
 }

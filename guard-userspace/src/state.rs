@@ -77,7 +77,7 @@ pub enum StateError {
     #[error(transparent)]
     Guard(#[from] GuardError),
     #[error(transparent)]
-    SourceTable(#[from] crate::source_table::SourceTableError),
+    Mapped(#[from] crate::mapped::MappedError),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {

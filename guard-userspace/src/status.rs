@@ -63,7 +63,7 @@ impl Status {
             .iter()
             .map(|l| {
                 let packets = counters.get(list_view::reason_of(l.list));
-                ListStatus::of(l.clone(), Some(packets))
+                ListStatus::of(l.clone(), Some(packets), Some(settings.index))
             })
             .collect();
         let counters: Vec<ReasonCount> = Reason::ALL

@@ -1,4 +1,5 @@
-//! The lists' costs: loading N prefixes (parsing a list file, writing the trie), swapping a list
+//! The lists' costs: loading N prefixes (parsing a list file, writing the trie and, for IPv4,
+//! the index), swapping a list
 //! for another of the same size, and the per-packet cost of the lookups (block list miss, MX
 //! allowlist hit) with N prefixes in each list.
 //!
@@ -211,7 +212,8 @@ pub fn report(rows: &[ListRow]) -> String {
         "## Lists\n\nMX-only on, no budget on port 25. Each row: a list file of N prefixes parsed, written into the \
          empty MX allowlist trie (load), replaced by N other prefixes (swap: the new ones added, then the old ones \
          removed, as the daemon does), then the block list filled with N prefixes too. The packet, a SYN to port 25 \
-         from an allowed source, then pays a block-list miss and an allowlist hit. IPv6 prefixes are in \
+         from an allowed source, then pays a block-list miss and an allowlist hit: IPv4 through the lists' index \
+         (load and swap include writing it), IPv6 through the tries. IPv6 prefixes are in \
          2001:db8::/32; IPv4 ones inside 198.18.0.0/15, which holds too few distinct prefixes for a million.\n\n\
          | family | prefixes | parse ms | load ms | swap ms | lookup ns (min-max) | ratio to floor |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
