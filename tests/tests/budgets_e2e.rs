@@ -5,12 +5,11 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use guard_tests::lab::{CLIENT4, Lab, MAIL4, MAIL6, addr, swaks};
+use guard_tests::lab::{CLIENT4, Lab, MAIL4, MAIL6, SpoofedFlood, addr, swaks};
 
 fn lab_with(config: &str, extra_args: &[&str]) -> Lab {
     let mut lab = Lab::create();
@@ -340,15 +339,6 @@ fn monitor_mode_refuses_nothing_and_counts() {
 }
 
 /// Ends a child process we started, by pid.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn legitimate_mail_flows_under_a_spoofed_syn_flood() {
     // A large sender's budget, so that the sender's own 200 connections are within it.
@@ -367,17 +357,8 @@ fn legitimate_mail_flows_under_a_spoofed_syn_flood() {
     let ceiling0 = mg.count("syn_ceiling");
     let before = postfix.delivered().len();
 
-    // Random sources: replies cannot leave the mail host (it has no route but the lab's).
-    let flood = lab
-        .attacker
-        .ns
-        .command("hping3")
-        .args(["-q", "-S", "-p", "25", "--rand-source", "--flood", MAIL4])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hping3 flood");
-    let flood = Killed(flood);
+    // Random sources in 198.19.0.0/16: every reply stays in the lab.
+    let flood = SpoofedFlood::start(&lab);
     thread::sleep(Duration::from_secs(2));
 
     let messages = 1000;

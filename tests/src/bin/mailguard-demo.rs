@@ -263,19 +263,11 @@ fn demo() {
 
     step(
         7,
-        "a spoofed SYN flood (hping3 --rand-source) while the client delivers 200 messages",
+        "a spoofed SYN flood (trafgen, random sources in 198.19.0.0/16) while the client delivers 200 messages",
     );
     let ceiling0 = lab.mailguard().count("syn_ceiling");
     let before = postfix.delivered().len();
-    let mut flood = lab
-        .attacker
-        .ns
-        .command("hping3")
-        .args(["-q", "-S", "-p", "25", "--rand-source", "--flood", MAIL4])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("hping3");
+    let flood = guard_tests::lab::SpoofedFlood::start(&lab);
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let _ = lab
@@ -297,8 +289,7 @@ fn demo() {
         .args(["-t", "postmaster@lab.test", "198.18.0.1:25"])
         .output();
     let sending = started.elapsed();
-    let _ = flood.kill();
-    let _ = flood.wait();
+    drop(flood);
     let deadline = Instant::now() + Duration::from_secs(20);
     while postfix.delivered().len() - before < 200 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
