@@ -35,9 +35,10 @@ use crate::{
     sources::{Pair, may_have_connections},
 };
 
-/// Charges a new connection to `class` from the packet's source; returns its reason.
+/// Charges a new connection to `class` from the packet's source; returns its reason (`index`:
+/// `Settings::index`, for the trusted list's IPv4 index).
 #[inline(always)]
-pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8) -> Result<Reason, Reason> {
+pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason, Reason> {
     let Some(budget) = BUDGETS.get(class as u32) else {
         return Ok(Reason::MailNew);
     };
@@ -47,7 +48,7 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8) -> Result<Reason, Reason> {
     let Some(cfg) = BUDGET_SETTINGS.get(0) else {
         return Ok(Reason::MailNew);
     };
-    let (key, trusted) = source(ctx, ip, cfg, class)?;
+    let (key, trusted) = source(ctx, ip, cfg, class, index)?;
     if trusted {
         return Ok(counted(
             class,
@@ -133,6 +134,7 @@ fn source(
     ip: &Ip,
     cfg: &BudgetSettings,
     class: u8,
+    index: u32,
 ) -> Result<(SourceKey, bool), Reason> {
     let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
     if ip.v6 {
@@ -158,7 +160,7 @@ fn source(
             SourceKey::tag_word(FAMILY_V4, class),
         ]);
         let trusted = cfg.flags & TRUSTED_V4_USED != 0
-            && match v4_indexed(INDEX_TRUSTED, settings().index, *a) {
+            && match v4_indexed(INDEX_TRUSTED, index, *a) {
                 Some(found) => found,
                 None => TRUSTED_V4.get(Key::new(32, *a)).is_some(),
             };

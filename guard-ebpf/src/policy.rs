@@ -119,7 +119,7 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason>
         }
         // New connections are charged to the source's budget for the port's class.
         return if bare_syn(&t) {
-            budget::charge(ctx, ip, rule.class)
+            budget::charge(ctx, ip, rule.class, settings.index)
         } else {
             Ok(Reason::MailOther)
         };

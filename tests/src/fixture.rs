@@ -38,6 +38,42 @@ pub fn pin_to_one_cpu() {
     }
 }
 
+/// Sets the concurrent-connection count of a source as sock_ops keeps it: the count in
+/// `CONNECTIONS`, and its presence slot moved by the difference (`tracked_connections`: the
+/// loaded configuration's, which sizes the presence filter).
+pub fn set_connections(
+    guard: &mut Guard,
+    tracked_connections: u32,
+    key: SourceKey,
+    count: u32,
+) -> Result<(), String> {
+    let map = guard
+        .map_mut(names::CONNECTIONS)
+        .ok_or("no connections map")?;
+    let mut conns: HashMap<_, SourceKey, u32> =
+        HashMap::try_from(map).map_err(|e| e.to_string())?;
+    let old = conns.get(&key, 0).unwrap_or(0);
+    conns.insert(key, count, 0).map_err(|e| e.to_string())?;
+    let slot = presence_slot(key.slot_hash(), presence_slots(tracked_connections));
+    let map = guard
+        .map_mut(names::CONN_PRESENCE)
+        .ok_or("no presence map")?;
+    let mut presence: Array<_, u32> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let n = presence.get(&slot, 0).map_err(|e| e.to_string())?;
+    presence
+        .set(slot, n.wrapping_add(count).wrapping_sub(old), 0)
+        .map_err(|e| e.to_string())
+}
+
+/// Marks a source as having completed a connection, as sock_ops does (`VERIFIED`, class 0).
+pub fn mark_verified(guard: &mut Guard, mut key: SourceKey) -> Result<(), String> {
+    key.class = 0;
+    let map = guard.map_mut(names::VERIFIED).ok_or("no verified map")?;
+    let mut verified: HashMap<_, SourceKey, u64> =
+        HashMap::try_from(map).map_err(|e| e.to_string())?;
+    verified.insert(key, 1, 0).map_err(|e| e.to_string())
+}
+
 pub struct Harness {
     guard: Guard,
     config: Config,
@@ -105,24 +141,8 @@ impl Harness {
     /// Sets the concurrent-connection count of a source, and its presence slot with it, as
     /// sock_ops would.
     pub fn set_connections(&mut self, key: SourceKey, count: u32) {
-        let old = self.connections(&key).unwrap_or(0);
-        let map = self
-            .guard
-            .map_mut(names::CONNECTIONS)
-            .expect("connections map");
-        let mut conns: HashMap<_, SourceKey, u32> = HashMap::try_from(map).expect("hash map");
-        conns.insert(key, count, 0).expect("set count");
-        let slots = presence_slots(self.config.budgets.tracked_connections);
-        let slot = presence_slot(key.slot_hash(), slots);
-        let map = self
-            .guard
-            .map_mut(names::CONN_PRESENCE)
-            .expect("presence map");
-        let mut presence: Array<_, u32> = Array::try_from(map).expect("array");
-        let n = presence.get(&slot, 0).expect("presence slot");
-        presence
-            .set(slot, n.wrapping_add(count).wrapping_sub(old), 0)
-            .expect("set presence");
+        let tracked = self.config.budgets.tracked_connections;
+        set_connections(&mut self.guard, tracked, key, count).expect("set connections");
     }
 
     /// The presence slot of a source, as sock_ops keeps it.
@@ -150,11 +170,8 @@ impl Harness {
     }
 
     /// Marks a source as having completed a connection, as sock_ops would.
-    pub fn mark_verified(&mut self, mut key: SourceKey) {
-        key.class = 0;
-        let map = self.guard.map_mut(names::VERIFIED).expect("verified map");
-        let mut verified: HashMap<_, SourceKey, u64> = HashMap::try_from(map).expect("LRU map");
-        verified.insert(key, 1, 0).expect("mark verified");
+    pub fn mark_verified(&mut self, key: SourceKey) {
+        mark_verified(&mut self.guard, key).expect("mark verified");
     }
 
     /// The rate state XDP keeps for a source, if any.

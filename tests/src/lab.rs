@@ -965,21 +965,30 @@ pub struct SpoofedFlood {
     child: Child,
 }
 
+/// Writes trafgen's packet into the lab's directory and returns its path: a SYN from the
+/// attacker to the mail host's port 25 from a random source in the /16 `sources` (random source
+/// port and sequence number; trafgen computes the checksums per packet).
+pub fn spoofed_syn_config(lab: &Lab, sources: [u8; 2]) -> PathBuf {
+    let mac = crate::netns::link_info(Some(&lab.mail.ns), &lab.mail.iface)["address"]
+        .as_str()
+        .expect("the mail host's MAC address")
+        .to_string();
+    let [a, b] = sources;
+    let conf = lab.dir.path.join(format!("spoofed-syn-{a}.{b}.trafgen"));
+    fs::write(
+        &conf,
+        format!(
+            "{{\n  eth(da={mac}),\n  ipv4(sa={a}.{b}.0.1, sa[2]=drnd(), sa[3]=drnd(), da={MAIL4}, ttl=64),\n  \
+             tcp(sp=40000, sp[0]=drnd(), dp=25, seq=drnd(), syn, win=64240)\n}}\n"
+        ),
+    )
+    .expect("write the trafgen configuration");
+    conf
+}
+
 impl SpoofedFlood {
     pub fn start(lab: &Lab) -> SpoofedFlood {
-        let mac = crate::netns::link_info(Some(&lab.mail.ns), &lab.mail.iface)["address"]
-            .as_str()
-            .expect("the mail host's MAC address")
-            .to_string();
-        let conf = lab.dir.path.join("spoofed-syn.trafgen");
-        fs::write(
-            &conf,
-            format!(
-                "{{\n  eth(da={mac}),\n  ipv4(sa=198.19.0.1, sa[2]=drnd(), sa[3]=drnd(), da={MAIL4}, ttl=64),\n  \
-                 tcp(sp=40000, sp[0]=drnd(), dp=25, seq=drnd(), syn, win=64240)\n}}\n"
-            ),
-        )
-        .expect("write the trafgen configuration");
+        let conf = spoofed_syn_config(lab, [198, 19]);
         let child = lab
             .attacker
             .ns

@@ -19,7 +19,7 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL4, swaks},
+    lab::{Lab, MAIL4, spoofed_syn_config, swaks},
     netns::{Netns, link_info},
 };
 
@@ -52,23 +52,6 @@ pub const ATTACKS: [(&str, Option<&str>); 6] = [
     ("max, 1 CPU", Some("max")),
     ("max, every CPU", Some("max-all")),
 ];
-
-/// trafgen's packet: a SYN to the mail host's port 25 from a random source in 198.18.0.0/16
-/// (random port, random sequence number), checksums computed per packet.
-fn trafgen_config(mail_mac: &str) -> String {
-    format!(
-        "{{\n  eth(da={mail_mac}),\n  ipv4(sa=198.18.0.66, sa[2]=drnd(), sa[3]=drnd(), da={MAIL4}, ttl=64),\n  \
-         tcp(sp=40000, sp[0]=drnd(), dp=25, seq=drnd(), syn, win=64240)\n}}\n"
-    )
-}
-
-/// The MAC address of an interface in a namespace.
-fn mac(ns: &Netns, iface: &str) -> Result<String, String> {
-    link_info(Some(ns), iface)["address"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("no MAC address for {iface}"))
-}
 
 pub const PROTECTIONS: [&str; 3] = ["none", "nftables", "mailguard"];
 
@@ -345,12 +328,8 @@ fn warm_up(lab: &Lab, marker: &str) -> Result<(), String> {
 pub fn measure() -> Result<(Vec<Point>, usize), String> {
     let mut lab = Lab::create();
     lab.start_services();
-    let trafgen_conf = lab.dir.path.join("syn.trafgen");
-    std::fs::write(
-        &trafgen_conf,
-        trafgen_config(&mac(&lab.mail.ns, &lab.mail.iface)?),
-    )
-    .map_err(|e| e.to_string())?;
+    // Sources in 198.18.0.0/16, as in the committed report's runs.
+    let trafgen_conf = spoofed_syn_config(&lab, [198, 18]);
     let mut points: Vec<Point> = PROTECTIONS
         .iter()
         .flat_map(|protection| {

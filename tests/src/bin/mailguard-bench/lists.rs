@@ -15,7 +15,6 @@ use guard_tests::packet::{Packet, SYN, tcp};
 use ipnet::IpNet;
 use mailguard::{
     config::Config,
-    guard::Guard,
     lists::parse_list_file,
     policy::{AddrList, Contents},
 };
@@ -106,12 +105,7 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
         "bench",
     )
     .map_err(|e| e.to_string())?;
-    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
-    guard
-        .policy_maps()
-        .map_err(|e| e.to_string())?
-        .apply(None, &config)
-        .map_err(|e| e.to_string())?;
+    let mut guard = crate::loaded(&config)?;
     let mut rows = Vec::new();
     let cases: [(&str, &[usize]); 2] = [
         ("IPv4", &[10, 100_000, 1_000_000]),

@@ -35,16 +35,16 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap},
+    maps::Array,
     programs::Xdp,
     sys::{Stats as BpfStats, enable_stats},
 };
 use guard_common::{
     AccountingEvent, BUDGET_ACTIVE, ClassBudget, Gcra, MailClass, Reason, SourceKey, SourceSlot,
-    SourceState, maps as names, presence_slot, presence_slots, source_pair, source_slots,
+    SourceState, maps as names, source_pair, source_slots,
 };
 use guard_tests::{
-    fixture::pin_to_one_cpu,
+    fixture::{mark_verified, pin_to_one_cpu, set_connections},
     netns::{enter_private_netns, sh},
     packet::{ACK, Ext, Packet, SYN, tcp},
 };
@@ -209,6 +209,17 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// mailguard loaded (not attached) with `config` written into its maps.
+fn loaded(config: &Config) -> Result<Guard, String> {
+    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
+    guard
+        .policy_maps()
+        .map_err(|e| e.to_string())?
+        .apply(None, config)
+        .map_err(|e| e.to_string())?;
+    Ok(guard)
+}
+
 fn check_path(
     guard: &Guard,
     name: &str,
@@ -257,12 +268,7 @@ fn run() -> Result<(), String> {
     let (mx_config, _) =
         Config::parse(&format!("{MX_ONLY_SWITCH}{CONFIG}{MX_ONLY_LISTS}"), "bench")
             .map_err(|e| e.to_string())?;
-    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
-    guard
-        .policy_maps()
-        .map_err(|e| e.to_string())?
-        .apply(None, &config)
-        .map_err(|e| e.to_string())?;
+    let mut guard = loaded(&config)?;
     charge_every_syn(&mut guard)?;
     // The known sources completed connections before (sock_ops marked them verified); one
     // holds a connection open, counted as sock_ops counts it.
@@ -279,7 +285,7 @@ fn run() -> Result<(), String> {
     for k in [known_v4, holding, known_v6] {
         mark_verified(&mut guard, k)?;
     }
-    add_connections(&mut guard, &[holding])?;
+    set_connections(&mut guard, TRACKED_CONNECTIONS, holding, 1)?;
     let verified = guard.verified_instructions().ok().flatten();
 
     let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
@@ -581,42 +587,6 @@ fn guard_accounting(guard: &Guard, event: AccountingEvent) -> Result<u64, String
         .sum())
 }
 
-/// Marks a source as having completed a connection, as sock_ops does.
-fn mark_verified(guard: &mut Guard, key: SourceKey) -> Result<(), String> {
-    let map = guard.map_mut(names::VERIFIED).ok_or("no verified map")?;
-    let mut verified: HashMap<_, SourceKey, u64> =
-        HashMap::try_from(map).map_err(|e| e.to_string())?;
-    verified
-        .insert(SourceKey { class: 0, ..key }, 1, 0)
-        .map_err(|e| e.to_string())
-}
-
-/// One open connection for each source, counted as sock_ops counts it (`CONNECTIONS` and the
-/// presence slot).
-fn add_connections(guard: &mut Guard, keys: &[SourceKey]) -> Result<(), String> {
-    {
-        let map = guard
-            .map_mut(names::CONNECTIONS)
-            .ok_or("no connections map")?;
-        let mut conns: HashMap<_, SourceKey, u32> =
-            HashMap::try_from(map).map_err(|e| e.to_string())?;
-        for k in keys {
-            conns.insert(*k, 1, 0).map_err(|e| format!("count: {e}"))?;
-        }
-    }
-    let map = guard
-        .map_mut(names::CONN_PRESENCE)
-        .ok_or("no presence map")?;
-    let mut presence: Array<_, u32> = Array::try_from(map).map_err(|e| e.to_string())?;
-    let slots = presence_slots(TRACKED_CONNECTIONS);
-    for k in keys {
-        let i = presence_slot(k.slot_hash(), slots);
-        let n = presence.get(&i, 0).map_err(|e| e.to_string())?;
-        presence.set(i, n + 1, 0).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 /// Adds tracked sources (rate state and one open connection each) up to `to`, IPv6 /64s that no
 /// packet of the bench uses, each in the first free slot of its pair as XDP places them; a
 /// source whose pair is full is left out. Returns how many were placed.
@@ -652,8 +622,9 @@ fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<u32, String> {
             }
         }
     }
-    let keys: Vec<SourceKey> = (from..to).map(key).collect();
-    add_connections(guard, &keys)?;
+    for i in from..to {
+        set_connections(guard, TRACKED_CONNECTIONS, key(i), 1)?;
+    }
     Ok(placed)
 }
 
