@@ -1,4 +1,8 @@
-//! The IPv4 list index: a lookup whose cost does not grow with the list. Each IPv4 list
+//! The list indexes: lookups whose cost does not grow with the list.
+//!
+//! # IPv4
+//!
+//! Each IPv4 list
 //! (`mx_allow`, `trusted`, `block`) is expanded by userspace into three levels of plain arrays,
 //! in the style of DIR-24-8, read by XDP with at most three inlined array loads:
 //!
@@ -16,6 +20,21 @@
 //! A list whose expansion needs more than `V4_INDEX_BLOCKS` partial /16s or `V4_INDEX_BITMAPS`
 //! partial /24s is not indexed: its `Settings::index` bit stays clear and XDP uses its LPM trie.
 //! The tries stay the lists' record (and hold the block list's expiries) either way.
+//!
+//! # IPv6
+//!
+//! An IPv6 list is a handful of prefix lengths with many prefixes each. Its index is one hash
+//! map entry per prefix, keyed by (list, length, the address masked to the length), kept by
+//! userspace beside the trie entry (added with it, removed with it), and a short table of the
+//! list's distinct lengths. XDP masks the source to each length of the table and looks it up:
+//! at most `V6_INDEX_LENGTHS` hash lookups, whatever the size of the list. The length tables
+//! are double-buffered like the IPv4 index (`index_area`), switched by the same
+//! `Settings::index` write, with the IPv6 lists' bits above the IPv4 ones (`v6_list`). During
+//! a swap the map holds both versions' prefixes (new ones added before the switch, old ones
+//! removed after), so a source in both is found whichever table a packet reads.
+//!
+//! A list with more than `V6_INDEX_LENGTHS` distinct lengths, or whose prefixes no longer fit
+//! the map, is not indexed (its bit clear): XDP uses its trie.
 
 /// The lists, as indexes into the index maps and `Settings::index` bits.
 pub const INDEX_MX_ALLOW: u32 = 0;
@@ -49,6 +68,12 @@ pub const fn index_active_bit(list: u32) -> u32 {
 #[inline(always)]
 pub const fn index_generation_bit(list: u32) -> u32 {
     1 << (2 * list + 1)
+}
+
+/// A list's number in `Settings::index` for its IPv6 index (`INDEX_*` numbers the IPv4 ones).
+#[inline(always)]
+pub const fn v6_list(list: u32) -> u32 {
+    INDEX_LISTS + list
 }
 
 /// The area (list and generation) of a lookup: 0..6.
@@ -99,4 +124,127 @@ pub fn v4_index_contains(
     }
     let (word, bit) = v4_slot_32(area, b - INDEX_CHILD, addr);
     (level32(word) >> bit) & 1 != 0
+}
+
+/// Distinct prefix lengths an indexed IPv6 list may have.
+pub const V6_INDEX_LENGTHS: usize = 8;
+/// Entries of the IPv6 index map: prefixes of all lists, both versions during a swap.
+pub const V6_INDEX_ENTRIES: u32 = crate::LIST_MAP_CAPACITY;
+/// Entries of the length tables: one per list and generation.
+pub const V6_LENGTH_TABLES: u32 = INDEX_LISTS * 2;
+
+/// The key of one IPv6 prefix in the index: its list, length and address masked to the length
+/// (four words of the address in host order, most significant first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct V6IndexKey {
+    pub list: u8,
+    pub len: u8,
+    pub reserved: u16,
+    pub addr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<V6IndexKey>() == 20);
+
+impl V6IndexKey {
+    /// The key under which `addr` (host-order words) is found at prefix length `len`.
+    #[inline(always)]
+    pub fn new(list: u32, len: u8, addr: &[u32; 4]) -> V6IndexKey {
+        V6IndexKey::masked(list, len, &v6_mask(len as u32), addr)
+    }
+
+    /// As `new`, with the length's mask (`v6_mask`) at hand: no branches.
+    #[inline(always)]
+    pub fn masked(list: u32, len: u8, mask: &[u32; 4], addr: &[u32; 4]) -> V6IndexKey {
+        V6IndexKey {
+            list: list as u8,
+            len,
+            reserved: 0,
+            addr: [
+                addr[0] & mask[0],
+                addr[1] & mask[1],
+                addr[2] & mask[2],
+                addr[3] & mask[3],
+            ],
+        }
+    }
+}
+
+/// The mask of prefix length `len` (at most 128) as four host-order words.
+pub const fn v6_mask(len: u32) -> [u32; 4] {
+    [
+        word_mask(len),
+        word_mask(len.saturating_sub(32)),
+        word_mask(len.saturating_sub(64)),
+        word_mask(len.saturating_sub(96)),
+    ]
+}
+
+/// The mask of the first `bits` bits of a word (all of it from 32 on).
+const fn word_mask(bits: u32) -> u32 {
+    if bits >= 32 {
+        u32::MAX
+    } else if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    }
+}
+
+/// An IPv6 address (network order bytes) as the index's words.
+#[inline(always)]
+pub fn v6_words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_be_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_be_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_be_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_be_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The distinct prefix lengths of one version of an indexed IPv6 list, the value of its
+/// length table: the first `count` of `lengths` are used, each with its mask (`v6_mask`,
+/// computed here so that XDP masks without branches).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Lengths {
+    pub count: u32,
+    pub lengths: [u8; V6_INDEX_LENGTHS],
+    pub reserved: u32,
+    pub masks: [[u32; 4]; V6_INDEX_LENGTHS],
+}
+const _: () = assert!(core::mem::size_of::<V6Lengths>() == 16 + 16 * V6_INDEX_LENGTHS);
+
+impl V6Lengths {
+    /// The table of `lengths` (at most `V6_INDEX_LENGTHS` are taken, each at most 128).
+    pub fn of(lengths: impl IntoIterator<Item = u32>) -> V6Lengths {
+        let mut t = V6Lengths::default();
+        for len in lengths.into_iter().take(V6_INDEX_LENGTHS) {
+            let len = if len > 128 { 128 } else { len };
+            t.lengths[t.count as usize] = len as u8;
+            t.masks[t.count as usize] = v6_mask(len);
+            t.count += 1;
+        }
+        t
+    }
+}
+
+/// Whether `addr` is in the list version of `table` (for list `list`), by the lookup XDP
+/// runs: each length of the table, through `found` (a map lookup in XDP).
+#[inline(always)]
+pub fn v6_index_contains(
+    list: u32,
+    table: &V6Lengths,
+    addr: &[u32; 4],
+    found: impl Fn(&V6IndexKey) -> bool,
+) -> bool {
+    let count = table.count as usize;
+    for (i, (len, mask)) in table.lengths.iter().zip(table.masks.iter()).enumerate() {
+        if i >= count {
+            break;
+        }
+        if found(&V6IndexKey::masked(list, *len, mask, addr)) {
+            return true;
+        }
+    }
+    false
 }

@@ -50,6 +50,10 @@ pub const MX_ALLOW_V6: &str = "MG_MX_ALLOW_V6";
 pub const V4_INDEX_16: &str = "MG_V4_INDEX_16";
 pub const V4_INDEX_24: &str = "MG_V4_INDEX_24";
 pub const V4_INDEX_32: &str = "MG_V4_INDEX_32";
+/// The IPv6 list index (see `list_index`): hash `V6IndexKey` -> `u8` 1, and the lists'
+/// length tables (array of `V6Lengths` by `index_area`).
+pub const V6_INDEX: &str = "MG_V6_INDEX";
+pub const V6_LENGTHS: &str = "MG_V6_LENGTHS";
 /// LPM tries of the block list: address -> `BlockEntry`.
 pub const BLOCK_V4: &str = "MG_BLOCK_V4";
 pub const BLOCK_V6: &str = "MG_BLOCK_V6";
@@ -82,6 +86,8 @@ pub const ALL: &[&str] = &[
     V4_INDEX_16,
     V4_INDEX_24,
     V4_INDEX_32,
+    V6_INDEX,
+    V6_LENGTHS,
 ];
 
 /// Name of the XDP program in the object file.

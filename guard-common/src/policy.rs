@@ -40,8 +40,9 @@ pub const LIST_MAP_CAPACITY: u32 = 2 * LIST_MAX_ENTRIES;
 pub struct Settings {
     /// `SETTING_*` bits.
     pub flags: u32,
-    /// Which IPv4 lists are indexed and which generation of each is in use
-    /// (`index_active_bit`, `index_generation_bit`; see `list_index`).
+    /// Which lists are indexed and which generation of each is in use (`index_active_bit`,
+    /// `index_generation_bit`; IPv4 lists by `INDEX_*`, IPv6 ones by `v6_list`; see
+    /// `list_index`).
     pub index: u32,
     /// Zero; room for later switches without changing the value size.
     pub reserved: [u32; 2],

@@ -20,12 +20,12 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use guard_common::{
     BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
     INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot, SourceState,
-    TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count,
+    TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count, v6_words,
 };
 
 use crate::{
     clock::coarse_ns,
-    lists::v4_indexed,
+    lists::{v4_indexed, v6_indexed},
     maps::{
         BUDGET_SETTINGS, BUDGETS, CLASS_COUNTERS, CONNECTIONS, RST_LIMIT, SYN_CEILING, TRUSTED_V4,
         TRUSTED_V6, VERIFIED,
@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// Charges a new connection to `class` from the packet's source; returns its reason (`index`:
-/// `Settings::index`, for the trusted list's IPv4 index).
+/// `Settings::index`, for the trusted list's index).
 #[inline(always)]
 pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason, Reason> {
     let Some(budget) = BUDGETS.get(class as u32) else {
@@ -147,8 +147,11 @@ fn source(
             word(&a[12..16]) & word(&m[12..16]),
             SourceKey::tag_word(FAMILY_V6, class),
         ]);
-        let trusted =
-            cfg.flags & TRUSTED_V6_USED != 0 && TRUSTED_V6.get(Key::new(128, *a)).is_some();
+        let trusted = cfg.flags & TRUSTED_V6_USED != 0
+            && match v6_indexed(INDEX_TRUSTED, index, &v6_words(a)) {
+                Some(found) => found,
+                None => TRUSTED_V6.get(Key::new(128, *a)).is_some(),
+            };
         Ok((key, trusted))
     } else {
         let a = bytes::<4>(ctx, ip.src_off())?;

@@ -2,7 +2,7 @@
 //! `guard_common::maps`; the types of keys and values come from guard-common.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -11,7 +11,8 @@ use guard_common::{
     ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
     SourceKey, SourceSlot, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
-    VERIFIED_ENTRIES, maps as names, presence_slots,
+    V6_INDEX_ENTRIES, V6_LENGTH_TABLES, V6IndexKey, V6Lengths, VERIFIED_ENTRIES, maps as names,
+    presence_slots,
 };
 
 /// Packets counted by reason.
@@ -177,6 +178,19 @@ pub static V4_INDEX_24: Array<u32> = Array::with_max_entries(V4_INDEX_24_ENTRIES
 #[map(name = "MG_V4_INDEX_32")]
 pub static V4_INDEX_32: Array<u64> = Array::with_max_entries(V4_INDEX_32_ENTRIES, BPF_F_MMAPABLE);
 
+/// The IPv6 list index (guard-common's `list_index`): one entry per prefix of every indexed
+/// IPv6 list. key: `V6IndexKey` {list (`INDEX_*`), prefix length, reserved 0, address masked
+/// to the length as four `u32` words in host order}; value: `u8` 1; capacity
+/// `V6_INDEX_ENTRIES` (2097152), allocated as entries are added (`BPF_F_NO_PREALLOC`).
+#[map(name = "MG_V6_INDEX")]
+pub static V6_INDEX: HashMap<V6IndexKey, u8> =
+    HashMap::with_max_entries(V6_INDEX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The distinct prefix lengths of each indexed IPv6 list. key: `u32` `index_area(list,
+/// generation)`; value: `V6Lengths` (count host order); capacity `V6_LENGTH_TABLES` (6).
+#[map(name = "MG_V6_LENGTHS")]
+pub static V6_LENGTHS: Array<V6Lengths> = Array::with_max_entries(V6_LENGTH_TABLES, 0);
+
 // The names above must be the ones userspace looks up.
 const _: () = {
     assert!(const_str_eq(names::COUNTERS, "MG_COUNTERS"));
@@ -205,6 +219,8 @@ const _: () = {
     assert!(const_str_eq(names::V4_INDEX_16, "MG_V4_INDEX_16"));
     assert!(const_str_eq(names::V4_INDEX_24, "MG_V4_INDEX_24"));
     assert!(const_str_eq(names::V4_INDEX_32, "MG_V4_INDEX_32"));
+    assert!(const_str_eq(names::V6_INDEX, "MG_V6_INDEX"));
+    assert!(const_str_eq(names::V6_LENGTHS, "MG_V6_LENGTHS"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

@@ -27,15 +27,22 @@ use crate::{
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
     let (ethertype, l3_off) = parse::ethernet(ctx)?;
-    let ip = match ethertype {
-        parse::ETH_P_IPV4 => parse::ipv4(ctx, l3_off)?,
-        parse::ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
+    let v6 = match ethertype {
+        parse::ETH_P_IPV4 => false,
+        parse::ETH_P_IPV6 => true,
         _ => return Ok(Reason::NonIp),
     };
-    // Before anything else: a blocked source gets nothing, not even a budget entry.
-    if lists::blocked(ctx, ip.l3_off, ip.v6, settings)? {
+    // Before anything else: a blocked source gets nothing, not even a budget entry. Only the
+    // source address is read, before the header's options and extension headers multiply
+    // the paths the verifier walks.
+    if lists::blocked(ctx, l3_off, v6, settings)? {
         return Ok(Reason::Blocked);
     }
+    let ip = if v6 {
+        parse::ipv6(ctx, l3_off)?
+    } else {
+        parse::ipv4(ctx, l3_off)?
+    };
     if ip.fragment == Fragment::Later {
         // No transport header to judge. The first fragment carried the verdict: if it was
         // dropped, reassembly fails and the kernel discards the rest.

@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, SockOps, Xdp, XdpMode,
         links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use crate::{
     budgets::Budgets,
     list_index::IndexMaps,
+    list_index_v6::V6IndexMaps,
     pins::{PinError as PinsError, Pins},
     policy::{HostFacts, PolicyMaps},
 };
@@ -467,6 +468,8 @@ impl Guard {
             mx_allow_v6,
             block_v4,
             block_v6,
+            v6_entries,
+            v6_lengths,
         ] = self.ebpf.maps_disjoint_mut([
             names::SETTINGS,
             names::PORT_RULES,
@@ -480,6 +483,8 @@ impl Guard {
             names::MX_ALLOW_V6,
             names::BLOCK_V4,
             names::BLOCK_V6,
+            names::V6_INDEX,
+            names::V6_LENGTHS,
         ]);
         fn get<'a>(
             m: Option<&'a mut aya::maps::Map>,
@@ -513,6 +518,12 @@ impl Guard {
             block_v6: LpmTrie::try_from(get(block_v6, names::BLOCK_V6)?)
                 .map_err(GuardError::map(names::BLOCK_V6))?,
             index,
+            v6_index: V6IndexMaps {
+                entries: HashMap::try_from(get(v6_entries, names::V6_INDEX)?)
+                    .map_err(GuardError::map(names::V6_INDEX))?,
+                lengths: Array::try_from(get(v6_lengths, names::V6_LENGTHS)?)
+                    .map_err(GuardError::map(names::V6_LENGTHS))?,
+            },
             host,
         })
     }

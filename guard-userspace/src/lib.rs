@@ -25,6 +25,7 @@ pub mod control;
 pub mod dns;
 pub mod guard;
 pub mod list_index;
+pub mod list_index_v6;
 pub mod list_keeper;
 pub mod list_view;
 pub mod lists;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, index_active_bit};
+use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, index_active_bit, v6_list};
 
 use serde::Serialize;
 
@@ -24,24 +24,31 @@ pub struct ListStatus {
     /// How XDP looks up IPv4 sources in the list: `index` (constant cost), `trie` (the list is
     /// too scattered for the index), or `None` when not known (no running program read).
     pub ipv4_lookup: Option<&'static str>,
+    /// The same for IPv6 sources (`trie`: more distinct prefix lengths than the index takes,
+    /// or its map full).
+    pub ipv6_lookup: Option<&'static str>,
 }
 
 impl ListStatus {
     /// `index`: the `Settings::index` in force, when known.
     pub fn of(summary: ListSummary, packets: Option<u64>, index: Option<u32>) -> ListStatus {
         let reason = reason_of(summary.list).name();
-        let ipv4_lookup = index.map(|bits| {
-            if bits & index_active_bit(index_list(summary.list)) != 0 {
-                "index"
-            } else {
-                "trie"
-            }
-        });
+        let lookup = |list: u32| {
+            index.map(|bits| {
+                if bits & index_active_bit(list) != 0 {
+                    "index"
+                } else {
+                    "trie"
+                }
+            })
+        };
+        let list = index_list(summary.list);
         ListStatus {
+            ipv4_lookup: lookup(list),
+            ipv6_lookup: lookup(v6_list(list)),
             summary,
             packets,
             reason,
-            ipv4_lookup,
         }
     }
 }
@@ -93,6 +100,7 @@ pub fn render_summaries(lists: &[ListStatus], mx_only: bool, now: u64) -> String
         summary: l,
         packets,
         ipv4_lookup,
+        ipv6_lookup,
         ..
     } in lists
     {
@@ -124,6 +132,14 @@ pub fn render_summaries(lists: &[ListStatus], mx_only: bool, now: u64) -> String
             let _ = writeln!(
                 out,
                 "  {}: IPv4 lookups walk the trie: the list is too scattered for the index",
+                l.list
+            );
+        }
+        if ipv6_lookup == &Some("trie") && l.ipv6 > 0 {
+            let _ = writeln!(
+                out,
+                "  {}: IPv6 lookups walk the trie: the list has more distinct prefix lengths than \
+                 the index takes, or its map is full (the daemon's log says which)",
                 l.list
             );
         }
@@ -258,9 +274,18 @@ mod tests {
             refresh_failures: 2,
             last_error: Some("SPF of provider.test: timed out".into()),
         };
-        let indexed = ListStatus::of(l.clone(), Some(7), Some(index_active_bit(INDEX_MX_ALLOW)));
+        let both = index_active_bit(INDEX_MX_ALLOW) | index_active_bit(v6_list(INDEX_MX_ALLOW));
+        let indexed = ListStatus::of(l.clone(), Some(7), Some(both));
         assert_eq!(indexed.ipv4_lookup, Some("index"));
+        assert_eq!(indexed.ipv6_lookup, Some("index"));
         assert!(!render_summaries(&[indexed], true, 1060).contains("walk the trie"));
+        let v4_only = ListStatus::of(l.clone(), Some(7), Some(index_active_bit(INDEX_MX_ALLOW)));
+        let text = render_summaries(&[v4_only], true, 1060);
+        assert!(
+            text.contains("mx_allow: IPv6 lookups walk the trie"),
+            "{text}"
+        );
+        assert!(!text.contains("IPv4 lookups walk"), "{text}");
         let text = render_summaries(&[ListStatus::of(l, Some(7), Some(0))], true, 1060);
         assert!(
             text.contains("mx_allow: IPv4 lookups walk the trie: the list is too scattered"),

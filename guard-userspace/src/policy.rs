@@ -12,7 +12,8 @@ use guard_common::{
     INDEX_LISTS, INDEX_MX_ALLOW, INDEX_TRUSTED, MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4,
     OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW,
     SETTING_MONITOR, SETTING_MX_ONLY, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport,
-    maps as names, port_rule_index, prefix_mask, presence_slots, source_slots,
+    index_active_bit, maps as names, port_rule_index, prefix_mask, presence_slots, source_slots,
+    v6_list,
 };
 use ipnet::IpNet;
 
@@ -21,6 +22,8 @@ use crate::{
     config::{Config, EchoPolicy},
     guard::GuardError,
     list_index::{IndexMaps, V4Index},
+    list_index_v6::V6IndexMaps,
+    list_view::index_list,
     lists::ListName,
 };
 
@@ -40,6 +43,8 @@ pub struct PolicyMaps<T> {
     pub block_v6: LpmTrie<T, [u8; 16], BlockEntry>,
     /// The IPv4 list index, mapped writable.
     pub index: IndexMaps,
+    /// The IPv6 list index.
+    pub v6_index: V6IndexMaps<T>,
     pub host: HostFacts,
 }
 
@@ -320,14 +325,53 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
     /// trusted sources are added before the rules that need them and removed after, and every
     /// trie gains its new entries before losing its old ones: no packet that both versions
     /// pass is dropped while this runs.
+    ///
+    /// When it fails half-way, the IPv6 lists go back to their tries: the tries are what the
+    /// next update reads back, and the IPv6 index, which follows them, is rebuilt from them
+    /// when that update indexes the lists again.
     pub fn apply_over(
         &mut self,
         old: &Contents,
         new: &Contents,
         config: &Config,
     ) -> Result<(), GuardError> {
+        let result = self.try_apply_over(old, new, config);
+        if result.is_err() {
+            let v6_bits = ListName::ALL.iter().fold(0, |bits, &l| {
+                bits | index_active_bit(v6_list(index_list(l)))
+            });
+            if let Ok(mut s) = self.settings.get(&0, 0) {
+                s.index &= !v6_bits;
+                let _ = self.settings.set(0, s, 0);
+            }
+        }
+        result
+    }
+
+    fn try_apply_over(
+        &mut self,
+        old: &Contents,
+        new: &Contents,
+        config: &Config,
+    ) -> Result<(), GuardError> {
         let (mono, unix) = clocks();
+        let in_force = self
+            .settings
+            .get(&0, 0)
+            .map_err(GuardError::map(names::SETTINGS))?;
         self.sync_lists(old, new, Phase::Add, unix, mono)?;
+        // The IPv6 indexes gain the new prefixes with the tries, and their length tables for
+        // the new versions go into the generations not in use.
+        let mut v6_bits = 0;
+        for list in ListName::ALL {
+            v6_bits |= self.v6_index.prepare(
+                index_list(list),
+                list.name(),
+                in_force.index,
+                &old.list(list).v6,
+                &new.list(list).v6,
+            );
+        }
         let old_sources = &old.open_sources;
         let new_sources = &new.open_sources;
         for (len, data) in new_sources.v4.difference(&old_sources.v4) {
@@ -379,13 +423,9 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
                 .map_err(GuardError::map(names::BUDGETS))?;
         }
         // The new versions of the IPv4 indexes go into the generations not in use; the settings
-        // switch to them, and say which lists have entries, while both versions' entries are
-        // in the tries.
-        let in_force = self
-            .settings
-            .get(&0, 0)
-            .map_err(GuardError::map(names::SETTINGS))?;
-        let index = self.write_index(in_force.index, new);
+        // switch to them (and to the IPv6 length tables), and say which lists have entries,
+        // while both versions' entries are in the tries and the IPv6 index.
+        let index = self.write_index(in_force.index, new) | v6_bits;
         self.settings
             .set(
                 0,
@@ -394,6 +434,16 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
             )
             .map_err(GuardError::map(names::SETTINGS))?;
         self.sync_lists(old, new, Phase::Remove, unix, mono)?;
+        for list in ListName::ALL {
+            let bit = index_active_bit(v6_list(index_list(list)));
+            self.v6_index.retire(
+                index_list(list),
+                in_force.index & bit != 0,
+                index & bit != 0,
+                &old.list(list).v6,
+                &new.list(list).v6,
+            );
+        }
         self.settings
             .set(0, settings(config, &new.block, index), 0)
             .map_err(GuardError::map(names::SETTINGS))?;

@@ -21,7 +21,7 @@ use mailguard::{
 
 use crate::{
     check_path,
-    measure::{CHECK_RUNS, Comparison, compare},
+    measure::{self, CHECK_RUNS, Comparison, compare},
 };
 
 /// One family at one scale.
@@ -166,6 +166,7 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
             };
             maps.apply_over(&b, &full, &config)
                 .map_err(|e| e.to_string())?;
+            indexed(&guard, v6)?;
             check_path(
                 &guard,
                 &format!("{family} allowed SYN, {n} prefixes"),
@@ -197,14 +198,35 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
     Ok(rows)
 }
 
-/// Largest median lookup cost over smallest, per family.
+/// Fails unless the MX allowlist and the block list of the family are read through their
+/// indexes (a row measuring a trie walk would not be the figure it claims).
+fn indexed(guard: &mailguard::guard::Guard, v6: bool) -> Result<(), String> {
+    use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, Settings, index_active_bit, maps, v6_list};
+    let map = guard.map(maps::SETTINGS).ok_or("no settings map")?;
+    let settings: aya::maps::Array<_, Settings> =
+        aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
+    let index = settings.get(&0, 0).map_err(|e| e.to_string())?.index;
+    for list in [INDEX_MX_ALLOW, INDEX_BLOCK] {
+        let bits = if v6 { v6_list(list) } else { list };
+        if index & index_active_bit(bits) == 0 {
+            return Err(format!(
+                "list {list} of {} is not indexed (Settings::index {index:#x})",
+                if v6 { "IPv6" } else { "IPv4" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Largest median ratio to the floor over smallest, per family (ratios, not raw ns: the floor
+/// is timed beside every trial, so the machine's drift between scales cancels out).
 pub fn spread(rows: &[ListRow], family: &str) -> f64 {
-    let m: Vec<f64> = rows
+    let ratios: Vec<f64> = rows
         .iter()
         .filter(|r| r.family == family)
-        .map(|r| r.lookup.mailguard.median)
+        .map(|r| r.lookup.ratio.median)
         .collect();
-    m.iter().cloned().fold(f64::MIN, f64::max) / m.iter().cloned().fold(f64::MAX, f64::min)
+    measure::spread(&ratios)
 }
 
 /// The report's section.
@@ -214,13 +236,16 @@ pub fn report(rows: &[ListRow]) -> String {
         "## Lists\n\nMX-only on, no budget on port 25. Each row: a list file of N prefixes parsed, written into the \
          empty MX allowlist trie (load), replaced by N other prefixes (swap: the new ones added, then the old ones \
          removed, as the daemon does), then the block list filled with N prefixes too. The packet, a SYN to port 25 \
-         from an allowed source, then pays a block-list miss and an allowlist hit: IPv4 through the lists' index \
-         (load and swap include writing it), IPv6 through the tries. IPv6 prefixes are in \
-         2001:db8::/32; IPv4 ones are the 131070 prefixes of /17 to /32 in a /16 of 198.18.0.0/15, then those of \
+         from an allowed source, then pays a block-list miss and an allowlist hit, through the lists' indexes (load \
+         and swap include writing them; the run stops if a list is not indexed): IPv4 through the three-level \
+         arrays, IPv6 through a hash lookup per distinct prefix length of the list. IPv6 prefixes are in \
+         2001:db8::/32: the allowlists hold /96s and the /64 the source is in (two lengths: two lookups for the hit), \
+         the block list /64s (one lookup for the miss). IPv4 ones are the 131070 prefixes of /17 to /32 in a /16 of 198.18.0.0/15, then those of \
          /16s in the reserved 240.0.0.0/4 (list entries only: every packet comes from 198.18.0.0/15). Dense like \
          this, a million IPv4 prefixes fit the index (it holds lists that cover at most 1,024 /16s and 16,384 /24s \
-         in part; a more scattered list is looked up in its trie, whose cost grows with the list as the IPv6 \
-         rows show).\n\n\
+         in part). A list the index cannot hold (IPv4 more scattered than that, IPv6 with more than 8 distinct \
+         prefix lengths) is looked up in its trie, whose cost grows with the list (before the IPv6 index, these \
+         IPv6 rows measured 97, 107 and 107 ns through the tries).\n\n\
          | family | prefixes | parse ms | load ms | swap ms | lookup ns (min-max) | ratio to floor |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -243,7 +268,7 @@ pub fn report(rows: &[ListRow]) -> String {
         let s = spread(rows, family);
         let _ = write!(
             md,
-            "\n{family}: largest lookup median over smallest {s:.2} ({} the 10% flatness target of issue 5).",
+            "\n{family}: largest ratio to the floor over smallest {s:.2} ({} the 10% flatness target of issue 5).",
             if s <= 1.10 { "within" } else { "**outside**" }
         );
     }

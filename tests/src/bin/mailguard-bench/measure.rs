@@ -26,6 +26,13 @@ pub fn stats(mut v: Vec<f64>) -> Stats {
     }
 }
 
+/// Largest over smallest of `values` (1 for none).
+pub fn spread(values: &[f64]) -> f64 {
+    let max = values.iter().cloned().fold(f64::MIN, f64::max);
+    let min = values.iter().cloned().fold(f64::MAX, f64::min);
+    if values.is_empty() { 1.0 } else { max / min }
+}
+
 /// One BPF_PROG_TEST_RUN call: the program's verdict and the mean time per run.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
