@@ -34,6 +34,6 @@ mod pod {
     unsafe impl aya::Pod for SourceState {}
     unsafe impl aya::Pod for SourceSlot {}
     unsafe impl aya::Pod for BlockEntry {}
-    unsafe impl aya::Pod for V6IndexKey {}
+    unsafe impl aya::Pod for V6Bucket {}
     unsafe impl aya::Pod for V6Lengths {}
 }

@@ -23,18 +23,22 @@
 //!
 //! # IPv6
 //!
-//! An IPv6 list is a handful of prefix lengths with many prefixes each. Its index is one hash
-//! map entry per prefix, keyed by (list, length, the address masked to the length), kept by
-//! userspace beside the trie entry (added with it, removed with it), and a short table of the
-//! list's distinct lengths. XDP masks the source to each length of the table and looks it up:
-//! at most `V6_INDEX_LENGTHS` hash lookups, whatever the size of the list. The length tables
-//! are double-buffered like the IPv4 index (`index_area`), switched by the same
-//! `Settings::index` write, with the IPv6 lists' bits above the IPv4 ones (`v6_list`). During
-//! a swap the map holds both versions' prefixes (new ones added before the switch, old ones
-//! removed after), so a source in both is found whichever table a packet reads.
+//! An IPv6 list is a handful of prefix lengths with many prefixes each. Its index is a slot
+//! per prefix in one table shared by the lists, a bucketed cuckoo hash (`V6Bucket`: two
+//! candidate buckets of four slots per prefix) in an mmapable array that userspace writes
+//! directly, keyed by (list, length, the address masked to the length), kept beside the trie
+//! entry (added with it, removed with it); and a short table of each list's distinct lengths.
+//! XDP masks the source to each length of the table and reads the prefix's two buckets: at most
+//! `V6_INDEX_LENGTHS` × 2 bucket loads, whatever the size of the list. The length tables are
+//! double-buffered like the IPv4 index (`index_area`), switched by the same `Settings::index`
+//! write, with the IPv6 lists' bits above the IPv4 ones (`v6_list`). During a swap the table
+//! holds both versions' prefixes (new ones added before the switch, old ones removed after),
+//! so a source in both is found whichever length table a packet reads; a prefix moved to its
+//! other bucket to make room is written there before it is cleared here, so it is never
+//! missing either.
 //!
 //! A list with more than `V6_INDEX_LENGTHS` distinct lengths, or whose prefixes no longer fit
-//! the map, is not indexed (its bit clear): XDP uses its trie.
+//! the table, is not indexed (its bit clear): XDP uses its trie.
 
 /// The lists, as indexes into the index maps and `Settings::index` bits.
 pub const INDEX_MX_ALLOW: u32 = 0;
@@ -128,45 +132,119 @@ pub fn v4_index_contains(
 
 /// Distinct prefix lengths an indexed IPv6 list may have.
 pub const V6_INDEX_LENGTHS: usize = 8;
-/// Entries of the IPv6 index map: prefixes of all lists, both versions during a swap.
-pub const V6_INDEX_ENTRIES: u32 = crate::LIST_MAP_CAPACITY;
 /// Entries of the length tables: one per list and generation.
 pub const V6_LENGTH_TABLES: u32 = INDEX_LISTS * 2;
+/// Slots per bucket of the prefix table.
+pub const V6_BUCKET_SLOTS: usize = 4;
+/// Buckets of the prefix table as the object declares it; the loader sizes it from the
+/// configuration (`v6_buckets_for`).
+pub const V6_DEFAULT_BUCKETS: u32 = 1 << 16;
 
-/// The key of one IPv6 prefix in the index: its list, length and address masked to the length
-/// (four words of the address in host order, most significant first).
+/// `V6Slot::tag` of a slot in use: this bit, a 15-bit fingerprint of the prefix (bits 16 to
+/// 30), the list number (bits 8 to 15) and the prefix length (bits 0 to 7).
+pub const V6_SLOT_USED: u32 = 1 << 31;
+/// The fingerprint bits of a slot tag.
+pub const V6_FINGERPRINT: u32 = 0x7fff << 16;
+
+/// The tag of a prefix of `list` of length `len`, before its fingerprint (`v6_slot_tag`).
+#[inline(always)]
+pub const fn v6_tag(list: u32, len: u32) -> u32 {
+    V6_SLOT_USED | (list << 8) | len
+}
+
+/// One prefix in the table: its `v6_tag` (0: free) and its address masked to its length (four
+/// host-order words, most significant first).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct V6IndexKey {
-    pub list: u8,
-    pub len: u8,
-    pub reserved: u16,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Slot {
+    pub tag: u32,
     pub addr: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<V6IndexKey>() == 20);
+const _: () = assert!(core::mem::size_of::<V6Slot>() == 20);
 
-impl V6IndexKey {
-    /// The key under which `addr` (host-order words) is found at prefix length `len`.
-    #[inline(always)]
-    pub fn new(list: u32, len: u8, addr: &[u32; 4]) -> V6IndexKey {
-        V6IndexKey::masked(list, len, &v6_mask(len as u32), addr)
-    }
+/// A bucket of the prefix table: one array element, read by XDP with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Bucket {
+    pub slots: [V6Slot; V6_BUCKET_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<V6Bucket>() == 80);
 
-    /// As `new`, with the length's mask (`v6_mask`) at hand: no branches.
+impl V6Bucket {
+    /// Whether a slot holds the prefix (`tag`: its slot tag, masked `addr`). The tag carries
+    /// a fingerprint of the address, so a slot holding another prefix of the same list and
+    /// length differs in its first word all but once in 32768: the cost does not depend on
+    /// what the bucket holds.
     #[inline(always)]
-    pub fn masked(list: u32, len: u8, mask: &[u32; 4], addr: &[u32; 4]) -> V6IndexKey {
-        V6IndexKey {
-            list: list as u8,
-            len,
-            reserved: 0,
-            addr: [
-                addr[0] & mask[0],
-                addr[1] & mask[1],
-                addr[2] & mask[2],
-                addr[3] & mask[3],
-            ],
+    pub fn holds(&self, tag: u32, addr: &[u32; 4]) -> bool {
+        let mut i = 0;
+        while i < V6_BUCKET_SLOTS {
+            let s = &self.slots[i];
+            if s.tag == tag
+                && s.addr[0] == addr[0]
+                && s.addr[1] == addr[1]
+                && s.addr[2] == addr[2]
+                && s.addr[3] == addr[3]
+            {
+                return true;
+            }
+            i += 1;
         }
+        false
     }
+}
+
+/// Buckets of a table for `prefixes` prefixes (all lists, both versions during a swap): a
+/// power of two, filled to at most 80%.
+pub const fn v6_buckets_for(prefixes: u32) -> u32 {
+    let slots = prefixes as u64 * 5 / 4;
+    let buckets = slots.div_ceil(V6_BUCKET_SLOTS as u64);
+    let mut b = 1u64;
+    while b < buckets {
+        b <<= 1;
+    }
+    b as u32
+}
+
+/// The hash of a prefix: its `v6_tag` and masked address.
+#[inline(always)]
+pub fn v6_hash(tag: u32, addr: &[u32; 4]) -> u64 {
+    let hi = ((addr[0] as u64) << 32) | addr[1] as u64;
+    let lo = ((addr[2] as u64) << 32) | addr[3] as u64;
+    let mut x = hi.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ lo.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ (tag as u64).wrapping_mul(0x1656_67B1_9E37_79F9);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 32)
+}
+
+/// The slot tag of a prefix (`tag`: its `v6_tag`, `hash`: its `v6_hash`): the tag with the
+/// fingerprint, bits of the hash mixed again so that they differ between prefixes that share
+/// their buckets.
+#[inline(always)]
+pub fn v6_slot_tag(tag: u32, hash: u64) -> u32 {
+    let fingerprint = ((hash ^ (hash >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB) >> 49) as u32;
+    tag | (fingerprint << 16)
+}
+
+/// The two candidate buckets of a prefix (`hash`: its `v6_hash`) in a table of `buckets`
+/// buckets (a power of two).
+#[inline(always)]
+pub fn v6_buckets(hash: u64, buckets: u32) -> (u32, u32) {
+    let mask = buckets.wrapping_sub(1);
+    (hash as u32 & mask, (hash >> 32) as u32 & mask)
+}
+
+/// The address words masked to prefix length `len` with `mask` (`v6_mask(len)`).
+#[inline(always)]
+pub fn v6_masked(addr: &[u32; 4], mask: &[u32; 4]) -> [u32; 4] {
+    [
+        addr[0] & mask[0],
+        addr[1] & mask[1],
+        addr[2] & mask[2],
+        addr[3] & mask[3],
+    ]
 }
 
 /// The mask of prefix length `len` (at most 128) as four host-order words.
@@ -203,21 +281,25 @@ pub fn v6_words(a: &[u8; 16]) -> [u32; 4] {
 
 /// The distinct prefix lengths of one version of an indexed IPv6 list, the value of its
 /// length table: the first `count` of `lengths` are used, each with its mask (`v6_mask`,
-/// computed here so that XDP masks without branches).
+/// computed here so that XDP masks without branches); `buckets`: the prefix table's size.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V6Lengths {
     pub count: u32,
     pub lengths: [u8; V6_INDEX_LENGTHS],
-    pub reserved: u32,
+    pub buckets: u32,
     pub masks: [[u32; 4]; V6_INDEX_LENGTHS],
 }
 const _: () = assert!(core::mem::size_of::<V6Lengths>() == 16 + 16 * V6_INDEX_LENGTHS);
 
 impl V6Lengths {
-    /// The table of `lengths` (at most `V6_INDEX_LENGTHS` are taken, each at most 128).
-    pub fn of(lengths: impl IntoIterator<Item = u32>) -> V6Lengths {
-        let mut t = V6Lengths::default();
+    /// The table of `lengths` (at most `V6_INDEX_LENGTHS` are taken, each at most 128) in a
+    /// prefix table of `buckets`.
+    pub fn of(lengths: impl IntoIterator<Item = u32>, buckets: u32) -> V6Lengths {
+        let mut t = V6Lengths {
+            buckets,
+            ..V6Lengths::default()
+        };
         for len in lengths.into_iter().take(V6_INDEX_LENGTHS) {
             let len = if len > 128 { 128 } else { len };
             t.lengths[t.count as usize] = len as u8;
@@ -228,21 +310,28 @@ impl V6Lengths {
     }
 }
 
-/// Whether `addr` is in the list version of `table` (for list `list`), by the lookup XDP
-/// runs: each length of the table, through `found` (a map lookup in XDP).
+/// Whether `addr` (`v6_words`) is in list `list` by the length table `table`, by the lookup
+/// XDP runs: for each length, whether `bucket_holds(bucket, tag, masked address)` says one of
+/// the prefix's two buckets holds it (an array lookup in XDP; false for a bucket it cannot
+/// read).
 #[inline(always)]
 pub fn v6_index_contains(
     list: u32,
     table: &V6Lengths,
     addr: &[u32; 4],
-    found: impl Fn(&V6IndexKey) -> bool,
+    bucket_holds: impl Fn(u32, u32, &[u32; 4]) -> bool,
 ) -> bool {
     let count = table.count as usize;
     for (i, (len, mask)) in table.lengths.iter().zip(table.masks.iter()).enumerate() {
         if i >= count {
             break;
         }
-        if found(&V6IndexKey::masked(list, *len, mask, addr)) {
+        let masked = v6_masked(addr, mask);
+        let hash = v6_hash(v6_tag(list, *len as u32), &masked);
+        let tag = v6_slot_tag(v6_tag(list, *len as u32), hash);
+        let (b1, b2) = v6_buckets(hash, table.buckets);
+        // Both buckets, whichever holds it: the cost does not depend on where a prefix went.
+        if bucket_holds(b1, tag, &masked) | bucket_holds(b2, tag, &masked) {
             return true;
         }
     }

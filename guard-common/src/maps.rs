@@ -50,9 +50,9 @@ pub const MX_ALLOW_V6: &str = "MG_MX_ALLOW_V6";
 pub const V4_INDEX_16: &str = "MG_V4_INDEX_16";
 pub const V4_INDEX_24: &str = "MG_V4_INDEX_24";
 pub const V4_INDEX_32: &str = "MG_V4_INDEX_32";
-/// The IPv6 list index (see `list_index`): hash `V6IndexKey` -> `u8` 1, and the lists'
-/// length tables (array of `V6Lengths` by `index_area`).
-pub const V6_INDEX: &str = "MG_V6_INDEX";
+/// The IPv6 list index (see `list_index`): the prefix table (array of `V6Bucket`), and the
+/// lists' length tables (array of `V6Lengths` by `index_area`).
+pub const V6_TABLE: &str = "MG_V6_TABLE";
 pub const V6_LENGTHS: &str = "MG_V6_LENGTHS";
 /// LPM tries of the block list: address -> `BlockEntry`.
 pub const BLOCK_V4: &str = "MG_BLOCK_V4";
@@ -86,7 +86,7 @@ pub const ALL: &[&str] = &[
     V4_INDEX_16,
     V4_INDEX_24,
     V4_INDEX_32,
-    V6_INDEX,
+    V6_TABLE,
     V6_LENGTHS,
 ];
 

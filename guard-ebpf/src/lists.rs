@@ -14,7 +14,7 @@ use guard_common::{
 use crate::{
     maps::{
         BLOCK_V4, BLOCK_V6, MX_ALLOW_V4, MX_ALLOW_V6, V4_INDEX_16, V4_INDEX_24, V4_INDEX_32,
-        V6_INDEX, V6_LENGTHS,
+        V6_LENGTHS, V6_TABLE,
     },
     parse::{bytes, src_off},
 };
@@ -140,16 +140,15 @@ pub fn v6_indexed(list: u32, index: u32, addr: &[u32; 4]) -> Option<bool> {
 }
 
 /// The IPv6 index lookup, a BPF subprogram of scalars (the address as `v6_words`): the length
-/// table of `area`, then one hash lookup per length in it (at most `V6_INDEX_LENGTHS`); 1 when
-/// the address is in the list version of `area`.
+/// table of `area`, then the two buckets of the masked address for each length in it (at most
+/// `V6_INDEX_LENGTHS`); 1 when the address is in the list version of `area`.
 #[inline(never)]
 fn v6_index_lookup(area: u32, a0: u32, a1: u32, a2: u32, a3: u32) -> u32 {
     let Some(table) = V6_LENGTHS.get(area) else {
         return 0;
     };
     let (list, addr) = (area / 2, [a0, a1, a2, a3]);
-    // SAFETY: the key lives on this stack frame for the lookup; the value is only tested.
-    v6_index_contains(list, table, &addr, |key| unsafe {
-        V6_INDEX.get(key).is_some()
+    v6_index_contains(list, table, &addr, |bucket, tag, masked| {
+        V6_TABLE.get(bucket).is_some_and(|b| b.holds(tag, masked))
     }) as u32
 }

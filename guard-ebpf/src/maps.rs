@@ -2,7 +2,7 @@
 //! `guard_common::maps`; the types of keys and values come from guard-common.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -11,7 +11,7 @@ use guard_common::{
     ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
     SourceKey, SourceSlot, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
-    V6_INDEX_ENTRIES, V6_LENGTH_TABLES, V6IndexKey, V6Lengths, VERIFIED_ENTRIES, maps as names,
+    V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket, V6Lengths, VERIFIED_ENTRIES, maps as names,
     presence_slots,
 };
 
@@ -178,16 +178,18 @@ pub static V4_INDEX_24: Array<u32> = Array::with_max_entries(V4_INDEX_24_ENTRIES
 #[map(name = "MG_V4_INDEX_32")]
 pub static V4_INDEX_32: Array<u64> = Array::with_max_entries(V4_INDEX_32_ENTRIES, BPF_F_MMAPABLE);
 
-/// The IPv6 list index (guard-common's `list_index`): one entry per prefix of every indexed
-/// IPv6 list. key: `V6IndexKey` {list (`INDEX_*`), prefix length, reserved 0, address masked
-/// to the length as four `u32` words in host order}; value: `u8` 1; capacity
-/// `V6_INDEX_ENTRIES` (2097152), allocated as entries are added (`BPF_F_NO_PREALLOC`).
-#[map(name = "MG_V6_INDEX")]
-pub static V6_INDEX: HashMap<V6IndexKey, u8> =
-    HashMap::with_max_entries(V6_INDEX_ENTRIES, BPF_F_NO_PREALLOC);
+/// The IPv6 list index (guard-common's `list_index`): the prefix table, a bucketed cuckoo hash
+/// of every indexed IPv6 list's prefixes. key: `u32` bucket, one of the two `v6_buckets` of a
+/// prefix; value: `V6Bucket`, four `V6Slot`s {`v6_tag(list, length)` (0: free), the address
+/// masked to the length as four `u32` words in host order}; capacity: `v6_buckets_for
+/// (lists.ipv6_index_capacity)` buckets (default 65536), set at load. Written by userspace
+/// through mmap.
+#[map(name = "MG_V6_TABLE")]
+pub static V6_TABLE: Array<V6Bucket> = Array::with_max_entries(V6_DEFAULT_BUCKETS, BPF_F_MMAPABLE);
 
 /// The distinct prefix lengths of each indexed IPv6 list. key: `u32` `index_area(list,
-/// generation)`; value: `V6Lengths` (count host order); capacity `V6_LENGTH_TABLES` (6).
+/// generation)`; value: `V6Lengths` (numbers and masks host order); capacity
+/// `V6_LENGTH_TABLES` (6).
 #[map(name = "MG_V6_LENGTHS")]
 pub static V6_LENGTHS: Array<V6Lengths> = Array::with_max_entries(V6_LENGTH_TABLES, 0);
 
@@ -219,7 +221,7 @@ const _: () = {
     assert!(const_str_eq(names::V4_INDEX_16, "MG_V4_INDEX_16"));
     assert!(const_str_eq(names::V4_INDEX_24, "MG_V4_INDEX_24"));
     assert!(const_str_eq(names::V4_INDEX_32, "MG_V4_INDEX_32"));
-    assert!(const_str_eq(names::V6_INDEX, "MG_V6_INDEX"));
+    assert!(const_str_eq(names::V6_TABLE, "MG_V6_TABLE"));
     assert!(const_str_eq(names::V6_LENGTHS, "MG_V6_LENGTHS"));
 };
 

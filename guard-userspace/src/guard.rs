@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, SockOps, Xdp, XdpMode,
         links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
@@ -14,15 +14,18 @@ use aya::{
     },
 };
 use guard_common::{
-    COUNTER_SLOTS, Reason, SourceKey, maps as names, presence_slot, presence_slots, source_slots,
+    COUNTER_SLOTS, INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, SourceKey, index_active_bit,
+    maps as names, presence_slot, presence_slots, source_slots, v6_buckets_for, v6_list,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use crate::{
     budgets::Budgets,
+    config::Config,
     list_index::IndexMaps,
-    list_index_v6::V6IndexMaps,
+    list_index_v6::{PrefixTable, V6IndexMaps},
+    mapped::MappedArray,
     pins::{PinError as PinsError, Pins},
     policy::{HostFacts, PolicyMaps},
 };
@@ -178,14 +181,15 @@ pub struct Guard {
 impl Guard {
     /// Loads the embedded object and its programs into the kernel (not attached yet), with the
     /// tracking maps sized as `budgets` says.
-    pub fn load(budgets: &Budgets) -> Result<Guard, GuardError> {
-        Guard::load_with(budgets, None)
+    pub fn load(config: &Config) -> Result<Guard, GuardError> {
+        Guard::load_with(config, None)
     }
 
     /// Loads as `load`, with every map pinned under `pins`: maps a previous run pinned are
     /// reused when they match what the program expects, and recreated (reported) otherwise.
-    pub fn load_pinned(budgets: &Budgets, pins: &Pins) -> Result<(Guard, Vec<String>), GuardError> {
-        let mut recreated = pins.check_maps(EBPF_OBJECT, budgets)?;
+    pub fn load_pinned(config: &Config, pins: &Pins) -> Result<(Guard, Vec<String>), GuardError> {
+        let budgets = &config.budgets;
+        let mut recreated = pins.check_maps(EBPF_OBJECT, config)?;
         std::fs::create_dir_all(pins.maps_dir()).map_err(|source| GuardError::PinDir {
             path: pins.maps_dir(),
             source,
@@ -193,7 +197,14 @@ impl Guard {
         // A presence filter created beside reused socket and count tables (an upgrade from a
         // version without it) would hide the open connections from XDP: rebuild it.
         let rebuild = !pins.map(names::CONN_PRESENCE).exists() && pins.map(names::SOCKETS).exists();
-        let mut guard = Guard::load_with(budgets, Some(pins))?;
+        // A new (empty) IPv6 prefix table beside pinned settings that say lists are indexed in
+        // it would miss every prefix: those lists go back to their tries until the next update
+        // indexes them again.
+        let new_v6_table = !pins.map(names::V6_TABLE).exists();
+        let mut guard = Guard::load_with(config, Some(pins))?;
+        if new_v6_table {
+            guard.forget_v6_index()?;
+        }
         if rebuild {
             let n = guard.rebuild_presence(budgets)?;
             recreated.push(format!(
@@ -203,6 +214,25 @@ impl Guard {
             ));
         }
         Ok((guard, recreated))
+    }
+
+    /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
+    fn forget_v6_index(&mut self) -> Result<(), GuardError> {
+        let map = self
+            .ebpf
+            .map_mut(names::SETTINGS)
+            .ok_or(GuardError::MissingMap(names::SETTINGS))?;
+        let mut settings: Array<_, guard_common::Settings> =
+            Array::try_from(map).map_err(GuardError::map(names::SETTINGS))?;
+        let mut s = settings
+            .get(&0, 0)
+            .map_err(GuardError::map(names::SETTINGS))?;
+        for list in [INDEX_MX_ALLOW, INDEX_TRUSTED, INDEX_BLOCK] {
+            s.index &= !index_active_bit(v6_list(list));
+        }
+        settings
+            .set(0, s, 0)
+            .map_err(GuardError::map(names::SETTINGS))
     }
 
     /// Fills the empty presence filter from the socket table (every counted open connection).
@@ -239,9 +269,14 @@ impl Guard {
         Ok(counts.values().sum::<u32>() as usize)
     }
 
-    fn load_with(budgets: &Budgets, pins: Option<&Pins>) -> Result<Guard, GuardError> {
+    fn load_with(config: &Config, pins: Option<&Pins>) -> Result<Guard, GuardError> {
+        let budgets = &config.budgets;
         let mut loader = EbpfLoader::new();
         loader
+            .map_max_entries(
+                names::V6_TABLE,
+                v6_buckets_for(config.lists.ipv6_index_capacity),
+            )
             .map_max_entries(names::SOURCES, source_slots(budgets.tracked_sources))
             .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
             .map_max_entries(
@@ -455,6 +490,7 @@ impl Guard {
             map(names::V4_INDEX_24)?,
             map(names::V4_INDEX_32)?,
         )?;
+        let v6_table = MappedArray::open(map(names::V6_TABLE)?, names::V6_TABLE, true)?;
         let [
             settings,
             ports,
@@ -468,7 +504,6 @@ impl Guard {
             mx_allow_v6,
             block_v4,
             block_v6,
-            v6_entries,
             v6_lengths,
         ] = self.ebpf.maps_disjoint_mut([
             names::SETTINGS,
@@ -483,7 +518,6 @@ impl Guard {
             names::MX_ALLOW_V6,
             names::BLOCK_V4,
             names::BLOCK_V6,
-            names::V6_INDEX,
             names::V6_LENGTHS,
         ]);
         fn get<'a>(
@@ -519,8 +553,7 @@ impl Guard {
                 .map_err(GuardError::map(names::BLOCK_V6))?,
             index,
             v6_index: V6IndexMaps {
-                entries: HashMap::try_from(get(v6_entries, names::V6_INDEX)?)
-                    .map_err(GuardError::map(names::V6_INDEX))?,
+                table: PrefixTable(v6_table),
                 lengths: Array::try_from(get(v6_lengths, names::V6_LENGTHS)?)
                     .map_err(GuardError::map(names::V6_LENGTHS))?,
             },

@@ -80,11 +80,16 @@ pub struct Lists {
     pub dns_server: Option<std::net::SocketAddr>,
     /// DNS lookups allowed per SPF record tree (RFC 7208 says 10).
     pub spf_lookup_limit: u32,
+    /// IPv6 prefixes the index table holds, over all lists (and both versions of a list while
+    /// it is replaced); a list that does not fit is looked up in its trie.
+    pub ipv6_index_capacity: u32,
     /// Where the last good version of every list and the run-time changes are kept.
     pub state_dir: PathBuf,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailguard";
+/// Default `ipv6_index_capacity`: a table of 5 MiB.
+pub const DEFAULT_IPV6_INDEX_CAPACITY: u32 = 1 << 17;
 
 impl Default for Lists {
     fn default() -> Self {
@@ -97,6 +102,7 @@ impl Default for Lists {
             max_shrink: 0.5,
             dns_server: None,
             spf_lookup_limit: 10,
+            ipv6_index_capacity: DEFAULT_IPV6_INDEX_CAPACITY,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
@@ -115,6 +121,7 @@ pub(crate) struct RawLists {
     max_shrink: Option<Spanned<f64>>,
     dns_server: Option<Spanned<String>>,
     spf_lookup_limit: Option<Spanned<i64>>,
+    ipv6_index_capacity: Option<Spanned<i64>>,
     state_dir: Option<String>,
     mx_allow: Option<RawList>,
     trusted: Option<RawList>,
@@ -260,6 +267,12 @@ pub(crate) fn validate(raw: Option<RawLists>, place: &Place) -> Result<Lists, Co
             1..=100,
             d.spf_lookup_limit as i64,
         )? as u32,
+        ipv6_index_capacity: int(
+            &raw.ipv6_index_capacity,
+            "lists.ipv6_index_capacity",
+            1024..=4_194_304,
+            d.ipv6_index_capacity as i64,
+        )? as u32,
         state_dir: raw.state_dir.map(PathBuf::from).unwrap_or(d.state_dir),
     })
 }
@@ -298,6 +311,7 @@ refresh_interval = 600
 max_shrink = 0.25
 dns_server = "198.18.0.53"
 spf_lookup_limit = 8
+ipv6_index_capacity = 4096
 state_dir = "/tmp/mg"
 
 [lists.mx_allow]
@@ -314,6 +328,7 @@ cidrs = ["2001:db8:bad::/48"]
         assert_eq!(l.max_shrink, 0.25);
         assert_eq!(l.dns_server, Some("198.18.0.53:53".parse().unwrap()));
         assert_eq!(l.spf_lookup_limit, 8);
+        assert_eq!(l.ipv6_index_capacity, 4096);
         let mx = l.sources(ListName::MxAllow);
         assert_eq!(mx.cidrs[0].to_string(), "198.18.10.0/24");
         assert_eq!(mx.spf, vec!["_spf.provider.test"]);
@@ -324,6 +339,11 @@ cidrs = ["2001:db8:bad::/48"]
 
     #[test]
     fn bad_values_name_key_and_line() {
+        let e = lists("[lists]\nipv6_index_capacity = 10\n").unwrap_err();
+        assert!(
+            e.contains("`lists.ipv6_index_capacity`: 10 is out of range (1024 to 4194304)"),
+            "{e}"
+        );
         let e = lists("[lists.block]\ncidrs = [\"198.18.0.0/33\"]\n").unwrap_err();
         assert!(
             e.starts_with("t.toml:2:10: `lists.block.cidrs[0]`: prefix length `/33`"),

@@ -130,6 +130,12 @@ impl<T: Copy> MappedArray<T> {
         // SAFETY: as `get`.
         unsafe { self.at(i).write_volatile(value) }
     }
+
+    /// Element `i`'s place in the mapping, for writes that must reach XDP in a given order
+    /// (field by field, with fences between; the mapping must be writable).
+    pub fn element_ptr(&mut self, i: usize) -> *mut T {
+        self.at(i)
+    }
 }
 
 impl<T> Drop for MappedArray<T> {

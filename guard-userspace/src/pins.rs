@@ -22,7 +22,7 @@ use std::{
 use aya::maps::MapInfo;
 use guard_common::maps as names;
 
-use crate::budgets::Budgets;
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -80,7 +80,7 @@ impl Pins {
     /// Checks every pinned map against the program's own definition of it (with the
     /// configured capacities). A map that does not match is unpinned, so that loading creates
     /// a new one; each such map is reported.
-    pub fn check_maps(&self, object: &[u8], budgets: &Budgets) -> Result<Vec<String>, PinError> {
+    pub fn check_maps(&self, object: &[u8], config: &Config) -> Result<Vec<String>, PinError> {
         let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
         let mut recreated = Vec::new();
         for (name, def) in &obj.maps {
@@ -88,7 +88,7 @@ impl Pins {
             if !path.exists() {
                 continue;
             }
-            let capacity = configured_capacity(name, budgets).unwrap_or(def.max_entries());
+            let capacity = configured_capacity(name, config).unwrap_or(def.max_entries());
             let info = MapInfo::from_pin(&path).map_err(|source| PinError::Map {
                 path: path.clone(),
                 source,
@@ -183,11 +183,15 @@ fn remove(path: &Path) -> Result<bool, PinError> {
 }
 
 /// Capacities set by the configuration rather than the object.
-pub fn configured_capacity(map: &str, budgets: &Budgets) -> Option<u32> {
+pub fn configured_capacity(map: &str, config: &Config) -> Option<u32> {
+    let budgets = &config.budgets;
     match map {
         names::SOURCES => Some(guard_common::source_slots(budgets.tracked_sources)),
         names::CONNECTIONS | names::SOCKETS => Some(budgets.tracked_connections),
         names::CONN_PRESENCE => Some(guard_common::presence_slots(budgets.tracked_connections)),
+        names::V6_TABLE => Some(guard_common::v6_buckets_for(
+            config.lists.ipv6_index_capacity,
+        )),
         _ => None,
     }
 }
@@ -235,11 +239,16 @@ mod tests {
 
     #[test]
     fn capacities_from_the_configuration() {
-        let b = Budgets {
-            tracked_sources: 123,
-            tracked_connections: 456,
-            ..Budgets::default()
+        use crate::budgets::Budgets;
+        let mut b = Config {
+            budgets: Budgets {
+                tracked_sources: 123,
+                tracked_connections: 456,
+                ..Budgets::default()
+            },
+            ..Config::default()
         };
+        b.lists.ipv6_index_capacity = 1000;
         assert_eq!(
             configured_capacity(names::SOURCES, &b),
             Some(124),
@@ -248,6 +257,8 @@ mod tests {
         assert_eq!(configured_capacity(names::SOCKETS, &b), Some(456));
         assert_eq!(configured_capacity(names::CONN_PRESENCE, &b), Some(4 * 456));
         assert_eq!(configured_capacity(names::COUNTERS, &b), None);
+        // 1250 slots at most 80% full: 313 buckets of four, rounded up to a power of two.
+        assert_eq!(configured_capacity(names::V6_TABLE, &b), Some(512));
     }
 
     #[test]

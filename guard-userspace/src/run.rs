@@ -200,7 +200,7 @@ fn start(
     previous: Option<&RunState>,
     adopting: bool,
 ) -> Result<Started, RunError> {
-    let (mut guard, recreated) = Guard::load_pinned(&config.budgets, pins)?;
+    let (mut guard, recreated) = Guard::load_pinned(&config, pins)?;
     for r in &recreated {
         log::warn!("{r}");
     }

@@ -110,7 +110,7 @@ impl Harness {
         pin_to_one_cpu();
         let (config, _) =
             Config::parse(config_toml, "fixture config").expect("fixture config is valid");
-        let mut guard = Guard::load(&config.budgets).unwrap_or_else(|e| panic!("load: {e}"));
+        let mut guard = Guard::load(&config).unwrap_or_else(|e| panic!("load: {e}"));
         guard
             .policy_maps()
             .expect("policy maps")

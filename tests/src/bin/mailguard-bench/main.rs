@@ -211,7 +211,7 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
 
 /// mailguard loaded (not attached) with `config` written into its maps.
 fn loaded(config: &Config) -> Result<Guard, String> {
-    let mut guard = Guard::load(&config.budgets).map_err(|e| e.to_string())?;
+    let mut guard = Guard::load(config).map_err(|e| e.to_string())?;
     guard
         .policy_maps()
         .map_err(|e| e.to_string())?
