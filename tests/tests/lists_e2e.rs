@@ -198,8 +198,34 @@ fn mx_only_lets_only_the_provider_reach_port_25() {
     );
     let text = String::from_utf8_lossy(&mg.cli(&["status"]).stdout).to_string();
     assert!(text.contains("MX-only ON"), "{text}");
+    assert_eq!(
+        (mx["ipv4_lookup"].as_str(), mx["ipv6_lookup"].as_str()),
+        (Some("index"), Some("index")),
+        "{mx}"
+    );
+
+    // Killed, then started with another IPv6 index size: the pinned table does not match and
+    // is recreated empty; the allowlist is indexed again from the lists, the program in force
+    // all along (the provider must never be refused, nor the attacker let in).
+    let tables = format!("[lists.mx_allow]\ncidrs = [\"{CLIENT4}/32\", \"{CLIENT6}/128\"]\n");
+    lab.mailguard.take().expect("mailguard").end(libc::SIGKILL);
+    lab.start_mailguard(&config(&lab, true, "ipv6_index_capacity = 2048", &tables), &[]);
+    let mx = summary(lab.mailguard(), "mx_allow");
+    assert_eq!(mx["ipv6_lookup"].as_str(), Some("index"), "{mx}");
+    deliver(
+        &lab,
+        &lab.client.ns,
+        MAIL6,
+        25,
+        "from the provider after the IPv6 index was resized",
+    );
+    assert!(
+        !reaches(&lab.attacker.ns, MAIL6, 25),
+        "a direct connection got through after the resize"
+    );
     println!(
-        "mx-only: provider delivered over IPv4 and IPv6; {denied} direct packets to port 25 denied; 587 and 993 open"
+        "mx-only: provider delivered over IPv4 and IPv6; {denied} direct packets to port 25 denied; 587 and 993 open; \
+         the same after a restart that resized the IPv6 index"
     );
 }
 

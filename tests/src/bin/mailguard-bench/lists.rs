@@ -21,7 +21,7 @@ use mailguard::{
 
 use crate::{
     check_path,
-    measure::{self, CHECK_RUNS, Comparison, compare},
+    measure::{self, CHECK_RUNS, Comparison, Timed, ratios, stats, trials},
 };
 
 /// One family at one scale.
@@ -108,7 +108,6 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
         "bench",
     )
     .map_err(|e| e.to_string())?;
-    let mut guard = crate::loaded(&config)?;
     let mut rows = Vec::new();
     let cases: [(&str, &[usize]); 2] = [
         ("IPv4", &[10, 100_000, 1_000_000]),
@@ -122,54 +121,13 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
         } else {
             Packet::v4("198.18.0.5", "198.18.0.1", tcp(40000, 25, SYN)).build()
         };
+        // One guard per scale, all loaded at once, so that their lookups are timed in the same
+        // trials (with the floor): the machine's drift cannot pass for a cost that grows.
+        let mut guards = Vec::new();
+        let mut costs = Vec::new();
         for &n in scales {
-            let (allow_a, allow_b, block) = if v6 {
-                let mut a = v6_prefixes(0, n, false);
-                let mut b = v6_prefixes(1, n, false);
-                let source: IpNet = "2001:db8::/64".parse().expect("prefix");
-                a[0] = source;
-                b[0] = source;
-                (a, b, v6_prefixes(0, n, true))
-            } else {
-                (
-                    v4_prefixes([198, 18], 0, n, true),
-                    v4_prefixes([198, 18], 1, n, false),
-                    v4_prefixes([198, 19], 2, n, true),
-                )
-            };
-            let text: String = allow_a.iter().map(|p| format!("{p}\n")).collect();
-            let started = Instant::now();
-            let parsed = parse_list_file(Path::new("bench.txt"), &text)?;
-            let parse_ms = ms(started);
-            if parsed.len() != n {
-                return Err(format!("parsed {} of {n} prefixes", parsed.len()));
-            }
-            let empty = Contents::default();
-            let a = Contents {
-                mx_allow: addr_list(&parsed),
-                ..Contents::default()
-            };
-            let mut maps = guard.policy_maps().map_err(|e| e.to_string())?;
-            let started = Instant::now();
-            maps.apply_over(&empty, &a, &config)
-                .map_err(|e| e.to_string())?;
-            let load_ms = ms(started);
-            let b = Contents {
-                mx_allow: addr_list(&allow_b),
-                ..Contents::default()
-            };
-            let started = Instant::now();
-            maps.apply_over(&a, &b, &config)
-                .map_err(|e| e.to_string())?;
-            let swap_ms = ms(started);
-            let full = Contents {
-                mx_allow: b.mx_allow.clone(),
-                block: addr_list(&block),
-                ..Contents::default()
-            };
-            maps.apply_over(&b, &full, &config)
-                .map_err(|e| e.to_string())?;
-            indexed(&guard, v6)?;
+            let mut guard = crate::loaded(&config)?;
+            costs.push(fill(&mut guard, &config, family, n)?);
             check_path(
                 &guard,
                 &format!("{family} allowed SYN, {n} prefixes"),
@@ -177,17 +135,26 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
                 Reason::MailNew,
                 CHECK_RUNS,
             )?;
-            let lookup = compare(guard.xdp().map_err(|e| e.to_string())?, floor, &packet);
+            guards.push(guard);
+        }
+        let xdps = guards
+            .iter()
+            .map(|g| g.xdp().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<&Xdp>, String>>()?;
+        let mut programs: Vec<&dyn Timed> = xdps.iter().map(|x| *x as &dyn Timed).collect();
+        programs.push(floor);
+        let times = trials(&programs, &packet);
+        let floor_times = &times[scales.len()];
+        for (i, (&n, (parse_ms, load_ms, swap_ms))) in scales.iter().zip(costs).enumerate() {
+            let lookup = Comparison {
+                mailguard: stats(times[i].clone()),
+                ratio: ratios(&times[i], floor_times),
+            };
             println!(
                 "lists {family} {n:>8} prefixes: parse {parse_ms:.0} ms, load {load_ms:.0} ms, swap {swap_ms:.0} ms; \
                  lookups {:.0} ns ({:.2}x the floor)",
                 lookup.mailguard.median, lookup.ratio.median
             );
-            guard
-                .policy_maps()
-                .map_err(|e| e.to_string())?
-                .apply_over(&full, &empty, &config)
-                .map_err(|e| e.to_string())?;
             rows.push(ListRow {
                 family,
                 entries: n,
@@ -199,6 +166,67 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
         }
     }
     Ok(rows)
+}
+
+/// Fills a guard's lists for one row: `n` prefixes parsed from a list file and loaded into the
+/// empty MX allowlist, swapped for `n` others, then `n` in the block list too. Returns the
+/// (parse, load, swap) milliseconds.
+fn fill(
+    guard: &mut mailguard::guard::Guard,
+    config: &Config,
+    family: &str,
+    n: usize,
+) -> Result<(f64, f64, f64), String> {
+    let v6 = family == "IPv6";
+    let (allow_a, allow_b, block) = if v6 {
+        let mut a = v6_prefixes(0, n, false);
+        let mut b = v6_prefixes(1, n, false);
+        let source: IpNet = "2001:db8::/64".parse().expect("prefix");
+        a[0] = source;
+        b[0] = source;
+        (a, b, v6_prefixes(0, n, true))
+    } else {
+        (
+            v4_prefixes([198, 18], 0, n, true),
+            v4_prefixes([198, 18], 1, n, false),
+            v4_prefixes([198, 19], 2, n, true),
+        )
+    };
+    let text: String = allow_a.iter().map(|p| format!("{p}\n")).collect();
+    let started = Instant::now();
+    let parsed = parse_list_file(Path::new("bench.txt"), &text)?;
+    let parse_ms = ms(started);
+    if parsed.len() != n {
+        return Err(format!("parsed {} of {n} prefixes", parsed.len()));
+    }
+    let empty = Contents::default();
+    let a = Contents {
+        mx_allow: addr_list(&parsed),
+        ..Contents::default()
+    };
+    let mut maps = guard.policy_maps().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    maps.apply_over(&empty, &a, config)
+        .map_err(|e| e.to_string())?;
+    let load_ms = ms(started);
+    let b = Contents {
+        mx_allow: addr_list(&allow_b),
+        ..Contents::default()
+    };
+    let started = Instant::now();
+    maps.apply_over(&a, &b, config)
+        .map_err(|e| e.to_string())?;
+    let swap_ms = ms(started);
+    let full = Contents {
+        mx_allow: b.mx_allow.clone(),
+        block: addr_list(&block),
+        ..Contents::default()
+    };
+    maps.apply_over(&b, &full, config)
+        .map_err(|e| e.to_string())?;
+    drop(maps);
+    indexed(guard, v6)?;
+    Ok((parse_ms, load_ms, swap_ms))
 }
 
 /// Fails unless the MX allowlist and the block list of the family are read through their
@@ -236,7 +264,9 @@ pub fn spread(rows: &[ListRow], family: &str) -> f64 {
 pub fn report(rows: &[ListRow]) -> String {
     use std::fmt::Write as _;
     let mut md = String::from(
-        "## Lists\n\nMX-only on, no budget on port 25. Each row: a list file of N prefixes parsed, written into the \
+        "## Lists\n\nMX-only on, no budget on port 25. Each row has a mailguard of its own, and the three of a family are \
+         timed in the same trials, rotating with the floor (so that the machine's drift between rows cannot look \
+         like a cost that grows with the list). Each row: a list file of N prefixes parsed, written into the \
          empty MX allowlist trie (load), replaced by N other prefixes (swap: the new ones added, then the old ones \
          removed, as the daemon does), then the block list filled with N prefixes too. The packet, a SYN to port 25 \
          from an allowed source, then pays a block-list miss and an allowlist hit, through the lists' indexes (load \
