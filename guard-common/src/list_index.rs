@@ -25,7 +25,7 @@
 //!
 //! An IPv6 list is a handful of prefix lengths with many prefixes each. Its index is a slot
 //! per prefix in one table shared by the lists, a bucketed cuckoo hash (`V6Bucket`: two
-//! candidate buckets of four slots per prefix) in an mmapable array that userspace writes
+//! candidate buckets of three slots per prefix, a cache line each) in an mmapable array that userspace writes
 //! directly, keyed by (list, length, the address masked to the length), kept beside the trie
 //! entry (added with it, removed with it); and a short table of each list's distinct lengths.
 //! XDP masks the source to each length of the table and reads the prefix's two buckets: at most
@@ -135,7 +135,7 @@ pub const V6_INDEX_LENGTHS: usize = 8;
 /// Entries of the length tables: one per list and generation.
 pub const V6_LENGTH_TABLES: u32 = INDEX_LISTS * 2;
 /// Slots per bucket of the prefix table.
-pub const V6_BUCKET_SLOTS: usize = 4;
+pub const V6_BUCKET_SLOTS: usize = 3;
 /// Buckets of the prefix table as the object declares it; the loader sizes it from the
 /// configuration (`v6_buckets_for`).
 pub const V6_DEFAULT_BUCKETS: u32 = 1 << 16;
@@ -167,8 +167,11 @@ const _: () = assert!(core::mem::size_of::<V6Slot>() == 20);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct V6Bucket {
     pub slots: [V6Slot; V6_BUCKET_SLOTS],
+    /// Zero: the bucket fills one 64-byte cache line (the mmapable array's values start on a
+    /// page), so that a bucket costs one line.
+    pub reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<V6Bucket>() == 80);
+const _: () = assert!(core::mem::size_of::<V6Bucket>() == 64);
 
 impl V6Bucket {
     /// Whether a slot holds the prefix (`tag`: its slot tag, masked `addr`). The tag carries
@@ -330,8 +333,7 @@ pub fn v6_index_contains(
         let hash = v6_hash(v6_tag(list, *len as u32), &masked);
         let tag = v6_slot_tag(v6_tag(list, *len as u32), hash);
         let (b1, b2) = v6_buckets(hash, table.buckets);
-        // Both buckets, whichever holds it: the cost does not depend on where a prefix went.
-        if bucket_holds(b1, tag, &masked) | bucket_holds(b2, tag, &masked) {
+        if bucket_holds(b1, tag, &masked) || bucket_holds(b2, tag, &masked) {
             return true;
         }
     }

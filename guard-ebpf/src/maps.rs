@@ -180,10 +180,10 @@ pub static V4_INDEX_32: Array<u64> = Array::with_max_entries(V4_INDEX_32_ENTRIES
 
 /// The IPv6 list index (guard-common's `list_index`): the prefix table, a bucketed cuckoo hash
 /// of every indexed IPv6 list's prefixes. key: `u32` bucket, one of the two `v6_buckets` of a
-/// prefix; value: `V6Bucket`, four `V6Slot`s {`v6_tag(list, length)` (0: free), the address
-/// masked to the length as four `u32` words in host order}; capacity: `v6_buckets_for
-/// (lists.ipv6_index_capacity)` buckets (default 65536), set at load. Written by userspace
-/// through mmap.
+/// prefix; value: `V6Bucket` (64 bytes), three `V6Slot`s {`v6_slot_tag`: list, length and
+/// fingerprint, 0 when free; the address masked to the length as four `u32` words in host
+/// order}; capacity: `v6_buckets_for(lists.ipv6_index_capacity)` buckets (default 65536), set
+/// at load. Written by userspace through mmap.
 #[map(name = "MG_V6_TABLE")]
 pub static V6_TABLE: Array<V6Bucket> = Array::with_max_entries(V6_DEFAULT_BUCKETS, BPF_F_MMAPABLE);
 

@@ -450,13 +450,13 @@ mod tests {
     #[test]
     fn a_full_table_moves_prefixes_without_hiding_them() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        // 256 buckets, 1024 slots: fill to 90%.
+        // 256 buckets, 768 slots: fill to 90%.
         let mut t = PrefixTable(Watched {
             buckets: vec![V6Bucket::default(); 256],
             present: Vec::new(),
             clears: 0,
         });
-        let slots: Vec<V6Slot> = (0..922)
+        let slots: Vec<V6Slot> = (0..691)
             .map(|_| {
                 slot_of(
                     0,
@@ -494,7 +494,7 @@ mod tests {
             );
             match t.insert(s) {
                 Ok(()) => t.0.present.push(s),
-                Err(V6IndexFull::Table(1024)) => refused = true,
+                Err(V6IndexFull::Table(768)) => refused = true,
                 Err(e) => panic!("{e}"),
             }
         }

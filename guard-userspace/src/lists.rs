@@ -88,7 +88,7 @@ pub struct Lists {
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mailguard";
-/// Default `ipv6_index_capacity`: a table of 5 MiB.
+/// Default `ipv6_index_capacity`: a table of 4 MiB.
 pub const DEFAULT_IPV6_INDEX_CAPACITY: u32 = 1 << 17;
 
 impl Default for Lists {

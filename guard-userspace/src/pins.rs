@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(configured_capacity(names::SOCKETS, &b), Some(456));
         assert_eq!(configured_capacity(names::CONN_PRESENCE, &b), Some(4 * 456));
         assert_eq!(configured_capacity(names::COUNTERS, &b), None);
-        // 1250 slots at most 80% full: 313 buckets of four, rounded up to a power of two.
+        // 1250 slots at most 80% full: 417 buckets of three, rounded up to a power of two.
         assert_eq!(configured_capacity(names::V6_TABLE, &b), Some(512));
     }
 

@@ -209,7 +209,15 @@ fn mx_only_lets_only_the_provider_reach_port_25() {
     // all along (the provider must never be refused, nor the attacker let in).
     let tables = format!("[lists.mx_allow]\ncidrs = [\"{CLIENT4}/32\", \"{CLIENT6}/128\"]\n");
     lab.mailguard.take().expect("mailguard").end(libc::SIGKILL);
-    lab.start_mailguard(&config(&lab, true, "ipv6_index_capacity = 2048", &tables), &[]);
+    lab.start_mailguard(
+        &config(&lab, true, "ipv6_index_capacity = 2048", &tables),
+        &[],
+    );
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        log.contains("map MG_V6_TABLE: the pinned map has capacity"),
+        "the resized table was not recreated:\n{log}"
+    );
     let mx = summary(lab.mailguard(), "mx_allow");
     assert_eq!(mx["ipv6_lookup"].as_str(), Some("index"), "{mx}");
     deliver(

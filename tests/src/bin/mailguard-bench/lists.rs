@@ -214,8 +214,7 @@ fn fill(
         ..Contents::default()
     };
     let started = Instant::now();
-    maps.apply_over(&a, &b, config)
-        .map_err(|e| e.to_string())?;
+    maps.apply_over(&a, &b, config).map_err(|e| e.to_string())?;
     let swap_ms = ms(started);
     let full = Contents {
         mx_allow: b.mx_allow.clone(),
