@@ -53,8 +53,8 @@ use mailguard::{
     guard::{BENCH_FLOOR_OBJECT, Guard},
 };
 use measure::{
-    CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, compare, cpu_times,
-    ns_per_run, p99_single, ratios, single_runs, stats, trials,
+    CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, ns_per_run,
+    p99_single, ratios, single_runs, stats, trials,
 };
 use peer::XdpFilter;
 
@@ -209,6 +209,29 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// mailguard loaded with `config`, charging every SYN, and its known sources: they completed
+/// connections before (sock_ops marked them verified); one holds a connection open, counted as
+/// sock_ops counts it.
+fn prepared(config: &Config) -> Result<Guard, String> {
+    let mut guard = loaded(config)?;
+    charge_every_syn(&mut guard)?;
+    let mx = |k: SourceKey| SourceKey {
+        class: MailClass::Mx as u8,
+        ..k
+    };
+    let known_v4 = mx(SourceKey::v4([198, 18, 0, 2], [255; 4], 0));
+    let holding = mx(SourceKey::v4([198, 18, 0, 3], [255; 4], 0));
+    let mut v6 = [0u8; 16];
+    v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    v6[15] = 2;
+    let known_v6 = mx(SourceKey::v6(v6, guard_common::prefix_mask::<16>(64), 0));
+    for k in [known_v4, holding, known_v6] {
+        mark_verified(&mut guard, k)?;
+    }
+    set_connections(&mut guard, TRACKED_CONNECTIONS, holding, 1)?;
+    Ok(guard)
+}
+
 /// mailguard loaded (not attached) with `config` written into its maps.
 fn loaded(config: &Config) -> Result<Guard, String> {
     let mut guard = Guard::load(config).map_err(|e| e.to_string())?;
@@ -268,24 +291,7 @@ fn run() -> Result<(), String> {
     let (mx_config, _) =
         Config::parse(&format!("{MX_ONLY_SWITCH}{CONFIG}{MX_ONLY_LISTS}"), "bench")
             .map_err(|e| e.to_string())?;
-    let mut guard = loaded(&config)?;
-    charge_every_syn(&mut guard)?;
-    // The known sources completed connections before (sock_ops marked them verified); one
-    // holds a connection open, counted as sock_ops counts it.
-    let mx = |k: SourceKey| SourceKey {
-        class: MailClass::Mx as u8,
-        ..k
-    };
-    let known_v4 = mx(SourceKey::v4([198, 18, 0, 2], [255; 4], 0));
-    let holding = mx(SourceKey::v4([198, 18, 0, 3], [255; 4], 0));
-    let mut v6 = [0u8; 16];
-    v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
-    v6[15] = 2;
-    let known_v6 = mx(SourceKey::v6(v6, guard_common::prefix_mask::<16>(64), 0));
-    for k in [known_v4, holding, known_v6] {
-        mark_verified(&mut guard, k)?;
-    }
-    set_connections(&mut guard, TRACKED_CONNECTIONS, holding, 1)?;
+    let mut guard = prepared(&config)?;
     let verified = guard.verified_instructions().ok().flatten();
 
     let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
@@ -433,27 +439,44 @@ fn run() -> Result<(), String> {
         new_ns - known_ns
     );
 
-    // Scaling: the same known-source SYN with more and more sources tracked.
+    // Scaling: the same known-source SYN with more and more sources tracked, a mailguard per
+    // scale, all timed in the same trials with the floor (the machine's drift between scales
+    // cannot pass for a cost that grows).
     let known = &default_cases[2].packet;
-    let mut scaling: Vec<(u32, u32, Comparison)> = Vec::new();
-    let (mut filled, mut placed) = (0u32, 0u32);
+    let mut scaled = Vec::new();
     for n in SCALES {
-        placed += fill_sources(&mut guard, filled, n)?;
-        filled = n;
+        let mut g = prepared(&config)?;
+        let placed = fill_sources(&mut g, 0, n)?;
         check_path(
-            &guard,
+            &g,
             "known source at scale",
             known,
             Reason::MailNew,
             CHECK_RUNS,
         )?;
-        let m = compare(guard.xdp().map_err(|e| e.to_string())?, floor, known);
+        scaled.push((n, placed, g));
+    }
+    let xdps = scaled
+        .iter()
+        .map(|(_, _, g)| g.xdp().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<&Xdp>, String>>()?;
+    let mut programs: Vec<&dyn Timed> = xdps.iter().map(|x| *x as &dyn Timed).collect();
+    programs.push(floor);
+    let times = measure::trials(&programs, known);
+    let mut scaling: Vec<(u32, u32, Comparison)> = Vec::new();
+    for (i, (n, placed, _)) in scaled.iter().enumerate() {
+        let m = Comparison {
+            mailguard: measure::stats(times[i].clone()),
+            ratio: measure::ratios(&times[i], &times[SCALES.len()]),
+        };
         println!(
             "{n:>9} sources added ({placed} placed): {:.0} ns, ratio {:.2}x",
             m.mailguard.median, m.ratio.median
         );
-        scaling.push((n, placed, m));
+        scaling.push((*n, *placed, m));
     }
+    drop(xdps);
+    drop(scaled);
     // Flatness on the ratios to the floor timed beside each trial: the machine's drift between
     // scales (a shared VM speeds up and slows down over minutes) cancels out.
     let ratios: Vec<f64> = scaling.iter().map(|(_, _, m)| m.ratio.median).collect();
@@ -811,7 +834,8 @@ fn report(r: Report) -> String {
     );
     let _ = writeln!(
         md,
-        "## Tracked sources\n\nThe known-source SYN, with this many other sources (IPv6 /64s) added to the rate \
+        "## Tracked sources\n\nThe known-source SYN, each scale on a mailguard of its own, the three timed in the same \
+         trials rotating with the floor, with this many other sources (IPv6 /64s) added to the rate \
          table ({TRACKED_SOURCES} slots, two-way set-associative: each source placed in the first free slot of its \
          pair, as XDP places them; a source whose pair is full is left out) and holding one open connection each \
          in the connection-count table and its presence filter:\n\n\

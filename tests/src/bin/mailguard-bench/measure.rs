@@ -94,15 +94,6 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Stats {
     stats(a.iter().zip(b).map(|(a, b)| a / b).collect())
 }
 
-/// Alternates mailguard and the floor over `TRIALS` trials of `REPEAT` runs on one packet.
-pub fn compare(mailguard: &Xdp, floor: &Xdp, packet: &[u8]) -> Comparison {
-    let t = trials(&[mailguard, floor], packet);
-    Comparison {
-        mailguard: stats(t[0].clone()),
-        ratio: ratios(&t[0], &t[1]),
-    }
-}
-
 /// The 99th percentile of `n` single runs (repeat 1) of one packet, kernel-measured; every
 /// single run includes the test loop's own timer reads, the floor's as much as the others'.
 pub fn p99_single(program: &dyn Timed, packet: &[u8], n: usize) -> f64 {
