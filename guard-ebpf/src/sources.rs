@@ -35,15 +35,16 @@ impl Pair {
     #[inline(always)]
     pub fn find(self, key: &SourceKey) -> Option<*mut SourceSlot> {
         let first = SOURCES.get_ptr_mut(self.first)?;
-        // SAFETY: map value pointers, valid while the program runs.
-        if unsafe { (*first).key.same(key) } {
-            return Some(first);
-        }
         let second = SOURCES.get_ptr_mut(self.first + 1)?;
-        if unsafe { (*second).key.same(key) } {
-            return Some(second);
+        // Both slots compared before either answer is used: a source costs the same in either
+        // slot of its pair (the cost does not depend on which sources came first).
+        // SAFETY: map value pointers, valid while the program runs.
+        let hits = unsafe { (*first).key.same(key) as u32 | ((*second).key.same(key) as u32) << 1 };
+        match hits {
+            0 => None,
+            1 | 3 => Some(first),
+            _ => Some(second),
         }
-        None
     }
 
     /// Gives `key` a slot with a full bucket: an empty one, or else the one whose last SYN is

@@ -17,8 +17,9 @@
 //! benchmark runs in a network and mount namespace of its own (a private bpffs), so nothing it
 //! sets up outlives it.
 //!
-//! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=lists` (section 4) or `=flood` (section 6)
-//! measures one section, prints it and writes nothing: for trying a change quickly.
+//! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=sources` (sections 1 to 3), `=lists`
+//! (section 4) or `=flood` (section 6) measures those sections, prints them and writes
+//! nothing: for trying a change quickly.
 
 mod flood;
 mod lists;
@@ -477,6 +478,9 @@ fn run() -> Result<(), String> {
     }
     drop(xdps);
     drop(scaled);
+    if only.as_deref() == Some("sources") {
+        return Ok(());
+    }
     // Flatness on the ratios to the floor timed beside each trial: the machine's drift between
     // scales (a shared VM speeds up and slows down over minutes) cancels out.
     let ratios: Vec<f64> = scaling.iter().map(|(_, _, m)| m.ratio.median).collect();
