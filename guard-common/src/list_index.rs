@@ -80,6 +80,11 @@ pub const fn v6_list(list: u32) -> u32 {
     INDEX_LISTS + list
 }
 
+/// The `Settings::index` bits saying which IPv6 lists are indexed, all lists together.
+pub const V6_INDEX_ACTIVE_BITS: u32 = index_active_bit(v6_list(INDEX_MX_ALLOW))
+    | index_active_bit(v6_list(INDEX_TRUSTED))
+    | index_active_bit(v6_list(INDEX_BLOCK));
+
 /// The area (list and generation) of a lookup: 0..6.
 #[inline(always)]
 pub const fn index_area(list: u32, generation: u32) -> u32 {
@@ -330,8 +335,9 @@ pub fn v6_index_contains(
             break;
         }
         let masked = v6_masked(addr, mask);
-        let hash = v6_hash(v6_tag(list, *len as u32), &masked);
-        let tag = v6_slot_tag(v6_tag(list, *len as u32), hash);
+        let base = v6_tag(list, *len as u32);
+        let hash = v6_hash(base, &masked);
+        let tag = v6_slot_tag(base, hash);
         let (b1, b2) = v6_buckets(hash, table.buckets);
         if bucket_holds(b1, tag, &masked) || bucket_holds(b2, tag, &masked) {
             return true;

@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use guard_common::{
-    COUNTER_SLOTS, INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, SourceKey, index_active_bit,
-    maps as names, presence_slot, presence_slots, source_slots, v6_buckets_for, v6_list,
+    COUNTER_SLOTS, Reason, SourceKey, V6_INDEX_ACTIVE_BITS, maps as names, presence_slot,
+    presence_slots, source_slots, v6_buckets_for,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -227,9 +227,7 @@ impl Guard {
         let mut s = settings
             .get(&0, 0)
             .map_err(GuardError::map(names::SETTINGS))?;
-        for list in [INDEX_MX_ALLOW, INDEX_TRUSTED, INDEX_BLOCK] {
-            s.index &= !index_active_bit(v6_list(list));
-        }
+        s.index &= !V6_INDEX_ACTIVE_BITS;
         settings
             .set(0, s, 0)
             .map_err(GuardError::map(names::SETTINGS))

@@ -39,3 +39,5 @@ pub mod source_table;
 pub mod spf;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod test_rng;

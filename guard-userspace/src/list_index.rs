@@ -170,6 +170,7 @@ impl IndexMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     /// What an LPM lookup answers: whether any prefix covers the address.
     fn covered(prefixes: &[(u32, [u8; 4])], addr: [u8; 4]) -> bool {
@@ -180,17 +181,6 @@ mod tests {
         })
     }
 
-    /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 16) as u32
-        }
-    }
-
     #[test]
     fn the_index_answers_as_the_prefixes_do() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -198,14 +188,14 @@ mod tests {
             // Prefixes of every length, clustered in a few /12s so that they overlap.
             let prefixes: Vec<(u32, [u8; 4])> = (0..200)
                 .map(|_| {
-                    let len = rng.next() % 33;
-                    let addr = (0xc600_0000 | (rng.next() & 0x003f_ffff)).to_be_bytes();
+                    let len = rng.next_u32() % 33;
+                    let addr = (0xc600_0000 | (rng.next_u32() & 0x003f_ffff)).to_be_bytes();
                     (len.max(if round % 2 == 0 { 8 } else { 0 }), addr)
                 })
                 .collect();
             let ix = V4Index::build(&prefixes).expect("fits");
             for _ in 0..20_000 {
-                let addr = (0xc600_0000 | (rng.next() & 0x003f_ffff)).to_be_bytes();
+                let addr = (0xc600_0000 | (rng.next_u32() & 0x003f_ffff)).to_be_bytes();
                 assert_eq!(
                     ix.contains(addr),
                     covered(&prefixes, addr),

@@ -324,6 +324,7 @@ impl<T: BorrowMut<MapData>> V6IndexMaps<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
     use guard_common::v6_index_contains;
 
     fn prefixes(list: &[(u32, &str)]) -> Prefixes<[u8; 16]> {
@@ -345,17 +346,6 @@ mod tests {
             };
             a & mask == u128::from_be_bytes(net) & mask
         })
-    }
-
-    /// A small deterministic generator (xorshift), so failures reproduce.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
     }
 
     fn table_of(list: u32, p: &Prefixes<[u8; 16]>, buckets: u32) -> PrefixTable<Vec<V6Bucket>> {

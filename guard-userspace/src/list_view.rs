@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, INDEX_TRUSTED, Reason, index_active_bit, v6_list};
+use guard_common::{Reason, index_active_bit, v6_list};
 
 use serde::Serialize;
 
@@ -42,7 +42,7 @@ impl ListStatus {
                 }
             })
         };
-        let list = index_list(summary.list);
+        let list = summary.list.index();
         ListStatus {
             ipv4_lookup: lookup(list),
             ipv6_lookup: lookup(v6_list(list)),
@@ -50,15 +50,6 @@ impl ListStatus {
             packets,
             reason,
         }
-    }
-}
-
-/// The list's number in the IPv4 index (`INDEX_*`).
-pub fn index_list(list: ListName) -> u32 {
-    match list {
-        ListName::MxAllow => INDEX_MX_ALLOW,
-        ListName::Trusted => INDEX_TRUSTED,
-        ListName::Block => INDEX_BLOCK,
     }
 }
 
@@ -264,6 +255,7 @@ mod tests {
 
     #[test]
     fn summaries_show_failures() {
+        use guard_common::INDEX_MX_ALLOW;
         let l = ListSummary {
             list: ListName::MxAllow,
             ipv4: 3,

@@ -34,6 +34,16 @@ impl ListName {
             ListName::Block => "block",
         }
     }
+
+    /// The list's number in the indexes and `Settings::index` (`INDEX_*`; its IPv6 index's
+    /// bits are those of `v6_list` of it).
+    pub fn index(self) -> u32 {
+        match self {
+            ListName::MxAllow => guard_common::INDEX_MX_ALLOW,
+            ListName::Trusted => guard_common::INDEX_TRUSTED,
+            ListName::Block => guard_common::INDEX_BLOCK,
+        }
+    }
 }
 
 impl fmt::Display for ListName {

@@ -8,10 +8,10 @@ use std::{
 
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{
-    BUDGET_ACTIVE, BUDGET_REJECT, BlockEntry, BudgetSettings, ClassBudget, Gcra, INDEX_BLOCK,
-    INDEX_LISTS, INDEX_MX_ALLOW, INDEX_TRUSTED, MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4,
-    OpenSourceV6, PortRule, SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW,
-    SETTING_MONITOR, SETTING_MX_ONLY, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport,
+    BUDGET_ACTIVE, BUDGET_REJECT, BlockEntry, BudgetSettings, ClassBudget, Gcra, INDEX_LISTS,
+    MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule,
+    SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW, SETTING_MONITOR,
+    SETTING_MX_ONLY, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, V6_INDEX_ACTIVE_BITS,
     index_active_bit, maps as names, port_rule_index, prefix_mask, presence_slots, source_slots,
     v6_list,
 };
@@ -23,7 +23,6 @@ use crate::{
     guard::GuardError,
     list_index::{IndexMaps, V4Index},
     list_index_v6::V6IndexMaps,
-    list_view::index_list,
     lists::ListName,
 };
 
@@ -336,14 +335,11 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         config: &Config,
     ) -> Result<(), GuardError> {
         let result = self.try_apply_over(old, new, config);
-        if result.is_err() {
-            let v6_bits = ListName::ALL.iter().fold(0, |bits, &l| {
-                bits | index_active_bit(v6_list(index_list(l)))
-            });
-            if let Ok(mut s) = self.settings.get(&0, 0) {
-                s.index &= !v6_bits;
-                let _ = self.settings.set(0, s, 0);
-            }
+        if result.is_err()
+            && let Ok(mut s) = self.settings.get(&0, 0)
+        {
+            s.index &= !V6_INDEX_ACTIVE_BITS;
+            let _ = self.settings.set(0, s, 0);
         }
         result
     }
@@ -365,7 +361,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         let mut v6_bits = 0;
         for list in ListName::ALL {
             v6_bits |= self.v6_index.prepare(
-                index_list(list),
+                list.index(),
                 list.name(),
                 in_force.index,
                 &old.list(list).v6,
@@ -435,9 +431,9 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
             .map_err(GuardError::map(names::SETTINGS))?;
         self.sync_lists(old, new, Phase::Remove, unix, mono)?;
         for list in ListName::ALL {
-            let bit = index_active_bit(v6_list(index_list(list)));
+            let bit = index_active_bit(v6_list(list.index()));
             self.v6_index.retire(
-                index_list(list),
+                list.index(),
                 in_force.index & bit != 0,
                 index & bit != 0,
                 &old.list(list).v6,
@@ -465,9 +461,9 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
             }
         };
         let mut lists: [Option<V4Index>; INDEX_LISTS as usize] = Default::default();
-        lists[INDEX_MX_ALLOW as usize] = build(ListName::MxAllow);
-        lists[INDEX_TRUSTED as usize] = build(ListName::Trusted);
-        lists[INDEX_BLOCK as usize] = build(ListName::Block);
+        for list in ListName::ALL {
+            lists[list.index() as usize] = build(list);
+        }
         self.index
             .write(in_force, &lists.each_ref().map(Option::as_ref))
     }

@@ -21,7 +21,7 @@ use mailguard::{
 
 use crate::{
     check_path,
-    measure::{self, CHECK_RUNS, Comparison, Timed, ratios, stats, trials},
+    measure::{self, CHECK_RUNS, Comparison, compare_all},
 };
 
 /// One family at one scale.
@@ -141,15 +141,8 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
             .iter()
             .map(|g| g.xdp().map_err(|e| e.to_string()))
             .collect::<Result<Vec<&Xdp>, String>>()?;
-        let mut programs: Vec<&dyn Timed> = xdps.iter().map(|x| *x as &dyn Timed).collect();
-        programs.push(floor);
-        let times = trials(&programs, &packet);
-        let floor_times = &times[scales.len()];
-        for (i, (&n, (parse_ms, load_ms, swap_ms))) in scales.iter().zip(costs).enumerate() {
-            let lookup = Comparison {
-                mailguard: stats(times[i].clone()),
-                ratio: ratios(&times[i], floor_times),
-            };
+        let lookups = compare_all(&xdps, floor, &packet);
+        for ((&n, (parse_ms, load_ms, swap_ms)), lookup) in scales.iter().zip(costs).zip(lookups) {
             println!(
                 "lists {family} {n:>8} prefixes: parse {parse_ms:.0} ms, load {load_ms:.0} ms, swap {swap_ms:.0} ms; \
                  lookups {:.0} ns ({:.2}x the floor)",

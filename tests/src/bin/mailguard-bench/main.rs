@@ -461,15 +461,8 @@ fn run() -> Result<(), String> {
         .iter()
         .map(|(_, _, g)| g.xdp().map_err(|e| e.to_string()))
         .collect::<Result<Vec<&Xdp>, String>>()?;
-    let mut programs: Vec<&dyn Timed> = xdps.iter().map(|x| *x as &dyn Timed).collect();
-    programs.push(floor);
-    let times = measure::trials(&programs, known);
     let mut scaling: Vec<(u32, u32, Comparison)> = Vec::new();
-    for (i, (n, placed, _)) in scaled.iter().enumerate() {
-        let m = Comparison {
-            mailguard: measure::stats(times[i].clone()),
-            ratio: measure::ratios(&times[i], &times[SCALES.len()]),
-        };
+    for ((n, placed, _), m) in scaled.iter().zip(measure::compare_all(&xdps, floor, known)) {
         println!(
             "{n:>9} sources added ({placed} placed): {:.0} ns, ratio {:.2}x",
             m.mailguard.median, m.ratio.median

@@ -94,6 +94,23 @@ pub fn ratios(a: &[f64], b: &[f64]) -> Stats {
     stats(a.iter().zip(b).map(|(a, b)| a / b).collect())
 }
 
+/// Times several mailguards (one per scale of a table) and the floor in the same rotating
+/// trials on one packet: each one's figures and per-trial ratio to the floor, so that the
+/// machine's drift between them cannot pass for a difference of cost.
+pub fn compare_all(mailguards: &[&Xdp], floor: &Xdp, packet: &[u8]) -> Vec<Comparison> {
+    let mut programs: Vec<&dyn Timed> = mailguards.iter().map(|x| *x as &dyn Timed).collect();
+    programs.push(floor);
+    let times = trials(&programs, packet);
+    let floor_times = &times[mailguards.len()];
+    times[..mailguards.len()]
+        .iter()
+        .map(|t| Comparison {
+            mailguard: stats(t.clone()),
+            ratio: ratios(t, floor_times),
+        })
+        .collect()
+}
+
 /// The 99th percentile of `n` single runs (repeat 1) of one packet, kernel-measured; every
 /// single run includes the test loop's own timer reads, the floor's as much as the others'.
 pub fn p99_single(program: &dyn Timed, packet: &[u8], n: usize) -> f64 {
