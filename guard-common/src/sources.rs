@@ -8,9 +8,9 @@
 //!   again with a full bucket: fails open, never refuses anyone). Array lookups are inlined by
 //!   the verifier, so a known source costs a hash and two compares instead of a hash-map walk.
 //! - `CONN_PRESENCE` counts, per hash slot, the connections sock_ops counted for keys with that
-//!   slot. Zero proves that the source holds no counted connection, so XDP reads the exact
-//!   count (`CONNECTIONS`, a hash map) only when the slot is non-zero. Collisions only cost that
-//!   lookup; a count is never missed.
+//!   slot: an upper bound of each of those sources' counts. A slot below a class's cap proves
+//!   the source below it, so XDP reads the exact count (`CONNECTIONS`, a hash map) only when
+//!   the slot has reached the cap. Collisions only cost that lookup; a count is never missed.
 //!
 //! The hash is fixed (not seeded): a collision can only make mailguard forget a source's rate
 //! state (more permissive for that source) or read its exact count; it never refuses one

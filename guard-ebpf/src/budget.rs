@@ -2,9 +2,12 @@
 //!
 //! 1. trusted sources pass without a budget;
 //! 2. a source never seen completing a connection is held to the global SYN ceiling (a
-//!    spoofed flood has a new source per packet; real senders complete handshakes);
+//!    spoofed flood has a new source per packet; real senders complete handshakes; `ceiling`
+//!    says when `VERIFIED` is read);
 //! 3. a source holding its class's maximum of concurrent connections is refused (counts kept
-//!    exact by the sock_ops program, read only when its presence slot says it holds any);
+//!    exact by the sock_ops program, read only when its presence slot, which counts the
+//!    connections of every source sharing it, has reached the cap: below, it proves the
+//!    source below too);
 //! 4. a source over its class's new-connection rate (GCRA) is refused.
 //!
 //! Refused means dropped, or with `action = "reject"` answered with a TCP RST while the
@@ -32,7 +35,7 @@ use crate::{
     },
     parse::{Ip, bytes},
     policy::settings,
-    sources::{Pair, may_have_connections},
+    sources::{Pair, may_be_at_cap},
 };
 
 /// Charges a new connection to `class` from the packet's source; returns its reason (`index`:
@@ -61,15 +64,11 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
     let pair = Pair::of(hash, cfg.source_slots);
     let found = pair.find(&key);
 
-    let mut flags = 0;
-    if !cfg.syn_ceiling.is_unlimited() {
-        if verified(&key, found) {
-            flags = SLOT_VERIFIED;
-        } else if !take(Limiter::SynCeiling, cfg, now) {
-            // Never a RST here: the source is most likely spoofed.
-            return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling));
-        }
-    }
+    let flags = match ceiling(&key, found, cfg, now) {
+        Some(flags) => flags,
+        // Never a RST here: the source is most likely spoofed.
+        None => return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling)),
+    };
 
     let slot = match found.or_else(|| pair.claim(&key, flags, now)) {
         Some(s) => s,
@@ -85,7 +84,7 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
     };
 
     if budget.max_connections != 0
-        && may_have_connections(hash, cfg.presence_slots)
+        && may_be_at_cap(hash, cfg.presence_slots, budget.max_connections)
         && let Some(count) = CONNECTIONS.get_ptr(key)
     {
         // SAFETY: a map value pointer, valid while the program runs.
@@ -103,6 +102,34 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
         }
     }
     Ok(counted(class, BudgetOutcome::Within, Reason::MailNew))
+}
+
+/// The global SYN ceiling, which holds back only sources never seen completing a connection:
+/// `None` refuses the SYN, `Some` admits it with the flags for a new slot. A tracked source
+/// answers from its slot (or, until it is marked, from `VERIFIED`). A source not in the table
+/// spends a ceiling token while there are any, and `VERIFIED` is read only when the ceiling is
+/// spent: a new source costs no lookup there until a flood drains the ceiling, and a verified
+/// one is still never refused (its next SYN, from its slot, marks it).
+#[inline(always)]
+fn ceiling(
+    key: &SourceKey,
+    found: Option<*mut SourceSlot>,
+    cfg: &BudgetSettings,
+    now: u64,
+) -> Option<u32> {
+    if cfg.syn_ceiling.is_unlimited() {
+        return Some(0);
+    }
+    if found.is_some() && verified(key, found) {
+        return Some(SLOT_VERIFIED);
+    }
+    if take(Limiter::SynCeiling, cfg, now) {
+        return Some(0);
+    }
+    if found.is_none() && verified(key, None) {
+        return Some(SLOT_VERIFIED);
+    }
+    None
 }
 
 /// Whether the source completed a connection (exempt from the SYN ceiling). The slot keeps the

@@ -80,8 +80,9 @@ pub static SOURCES: Array<SourceSlot> =
 pub static CONNECTIONS: HashMap<SourceKey, u32> =
     HashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
 
-/// Open counted connections per hash slot, kept by sock_ops beside `CONNECTIONS`: zero proves
-/// that no key with this slot has a counted connection, so XDP skips the `CONNECTIONS` lookup.
+/// Open counted connections per hash slot, kept by sock_ops beside `CONNECTIONS`: the sum of
+/// the counts of every key with this slot, so a slot below a class's cap proves each of those
+/// sources below it, and XDP looks up `CONNECTIONS` only when the slot has reached the cap.
 /// key: `u32` `presence_slot(key.slot_hash(), presence_slots)`; value: `u32` count (host
 /// order); capacity: `presence_slots(budgets.tracked_connections)` (4 per connection; default
 /// 262144), set at load.

@@ -98,12 +98,14 @@ fn claim_slot(first: u32, key: &SourceKey, flags: u32, now: u64) -> u32 {
     index
 }
 
-/// Whether sock_ops counted a connection for some key with `hash` that is still open; false
-/// proves the source holds none. A missing slot reads as true (the exact count decides).
+/// Whether a source with `hash` may hold `cap` or more counted connections: its presence slot
+/// counts the open connections of every key sharing the slot, so a count below `cap` proves
+/// the source's own below it, and only a slot at or over `cap` (its sources near their cap, or
+/// a crowded slot) sends XDP to the exact count. A missing slot reads as true.
 #[inline(always)]
-pub fn may_have_connections(hash: u32, slots: u32) -> bool {
+pub fn may_be_at_cap(hash: u32, slots: u32, cap: u32) -> bool {
     match CONN_PRESENCE.get(presence_slot(hash, slots)) {
-        Some(n) => *n != 0,
+        Some(n) => *n >= cap,
         None => true,
     }
 }

@@ -155,6 +155,20 @@ impl Harness {
             .expect("presence slot")
     }
 
+    /// Overwrites the presence slot of a source alone (the count stays): a slot shared with
+    /// other sources' connections, or, below the count, one that no longer bounds it.
+    pub fn set_presence(&mut self, key: &SourceKey, n: u32) {
+        let slots = presence_slots(self.config.budgets.tracked_connections);
+        let map = self
+            .guard
+            .map_mut(names::CONN_PRESENCE)
+            .expect("presence map");
+        let mut presence: Array<_, u32> = Array::try_from(map).expect("array");
+        presence
+            .set(presence_slot(key.slot_hash(), slots), n, 0)
+            .expect("presence slot");
+    }
+
     /// The concurrent-connection count of a source, as sock_ops keeps it (`None`: no entry).
     pub fn connections(&self, key: &SourceKey) -> Option<u32> {
         let map = self.guard.map(names::CONNECTIONS).expect("connections map");

@@ -17,9 +17,9 @@
 //! benchmark runs in a network and mount namespace of its own (a private bpffs), so nothing it
 //! sets up outlives it.
 //!
-//! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=sources` (sections 1 to 3), `=lists`
-//! (section 4) or `=flood` (section 6) measures those sections, prints them and writes
-//! nothing: for trying a change quickly.
+//! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
+//! 3), `=lists` (section 4) or `=flood` (section 6) measures those sections, prints them and
+//! writes nothing: for trying a change quickly.
 
 mod flood;
 mod lists;
@@ -41,8 +41,9 @@ use aya::{
     sys::{Stats as BpfStats, enable_stats},
 };
 use guard_common::{
-    AccountingEvent, BUDGET_ACTIVE, ClassBudget, Gcra, MailClass, Reason, SourceKey, SourceSlot,
-    SourceState, maps as names, source_pair, source_slots,
+    AccountingEvent, BUDGET_ACTIVE, ClassBudget, DEFAULT_TRACKED_SOURCES, Gcra, MailClass, Reason,
+    SourceKey, SourceSlot, SourceState, maps as names, prefix_mask, presence_slot, presence_slots,
+    source_pair, source_slots,
 };
 use guard_tests::{
     fixture::{mark_verified, pin_to_one_cpu, set_connections},
@@ -55,7 +56,7 @@ use mailguard::{
 };
 use measure::{
     CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, ns_per_run,
-    p99_single, ratios, single_runs, stats, trials,
+    p99_single, ratios, stats, trials,
 };
 use peer::XdpFilter;
 
@@ -65,6 +66,8 @@ use peer::XdpFilter;
 const CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\ntracked_sources = 2200000\n\
                       tracked_connections = 1100000\n";
 const TRACKED_SOURCES: u32 = 2_200_000;
+/// `CONFIG` with the default configuration's tables, for the new-source comparison.
+const DEFAULT_TABLES_CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\n";
 const TRACKED_CONNECTIONS: u32 = 1_100_000;
 
 /// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
@@ -191,7 +194,11 @@ fn check_peer_path(peer: &XdpFilter, name: &str, packet: &[u8]) -> Result<&'stat
     Ok(verdict)
 }
 
-/// The mx budget charges every SYN (rate state, cap lookup, rate) and never refuses one at
+/// The mx budget's cap on concurrent connections (the example configuration's): no measured
+/// source reaches it.
+const CAP: u32 = 50;
+
+/// The mx budget charges every SYN (rate state, cap check, rate) and never refuses one at
 /// the rates BPF_PROG_TEST_RUN reaches: one admission per nanosecond, a second's burst.
 fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
     let never_refuses = ClassBudget {
@@ -199,7 +206,7 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
             interval_ns: 1,
             tolerance_ns: 1_000_000_000,
         },
-        max_connections: 10_000_000,
+        max_connections: CAP,
         flags: BUDGET_ACTIVE,
     };
     guard
@@ -212,7 +219,8 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
 
 /// mailguard loaded with `config`, charging every SYN, and its known sources: they completed
 /// connections before (sock_ops marked them verified); one holds a connection open, counted as
-/// sock_ops counts it.
+/// sock_ops counts it; another holds one too, in a presence slot that a source at its cap
+/// shares (so its SYN reads its exact count).
 fn prepared(config: &Config) -> Result<Guard, String> {
     let mut guard = loaded(config)?;
     charge_every_syn(&mut guard)?;
@@ -225,12 +233,96 @@ fn prepared(config: &Config) -> Result<Guard, String> {
     let mut v6 = [0u8; 16];
     v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
     v6[15] = 2;
-    let known_v6 = mx(SourceKey::v6(v6, guard_common::prefix_mask::<16>(64), 0));
-    for k in [known_v4, holding, known_v6] {
+    let known_v6 = mx(SourceKey::v6(v6, prefix_mask::<16>(64), 0));
+    let crowded = mx(SourceKey::v4([198, 18, 0, 4], [255; 4], 0));
+    for k in [known_v4, holding, known_v6, crowded] {
         mark_verified(&mut guard, k)?;
     }
-    set_connections(&mut guard, TRACKED_CONNECTIONS, holding, 1)?;
+    let tracked = config.budgets.tracked_connections;
+    set_connections(&mut guard, tracked, holding, 1)?;
+    set_connections(&mut guard, tracked, crowded, 1)?;
+    let neighbour = presence_neighbour(&crowded, presence_slots(tracked))?;
+    set_connections(&mut guard, tracked, neighbour, CAP)?;
     Ok(guard)
+}
+
+/// A mail SYN from a new source (the insert path), by single runs over `NEW_SOURCES` packets,
+/// each from a source mailguard has not seen, on `big` (the measured configuration's tables)
+/// and on `default` (the default configuration's), beside a known source's single runs and the
+/// floor's and xdp-filter's on the same packets: one run of each per packet, their order
+/// rotating, so that the machine's drift falls on all alike.
+fn new_sources(
+    big: &Guard,
+    default: &Guard,
+    floor: &Xdp,
+    peer: &XdpFilter,
+    syn: &dyn Fn(&str, u16) -> Vec<u8>,
+) -> Result<NewSources, String> {
+    let big_xdp = big.xdp().map_err(|e| e.to_string())?;
+    let default_xdp = default.xdp().map_err(|e| e.to_string())?;
+    let known = syn("198.18.0.2", 25);
+    // The known source is tracked before the count starts.
+    ns_per_run(big_xdp, &known, 1);
+    let tracked = |g: &Guard| guard_accounting(g, AccountingEvent::SourceTracked);
+    let (big0, default0) = (tracked(big)?, tracked(default)?);
+    let mut times: Vec<Vec<f64>> = (0..5)
+        .map(|_| Vec::with_capacity(NEW_SOURCES as usize))
+        .collect();
+    for i in 0..NEW_SOURCES {
+        let packet = syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
+        let runs: [(&dyn Timed, &[u8]); 5] = [
+            (floor, &packet),
+            (peer, &packet),
+            (big_xdp, &known),
+            (big_xdp, &packet),
+            (default_xdp, &packet),
+        ];
+        for k in 0..runs.len() {
+            let j = (i as usize + k) % runs.len();
+            let (program, packet) = runs[j];
+            times[j].push(ns_per_run(program, packet, 1));
+        }
+    }
+    for (name, g, before) in [
+        ("tables for a million", big, big0),
+        ("default tables", default, default0),
+    ] {
+        let inserted = tracked(g)? - before;
+        if inserted != NEW_SOURCES as u64 {
+            return Err(format!(
+                "new-source runs ({name}) inserted {inserted} sources, expected {NEW_SOURCES}"
+            ));
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let r = NewSources {
+        floor: mean(&times[0]),
+        peer: mean(&times[1]),
+        known: mean(&times[2]),
+        new_big: mean(&times[3]),
+        new_default: mean(&times[4]),
+    };
+    println!(
+        "single runs: new source {:.0} ns (default tables {:.0} ns), known source {:.0} ns, floor {:.0} ns, \
+         xdp-filter {:.0} ns",
+        r.new_big, r.new_default, r.known, r.floor, r.peer
+    );
+    Ok(r)
+}
+
+/// An IPv6 /64 source (in 2001:db8::/32) whose key has the presence slot of `key` in a
+/// filter of `slots` slots.
+fn presence_neighbour(key: &SourceKey, slots: u32) -> Result<SourceKey, String> {
+    let slot = presence_slot(key.slot_hash(), slots);
+    (0..u32::MAX)
+        .map(|i| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            a[4..8].copy_from_slice(&i.to_be_bytes());
+            SourceKey::v6(a, prefix_mask::<16>(64), key.class)
+        })
+        .find(|k| presence_slot(k.slot_hash(), slots) == slot)
+        .ok_or_else(|| "no source shares the presence slot".to_string())
 }
 
 /// mailguard loaded (not attached) with `config` written into its maps.
@@ -289,6 +381,8 @@ fn run() -> Result<(), String> {
     let _accepted = listener.accept().map_err(|e| e.to_string())?;
 
     let (config, _) = Config::parse(CONFIG, "bench").map_err(|e| e.to_string())?;
+    let (default_config, _) =
+        Config::parse(DEFAULT_TABLES_CONFIG, "bench").map_err(|e| e.to_string())?;
     let (mx_config, _) =
         Config::parse(&format!("{MX_ONLY_SWITCH}{CONFIG}{MX_ONLY_LISTS}"), "bench")
             .map_err(|e| e.to_string())?;
@@ -352,6 +446,14 @@ fn run() -> Result<(), String> {
             below_peer: true,
         },
         Case {
+            name: "mail SYN charged, known source holding 1 connection, presence slot shared with a source at its cap (25)",
+            short: "charged, shared presence slot",
+            packet: syn("198.18.0.4", 25),
+            reason: Reason::MailNew,
+            target: None,
+            below_peer: false,
+        },
+        Case {
             name: "IPv6 mail SYN, hop-by-hop + destination options, charged (25)",
             short: "IPv6 + ext hdrs, charged",
             packet: Packet::v6("2001:db8::2", "2001:db8::1", tcp(40000, 25, SYN))
@@ -398,6 +500,10 @@ fn run() -> Result<(), String> {
             below_peer: false,
         },
     ];
+    if only.as_deref() == Some("new") {
+        new_sources(&guard, &prepared(&default_config)?, floor, &peer, &syn)?;
+        return Ok(());
+    }
     let (steal0, total0) = cpu_times();
     let mut rows = measure_cases(&guard, floor, &peer, &default_cases)?;
     guard
@@ -417,28 +523,7 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    // New sources: each packet from a source mailguard has not seen, so every run inserts.
-    let program = guard.xdp().map_err(|e| e.to_string())?;
-    let new_packets: Vec<Vec<u8>> = (0..NEW_SOURCES)
-        .map(|i| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25))
-        .collect();
-    let known_packets: Vec<Vec<u8>> = (0..NEW_SOURCES).map(|_| syn("198.18.0.2", 25)).collect();
-    let inserted0 = guard_accounting(&guard, AccountingEvent::SourceTracked)?;
-    let new_ns = single_runs(program, &new_packets);
-    let inserted = guard_accounting(&guard, AccountingEvent::SourceTracked)? - inserted0;
-    if inserted != NEW_SOURCES as u64 {
-        return Err(format!(
-            "new-source runs inserted {inserted} sources, expected {NEW_SOURCES}"
-        ));
-    }
-    let known_ns = single_runs(program, &known_packets);
-    let floor_single = single_runs(floor, &new_packets);
-    let peer_single = single_runs(&peer, &new_packets);
-    println!(
-        "single runs: new source {new_ns:.0} ns, known source {known_ns:.0} ns, floor {floor_single:.0} ns, \
-         xdp-filter {peer_single:.0} ns (the insert adds {:.0} ns)",
-        new_ns - known_ns
-    );
+    let new = new_sources(&guard, &prepared(&default_config)?, floor, &peer, &syn)?;
 
     // Scaling: the same known-source SYN with more and more sources tracked, a mailguard per
     // scale, all timed in the same trials with the floor (the machine's drift between scales
@@ -533,10 +618,7 @@ fn run() -> Result<(), String> {
         verified,
         steal,
         rows: &rows,
-        new_ns,
-        known_ns,
-        floor_single,
-        peer_single,
+        new,
         peer_version: &peer.version,
         peer_ports: &peer.ports,
         scaling: &scaling,
@@ -616,7 +698,7 @@ fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<u32, String> {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         a[4..8].copy_from_slice(&i.to_be_bytes());
-        SourceKey::v6(a, guard_common::prefix_mask::<16>(64), MailClass::Mx as u8)
+        SourceKey::v6(a, prefix_mask::<16>(64), MailClass::Mx as u8)
     };
     let slots = source_slots(TRACKED_SOURCES);
     let mut placed = 0;
@@ -697,19 +779,40 @@ fn sockops_cost(guard: &mut Guard) -> Result<SockopsCost, String> {
     })
 }
 
+/// Mean single-run times (ns) of the new-source comparison.
+struct NewSources {
+    floor: f64,
+    peer: f64,
+    known: f64,
+    /// A new source, tables sized as `CONFIG` says (for a million sources).
+    new_big: f64,
+    /// A new source, the default configuration's tables.
+    new_default: f64,
+}
+
 struct Report<'a> {
     verified: Option<u32>,
     steal: f64,
     rows: &'a [Row<'a>],
-    new_ns: f64,
-    known_ns: f64,
-    floor_single: f64,
-    peer_single: f64,
+    new: NewSources,
     peer_version: &'a str,
     peer_ports: &'a str,
     scaling: &'a [(u32, u32, Comparison)],
     spread: f64,
     sockops: &'a SockopsCost,
+}
+
+/// Whether a new-source figure meets issue 6's mail SYN target, said plainly.
+fn new_verdict(ns: f64, r: &NewSources) -> String {
+    let ratio = ns / r.floor;
+    let within = ratio <= 3.0;
+    let below = ns < r.peer;
+    match (within, below) {
+        (true, true) => format!("{ratio:.2}x, below xdp-filter: met"),
+        (true, false) => format!("{ratio:.2}x but not below xdp-filter: **not met**"),
+        (false, true) => format!("{ratio:.2}x (> 3x), below xdp-filter: **not met**"),
+        (false, false) => format!("{ratio:.2}x (> 3x), above xdp-filter: **not met**"),
+    }
 }
 
 fn report(r: Report) -> String {
@@ -754,9 +857,12 @@ fn report(r: Report) -> String {
          budget is set to charge every SYN (rate state, connection count, rate check) without ever refusing one \
          at these rates, the ceiling's burst is raised so that the new-source runs are all admitted (each still \
          pays the ceiling's check), and the tables are sized for a million sources. The known sources \
-         (198.18.0.2, 198.18.0.3, 2001:db8::2) are marked as having completed a connection, as sock_ops marks \
-         a sender, and 198.18.0.3 holds one open connection, counted as sock_ops counts it (so its SYN reads \
-         the exact count, which the others skip by their presence slot). The MX-only and block rows run with \
+         (198.18.0.2, 198.18.0.3, 198.18.0.4, 2001:db8::2) are marked as having completed a connection, as \
+         sock_ops marks a sender; 198.18.0.3 and 198.18.0.4 hold one open connection each, counted as sock_ops \
+         counts it, under a cap of {CAP}. XDP reads a source's presence slot, the sum of the counts of every \
+         source sharing it: below the cap it proves the source below it, so 198.18.0.3's SYN reads no exact \
+         count; 198.18.0.4's slot is shared with a source holding {CAP} connections, so its SYN reads its exact \
+         count (a hash-map lookup), as a source near its cap does. The MX-only and block rows run with \
          MX-only on (allowlist 198.18.0.0/24) and a block list (198.18.9.0/24).\n\n\
          Before timing, each packet is run {CHECK_RUNS} times through mailguard and through xdp-filter: \
          mailguard's counters must show exactly {CHECK_RUNS} packets under the intended reason, xdp-filter's own \
@@ -823,11 +929,32 @@ fn report(r: Report) -> String {
         "\nThe reply ACK pays for a kernel socket lookup (`bpf_skc_lookup_tcp`) and has no target.\n\n\
          ## New sources\n\nA repeated packet has one source, so the path that creates a source's rate state \
          is measured by single runs (repeat 1) over {NEW_SOURCES} SYNs to port 25, each from a different source \
-         (counters prove {NEW_SOURCES} sources were inserted), beside the same number of single runs from a known \
-         source and of the floor on the same packets. Single runs include the test loop's own timer reads.\n\n\
-         | path | ns per run |\n|---|---:|\n| floor | {:.0} |\n| xdp-filter (same packets) | {:.0} |\n\
-         | mail SYN, known source | {:.0} |\n| mail SYN, new source (insert) | {:.0} |\n",
-        r.floor_single, r.peer_single, r.known_ns, r.new_ns
+         (counters prove {NEW_SOURCES} sources were inserted into each mailguard), on the mailguard above (tables \
+         for a million sources, {TRACKED_SOURCES} rate slots: 140 MB) and on one with the default configuration's \
+         tables ({DEFAULT_TRACKED_SOURCES} rate slots, 4 MB; same budget), beside single runs of the known source \
+         and of the floor and xdp-filter on the same packets: per packet one run of each, their order rotating. \
+         Figures are means; single runs include the test loop's own timer reads, the floor's as much as the \
+         others'. A new source reads memory no other packet touched lately (its slot pair in the rate table, its \
+         presence slot), which a stateless filter does not have; the SYN ceiling's token is spent without a \
+         look-up of the verified sources while the ceiling has tokens.\n\n\
+         | path | ns per run | ratio to floor |\n|---|---:|---:|\n| floor | {:.0} | 1.00x |\n\
+         | xdp-filter (same packets) | {:.0} | {:.2}x |\n\
+         | mail SYN, known source | {:.0} | {:.2}x |\n\
+         | mail SYN, new source (insert), tables for a million sources | {:.0} | {:.2}x |\n\
+         | mail SYN, new source (insert), default tables | {:.0} | {:.2}x |\n\n\
+         Target (issue 6, mail SYN at most 3x the floor and below xdp-filter), new source: tables for a million \
+         {}; default tables {}.\n",
+        r.new.floor,
+        r.new.peer,
+        r.new.peer / r.new.floor,
+        r.new.known,
+        r.new.known / r.new.floor,
+        r.new.new_big,
+        r.new.new_big / r.new.floor,
+        r.new.new_default,
+        r.new.new_default / r.new.floor,
+        new_verdict(r.new.new_big, &r.new),
+        new_verdict(r.new.new_default, &r.new)
     );
     let _ = writeln!(
         md,

@@ -119,14 +119,6 @@ pub fn p99_single(program: &dyn Timed, packet: &[u8], n: usize) -> f64 {
     v[(n * 99).div_ceil(100) - 1]
 }
 
-/// Single runs (repeat 1) over many different packets: the mean kernel-measured time of one
-/// run, for paths a repeated packet cannot exercise (a new source each time). Includes the
-/// test loop's own timer reads, as the floor measured the same way does.
-pub fn single_runs(program: &dyn Timed, packets: &[Vec<u8>]) -> f64 {
-    let total: f64 = packets.iter().map(|p| ns_per_run(program, p, 1)).sum();
-    total / packets.len() as f64
-}
-
 /// (steal, total) jiffies of all CPUs from /proc/stat: the share of time the hypervisor took.
 pub fn cpu_times() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
