@@ -56,7 +56,7 @@ use mailguard::{
 };
 use measure::{
     CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, ns_per_run,
-    p99_single, ratios, stats, trials,
+    p99_single, ratios, stats, trials_each,
 };
 use peer::XdpFilter;
 
@@ -139,9 +139,10 @@ fn measure_cases<'a>(
         "paths verified: every one of {CHECK_RUNS} runs per packet counted under its reason, by mailguard \
          and by xdp-filter"
     );
+    let packets: Vec<&[u8]> = cases.iter().map(|c| c.packet.as_slice()).collect();
+    let timed = trials_each(&[program, floor, peer], &packets);
     let mut rows = Vec::new();
-    for (c, peer_verdict) in cases.iter().zip(verdicts) {
-        let t = trials(&[program, floor, peer], &c.packet);
+    for ((c, peer_verdict), t) in cases.iter().zip(verdicts).zip(timed) {
         let row = Row {
             case: c,
             mailguard: stats(t[0].clone()),
@@ -868,8 +869,10 @@ fn report(r: Report) -> String {
          mailguard's counters must show exactly {CHECK_RUNS} packets under the intended reason, xdp-filter's own \
          per-action counters exactly {CHECK_RUNS} under the verdict it returned (shown in the table; xdp-filter \
          keeps no state, so it passes the reply ACK only because of the port it comes from, and has no notion \
-         of MX-only), and the floor must drop. Then {TRIALS} trials rotate the three programs, each trial one \
-         BPF_PROG_TEST_RUN call of {REPEAT} runs; the kernel reports the mean time per run in whole \
+         of MX-only), and the floor must drop. Then {TRIALS} trials each time every packet (those of the default \
+         configuration, then those of the MX-only one) on the three programs, their order rotating, each \
+         timing one BPF_PROG_TEST_RUN call of {REPEAT} runs, so that a noisy spell of the machine falls on a few \
+         trials of every packet rather than on all the trials of one; the kernel reports the mean time per run in whole \
          nanoseconds. Figures are medians over trials with min-max; a ratio is the median over trials of each \
          program's trial divided by the floor trial run beside it, so that drift in the machine's speed cancels \
          out. The p99 column is the 99th percentile of {TAIL_RUNS} single runs (repeat 1) of the packet, \

@@ -78,11 +78,29 @@ pub struct Comparison {
 /// Times every program on the same packet over `TRIALS` trials of `REPEAT` runs, the order of
 /// the programs rotating from trial to trial; returns each program's per-trial means.
 pub fn trials(programs: &[&dyn Timed], packet: &[u8]) -> Vec<Vec<f64>> {
-    let mut times = vec![Vec::with_capacity(TRIALS); programs.len()];
+    trials_each(programs, &[packet]).remove(0)
+}
+
+/// As `trials`, for several packets at once: every trial times every packet on every program
+/// (the programs' order rotating), so that a noisy spell of the machine falls on a few trials of
+/// every packet, where the medians leave it out, rather than on all the trials of one.
+/// Returns, per packet, each program's per-trial means.
+pub fn trials_each(programs: &[&dyn Timed], packets: &[&[u8]]) -> Vec<Vec<Vec<f64>>> {
+    let mut times: Vec<Vec<Vec<f64>>> = packets
+        .iter()
+        .map(|_| {
+            programs
+                .iter()
+                .map(|_| Vec::with_capacity(TRIALS))
+                .collect()
+        })
+        .collect();
     for trial in 0..TRIALS {
-        for k in 0..programs.len() {
-            let i = (trial + k) % programs.len();
-            times[i].push(ns_per_run(programs[i], packet, REPEAT));
+        for (p, packet) in packets.iter().enumerate() {
+            for k in 0..programs.len() {
+                let i = (trial + p + k) % programs.len();
+                times[p][i].push(ns_per_run(programs[i], packet, REPEAT));
+            }
         }
     }
     times
