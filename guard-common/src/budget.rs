@@ -86,11 +86,12 @@ pub struct BudgetSettings {
     pub mask_v6: [u8; 16],
     /// `TRUSTED_*` bits: which trusted tries have entries (empty ones are not looked up).
     pub flags: u32,
-    /// Slots of the `SOURCES` table (`source_slots(budgets.tracked_sources)`): the range the
-    /// source hash is mapped onto. A value larger than the map makes lookups fail (fails open).
-    pub source_slots: u32,
-    /// Slots of `CONN_PRESENCE` (`presence_slots(budgets.tracked_connections)`).
-    pub presence_slots: u32,
+    /// Buckets of the `SOURCES` table (`source_buckets(budgets.tracked_sources)`): the range
+    /// the source hash is mapped onto. A value larger than the map makes lookups fail (fails
+    /// open).
+    pub source_buckets: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// `BudgetSettings::flags`: `TRUSTED_V4` has entries.
@@ -150,23 +151,24 @@ impl SourceKey {
     }
 }
 
-/// What XDP keeps per source and class, in its `SourceSlot` of the `SOURCES` table.
+/// What XDP keeps per source and class, in its `SourceSlot` of the `SOURCES` table (32 bytes,
+/// so that two slots and their bucket's connection count fill two cache lines).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
     /// GCRA theoretical arrival time of the next SYN, in `bpf_ktime_get_coarse_ns` time
     /// (CLOCK_MONOTONIC_COARSE).
     pub tat_ns: u64,
-    /// SYNs seen (approximate under concurrency: not atomic).
-    pub syns: u64,
-    /// SYNs refused by the budget (approximate, as `syns`).
-    pub refused: u64,
     /// Time (as `tat_ns`) of the first SYN since the source was tracked.
     pub first_ns: u64,
     /// Time (as `tat_ns`) of the last SYN.
     pub last_ns: u64,
+    /// SYNs seen, saturating (approximate under concurrency: not atomic).
+    pub syns: u32,
+    /// SYNs refused by the budget, saturating (approximate, as `syns`).
+    pub refused: u32,
 }
-const _: () = assert!(core::mem::size_of::<SourceState>() == 40);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 32);
 
 /// Prefix masks (network byte order) for a source prefix length.
 pub fn prefix_mask<const N: usize>(prefix_len: u32) -> [u8; N] {

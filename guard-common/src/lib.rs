@@ -33,6 +33,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceState {}
     unsafe impl aya::Pod for SourceSlot {}
+    unsafe impl aya::Pod for SourceBucket {}
     unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for V6Bucket {}
     unsafe impl aya::Pod for V6Lengths {}

@@ -16,13 +16,11 @@ pub const OPEN_SOURCES_V6: &str = "MG_OPEN_SRC_V6";
 pub const BUDGETS: &str = "MG_BUDGETS";
 /// Single-entry array of `BudgetSettings`.
 pub const BUDGET_SETTINGS: &str = "MG_BUDGET_CFG";
-/// Array of `SourceSlot` (two-way set-associative by `SourceKey::slot_hash`): rate state per
-/// source and class.
+/// Array of `SourceBucket` by `source_bucket`: rate state per source and class (two slots per
+/// bucket), and the connections counted for the bucket's keys (sock_ops).
 pub const SOURCES: &str = "MG_SOURCES";
 /// Hash `SourceKey` -> `u32`: concurrent connections per source and class (sock_ops).
 pub const CONNECTIONS: &str = "MG_CONNS";
-/// Array of `u32` by `presence_slot`: counted connections per hash slot (sock_ops).
-pub const CONN_PRESENCE: &str = "MG_CONN_PRESENCE";
 /// Hash socket cookie (`u64`) -> `SourceKey`: the connections sock_ops counted.
 pub const SOCKETS: &str = "MG_SOCKETS";
 /// LRU hash `SourceKey` (class 0) -> `u64` time: sources seen completing a connection.
@@ -69,7 +67,6 @@ pub const ALL: &[&str] = &[
     BUDGET_SETTINGS,
     SOURCES,
     CONNECTIONS,
-    CONN_PRESENCE,
     SOCKETS,
     VERIFIED,
     TRUSTED_V4,

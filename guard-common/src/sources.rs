@@ -1,16 +1,21 @@
-//! Where a source's state lives: the `SOURCES` table and the `CONN_PRESENCE` filter, both plain
-//! BPF arrays indexed by a hash of the `SourceKey` that every side computes with the functions
-//! here (XDP and sock_ops in the kernel, userspace for `mailguard top`, tests and benchmarks).
+//! Where a source's state lives: the `SOURCES` table, a plain BPF array of `SourceBucket`s
+//! indexed by a hash of the `SourceKey` that every side computes with the functions here (XDP
+//! and sock_ops in the kernel, userspace for `mailguard top`, tests and benchmarks).
 //!
-//! - `SOURCES` is a two-way set-associative table: a key may live in either slot of the pair
-//!   `source_pair(hash)`. A lookup compares at most two keys; a new source takes a free slot
-//!   of its pair, or else the one whose last SYN is older (that source is forgotten and starts
-//!   again with a full bucket: fails open, never refuses anyone). Array lookups are inlined by
-//!   the verifier, so a known source costs a hash and two compares instead of a hash-map walk.
-//! - `CONN_PRESENCE` counts, per hash slot, the connections sock_ops counted for keys with that
-//!   slot: an upper bound of each of those sources' counts. A slot below a class's cap proves
-//!   the source below it, so XDP reads the exact count (`CONNECTIONS`, a hash map) only when
-//!   the slot has reached the cap. Collisions only cost that lookup; a count is never missed.
+//! - A bucket holds two slots: a key may live in either slot of its bucket
+//!   `source_bucket(hash)` (two-way set-associative). A lookup compares at most two keys; a new
+//!   source takes a free slot of its bucket, or else the one whose last SYN is older (that
+//!   source is forgotten and starts again with a full bucket: fails open, never refuses
+//!   anyone). Array lookups are inlined by the verifier, so a known source costs a hash and two
+//!   compares instead of a hash-map walk.
+//! - A bucket also counts the connections sock_ops counted for keys of that bucket (its
+//!   presence count): an upper bound of each of those sources' counts. A count below a class's
+//!   cap proves the source below it, so XDP reads the exact count (`CONNECTIONS`, a hash map)
+//!   only when the bucket's count has reached the cap. Collisions only cost that lookup; a
+//!   count is never missed, and no source is ever refused for another's connections.
+//! - A bucket is 128 bytes, two cache lines aligned to their pair (the map is mmapable, so page
+//!   aligned): a new source's SYN, which finds its slots, claims one and checks the presence
+//!   count, touches memory in one place.
 //!
 //! The hash is fixed (not seeded): a collision can only make mailguard forget a source's rate
 //! state (more permissive for that source) or read its exact count; it never refuses one
@@ -18,8 +23,7 @@
 
 use crate::budget::{SourceKey, SourceState};
 
-/// One slot of the `SOURCES` table. An empty slot is all zero (`key.family` 0 matches no
-/// source).
+/// One slot of a `SourceBucket`. An empty slot is all zero (`key.family` 0 matches no source).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceSlot {
@@ -28,24 +32,31 @@ pub struct SourceSlot {
     pub flags: u32,
     pub state: SourceState,
 }
-const _: () = assert!(core::mem::size_of::<SourceSlot>() == 64);
+const _: () = assert!(core::mem::size_of::<SourceSlot>() == 56);
+
+/// One bucket of the `SOURCES` table: the connections counted for its keys and the two slots
+/// its keys may occupy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBucket {
+    /// Open connections sock_ops counted for keys whose bucket this is (added at establishment,
+    /// removed at close, atomically; never below zero).
+    pub connections: u32,
+    /// Zero.
+    pub reserved: [u32; 3],
+    pub slots: [SourceSlot; 2],
+}
+const _: () = assert!(core::mem::size_of::<SourceBucket>() == 128);
 
 /// `SourceSlot::flags`: the source was found in `VERIFIED` (it completed a connection), so the
 /// SYN ceiling does not apply and `VERIFIED` need not be looked up again.
 pub const SLOT_VERIFIED: u32 = 1 << 0;
 
-/// Presence slots per tracked connection: a quarter-full filter keeps needless count lookups
-/// rare.
-pub const PRESENCE_PER_CONNECTION: u32 = 4;
-
-/// Capacity of `SOURCES` for `budgets.tracked_sources`: whole pairs.
-pub const fn source_slots(tracked_sources: u32) -> u32 {
-    tracked_sources + (tracked_sources & 1)
-}
-
-/// Capacity of `CONN_PRESENCE` for `budgets.tracked_connections`.
-pub const fn presence_slots(tracked_connections: u32) -> u32 {
-    tracked_connections.saturating_mul(PRESENCE_PER_CONNECTION)
+/// Capacity of `SOURCES` in buckets for `budgets.tracked_sources` (two per bucket, at least one
+/// bucket).
+pub const fn source_buckets(tracked_sources: u32) -> u32 {
+    let n = tracked_sources / 2 + (tracked_sources & 1);
+    if n == 0 { 1 } else { n }
 }
 
 impl SourceKey {
@@ -99,17 +110,10 @@ const fn reduce(hash: u32, n: u32) -> u32 {
     ((hash as u64 * n as u64) >> 32) as u32
 }
 
-/// The first slot of the pair a key with `hash` may occupy in a table of `slots` slots; the
-/// other is the next one.
+/// The bucket of a key with `hash` in a table of `buckets` buckets.
 #[inline(always)]
-pub const fn source_pair(hash: u32, slots: u32) -> u32 {
-    reduce(hash, slots / 2) * 2
-}
-
-/// The `CONN_PRESENCE` slot of a key with `hash`, in a filter of `slots` slots.
-#[inline(always)]
-pub const fn presence_slot(hash: u32, slots: u32) -> u32 {
-    reduce(hash, slots)
+pub const fn source_bucket(hash: u32, buckets: u32) -> u32 {
+    reduce(hash, buckets)
 }
 
 #[cfg(test)]
@@ -124,30 +128,31 @@ mod tests {
     }
 
     #[test]
-    fn slots_stay_in_range_and_pairs_are_whole() {
-        for slots in [2u32, 16, 65_536, 1_100_000, 16_777_216] {
+    fn buckets_stay_in_range() {
+        for buckets in [1u32, 8, 32_768, 550_000, 8_388_608] {
             for i in 0..10_000u32 {
                 let h = v4(i.wrapping_mul(2_654_435_761)).slot_hash();
-                let p = source_pair(h, slots);
-                assert!(p.is_multiple_of(2) && p + 1 < slots, "pair {p} of {slots}");
-                assert!(presence_slot(h, slots) < slots);
+                let b = source_bucket(h, buckets);
+                assert!(b < buckets, "bucket {b} of {buckets}");
             }
-            assert_eq!(source_pair(u32::MAX, slots), slots - 2);
+            assert_eq!(source_bucket(u32::MAX, buckets), buckets - 1);
+            assert_eq!(source_bucket(0, buckets), 0);
         }
-        assert_eq!(source_slots(65_535), 65_536);
-        assert_eq!(source_slots(65_536), 65_536);
-        assert_eq!(presence_slots(16_777_216), 67_108_864);
-        assert_eq!(presence_slots(u32::MAX), u32::MAX);
+        assert_eq!(source_buckets(65_535), 32_768);
+        assert_eq!(source_buckets(65_536), 32_768);
+        assert_eq!(source_buckets(1), 1);
+        assert_eq!(source_buckets(0), 1);
+        assert_eq!(source_buckets(u32::MAX), 1 << 31);
     }
 
     #[test]
     fn the_hash_spreads_neighbouring_sources() {
-        // 100k consecutive IPv4 sources (the worst case for a weak hash) over 131072 pairs:
-        // about as many distinct pairs as random placement gives (1 - e^-0.76 = 53%).
-        let pairs: HashSet<u32> = (0..100_000u32)
-            .map(|i| source_pair(v4(0xc612_0000 + i).slot_hash(), 262_144))
+        // 100k consecutive IPv4 sources (the worst case for a weak hash) over 131072 buckets:
+        // about as many distinct buckets as random placement gives (1 - e^-0.76 = 53%).
+        let buckets: HashSet<u32> = (0..100_000u32)
+            .map(|i| source_bucket(v4(0xc612_0000 + i).slot_hash(), 131_072))
             .collect();
-        assert!(pairs.len() > 50_000, "{} distinct pairs", pairs.len());
+        assert!(buckets.len() > 50_000, "{} distinct buckets", buckets.len());
         // Classes and families of one address land apart.
         let a = v4(0xc612_0002);
         let b = SourceKey { class: 2, ..a };

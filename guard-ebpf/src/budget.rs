@@ -2,19 +2,19 @@
 //!
 //! 1. trusted sources pass without a budget;
 //! 2. a source never seen completing a connection is held to the global SYN ceiling (a
-//!    spoofed flood has a new source per packet; real senders complete handshakes; `ceiling`
-//!    says when `VERIFIED` is read);
+//!    spoofed flood has a new source per packet; real senders complete handshakes, and sock_ops
+//!    flags their slots; `ceiling` says when `VERIFIED` is read);
 //! 3. a source holding its class's maximum of concurrent connections is refused (counts kept
-//!    exact by the sock_ops program, read only when its presence slot, which counts the
-//!    connections of every source sharing it, has reached the cap: below, it proves the
-//!    source below too);
+//!    exact by the sock_ops program, read only when its bucket's count, the connections of
+//!    every source of the bucket, has reached the cap: below, it proves the source below too);
 //! 4. a source over its class's new-connection rate (GCRA) is refused.
 //!
 //! Refused means dropped, or with `action = "reject"` answered with a TCP RST while the
 //! global RST rate limit allows. Every outcome is counted per class.
 //!
 //! A source's rate state lives in its slot of the `SOURCES` table (sources.rs): a known source
-//! costs a hash, two array slots and a compare, no hash-map lookup.
+//! costs a hash, one bucket (two cache lines) and two compares, no hash-map lookup; a new one
+//! claims a slot of the same bucket, whose connection count is in the same memory.
 //!
 //! Time is CLOCK_MONOTONIC_COARSE (one tick; clock.rs reads it for a load per packet): far
 //! cheaper than the precise clock, and its steps do not accumulate into the rates.
@@ -35,7 +35,7 @@ use crate::{
     },
     parse::{Ip, bytes},
     policy::settings,
-    sources::{Pair, may_be_at_cap},
+    sources::Bucket,
 };
 
 /// Charges a new connection to `class` from the packet's source; returns its reason (`index`:
@@ -60,9 +60,11 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
         ));
     }
     let now = coarse_ns();
-    let hash = key.slot_hash();
-    let pair = Pair::of(hash, cfg.source_slots);
-    let found = pair.find(&key);
+    let Some(bucket) = Bucket::of(key.slot_hash(), cfg.source_buckets) else {
+        // Fails open: a table smaller than the settings say (a configuration mismatch).
+        return Ok(counted(class, BudgetOutcome::Untracked, Reason::MailNew));
+    };
+    let found = bucket.find(&key);
 
     let flags = match ceiling(&key, found, cfg, now) {
         Some(flags) => flags,
@@ -70,21 +72,17 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
         None => return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling)),
     };
 
-    let slot = match found.or_else(|| pair.claim(&key, flags, now)) {
-        Some(s) => s,
-        // Fails open: the connection passes, counted for the class as untracked.
-        None => return Ok(counted(class, BudgetOutcome::Untracked, Reason::MailNew)),
-    };
+    let slot = found.unwrap_or_else(|| bucket.claim(&key, flags, now));
     // SAFETY: `slot` points into a map value that stays valid while the program runs; the
     // counters are statistics, updated without atomics (a lost update is acceptable).
     let state = unsafe {
-        (*slot).state.syns += 1;
+        (*slot).state.syns = (*slot).state.syns.saturating_add(1);
         (*slot).state.last_ns = now;
         &raw mut (*slot).state
     };
 
     if budget.max_connections != 0
-        && may_be_at_cap(hash, cfg.presence_slots, budget.max_connections)
+        && bucket.may_be_at_cap(budget.max_connections)
         && let Some(count) = CONNECTIONS.get_ptr(key)
     {
         // SAFETY: a map value pointer, valid while the program runs.
@@ -105,11 +103,11 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
 }
 
 /// The global SYN ceiling, which holds back only sources never seen completing a connection:
-/// `None` refuses the SYN, `Some` admits it with the flags for a new slot. A tracked source
-/// answers from its slot (or, until it is marked, from `VERIFIED`). A source not in the table
-/// spends a ceiling token while there are any, and `VERIFIED` is read only when the ceiling is
-/// spent: a new source costs no lookup there until a flood drains the ceiling, and a verified
-/// one is still never refused (its next SYN, from its slot, marks it).
+/// `None` refuses the SYN, `Some` admits it with the flags for a new slot. A slot flagged
+/// verified (by sock_ops at an established connection, or here) answers at once. Any other
+/// source spends a ceiling token while there are any, and `VERIFIED` is read only when the
+/// ceiling is spent: no SYN costs a lookup there until a flood drains the ceiling, and a
+/// verified source is still never refused (its slot is then flagged).
 #[inline(always)]
 fn ceiling(
     key: &SourceKey,
@@ -120,37 +118,22 @@ fn ceiling(
     if cfg.syn_ceiling.is_unlimited() {
         return Some(0);
     }
-    if found.is_some() && verified(key, found) {
-        return Some(SLOT_VERIFIED);
+    if let Some(s) = found {
+        // SAFETY: a map value pointer, valid while the program runs.
+        if unsafe { (*s).flags } & SLOT_VERIFIED != 0 {
+            return Some(SLOT_VERIFIED);
+        }
     }
     if take(Limiter::SynCeiling, cfg, now) {
         return Some(0);
     }
-    if found.is_none() && verified(key, None) {
-        return Some(SLOT_VERIFIED);
-    }
-    None
-}
-
-/// Whether the source completed a connection (exempt from the SYN ceiling). The slot keeps the
-/// answer once `VERIFIED` says yes, so a known verified source costs no lookup.
-#[inline(always)]
-fn verified(key: &SourceKey, slot: Option<*mut SourceSlot>) -> bool {
-    if let Some(s) = slot {
-        // SAFETY: a map value pointer, valid while the program runs.
-        if unsafe { (*s).flags } & SLOT_VERIFIED != 0 {
-            return true;
-        }
-    }
     let class0 = SourceKey { class: 0, ..*key };
-    if VERIFIED.get_ptr(class0).is_none() {
-        return false;
-    }
-    if let Some(s) = slot {
+    VERIFIED.get_ptr(class0)?;
+    if let Some(s) = found {
         // SAFETY: as above.
         unsafe { (*s).flags |= SLOT_VERIFIED };
     }
-    true
+    Some(SLOT_VERIFIED)
 }
 
 /// The source key of the packet, and whether the source is trusted. The key is built as
@@ -238,7 +221,7 @@ fn refuse(
     outcome: BudgetOutcome,
 ) -> Reason {
     // SAFETY: a map value pointer, valid while the program runs (statistics, not atomic).
-    unsafe { (*state).refused += 1 };
+    unsafe { (*state).refused = (*state).refused.saturating_add(1) };
     let (drop, rejected) = match outcome {
         BudgetOutcome::Cap => (Reason::ConnectionCap, Reason::ConnectionCapRejected),
         _ => (Reason::SynRate, Reason::SynRateRejected),

@@ -10,9 +10,9 @@ use guard_common::{
     ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
     ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
     OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
-    SourceKey, SourceSlot, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
+    SourceBucket, SourceKey, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
     V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket, V6Lengths, VERIFIED_ENTRIES, maps as names,
-    presence_slots,
+    source_buckets,
 };
 
 /// Packets counted by reason.
@@ -60,16 +60,22 @@ pub static BUDGETS: Array<ClassBudget> = Array::with_max_entries(CLASS_SLOTS, 0)
 #[map(name = "MG_BUDGET_CFG")]
 pub static BUDGET_SETTINGS: Array<BudgetSettings> = Array::with_max_entries(1, 0);
 
-/// Rate state of each source prefix and class: a two-way set-associative table (see
-/// guard-common's `sources`). A new source takes a free slot of its pair or evicts the one with
-/// the older last SYN (the evicted source starts again with a full bucket: fails open).
-/// key: `u32` slot, `source_pair(key.slot_hash(), source_slots)` or the next one;
-/// value: `SourceSlot` {`SourceKey` (address network order), flags, `SourceState` (host
-/// order)}, all zero when free; capacity: `source_slots(budgets.tracked_sources)` (default
-/// 65536), set at load. Mmapable: userspace reads the whole table as memory.
+/// Rate state of each source prefix and class, and the open connections counted per bucket:
+/// a two-way set-associative table (see guard-common's `sources`). A new source takes a free
+/// slot of its bucket or evicts the one with the older last SYN (the evicted source starts
+/// again with a full bucket: fails open). The bucket's `connections` (kept by sock_ops beside
+/// `CONNECTIONS`) is the sum of the counts of every key of the bucket, so a bucket below a
+/// class's cap proves each of those sources below it, and XDP looks up `CONNECTIONS` only when
+/// it has reached the cap.
+/// key: `u32` `source_bucket(key.slot_hash(), source_buckets)`; value: `SourceBucket`
+/// {`connections` (host order), two `SourceSlot`s {`SourceKey` (address network order), flags,
+/// `SourceState` (host order)}, a slot all zero when free}; capacity:
+/// `source_buckets(budgets.tracked_sources)` (two sources per bucket; default 32768), set at
+/// load. Mmapable: page aligned, so every 128-byte bucket is two whole cache lines, and
+/// userspace reads the whole table as memory.
 #[map(name = "MG_SOURCES")]
-pub static SOURCES: Array<SourceSlot> =
-    Array::with_max_entries(DEFAULT_TRACKED_SOURCES, BPF_F_MMAPABLE);
+pub static SOURCES: Array<SourceBucket> =
+    Array::with_max_entries(source_buckets(DEFAULT_TRACKED_SOURCES), BPF_F_MMAPABLE);
 
 /// Concurrent connections of each source prefix and class, kept exact by sock_ops
 /// (incremented at passive establishment, decremented at close). Entries are removed at zero.
@@ -79,16 +85,6 @@ pub static SOURCES: Array<SourceSlot> =
 #[map(name = "MG_CONNS")]
 pub static CONNECTIONS: HashMap<SourceKey, u32> =
     HashMap::with_max_entries(DEFAULT_TRACKED_CONNECTIONS, 0);
-
-/// Open counted connections per hash slot, kept by sock_ops beside `CONNECTIONS`: the sum of
-/// the counts of every key with this slot, so a slot below a class's cap proves each of those
-/// sources below it, and XDP looks up `CONNECTIONS` only when the slot has reached the cap.
-/// key: `u32` `presence_slot(key.slot_hash(), presence_slots)`; value: `u32` count (host
-/// order); capacity: `presence_slots(budgets.tracked_connections)` (4 per connection; default
-/// 262144), set at load.
-#[map(name = "MG_CONN_PRESENCE")]
-pub static CONN_PRESENCE: Array<u32> =
-    Array::with_max_entries(presence_slots(DEFAULT_TRACKED_CONNECTIONS), 0);
 
 /// The connections sock_ops counted, so that exactly those are uncounted at close.
 /// key: `u64` socket cookie (host order); value: `SourceKey`;
@@ -205,7 +201,6 @@ const _: () = {
     assert!(const_str_eq(names::BUDGET_SETTINGS, "MG_BUDGET_CFG"));
     assert!(const_str_eq(names::SOURCES, "MG_SOURCES"));
     assert!(const_str_eq(names::CONNECTIONS, "MG_CONNS"));
-    assert!(const_str_eq(names::CONN_PRESENCE, "MG_CONN_PRESENCE"));
     assert!(const_str_eq(names::SOCKETS, "MG_SOCKETS"));
     assert!(const_str_eq(names::VERIFIED, "MG_VERIFIED"));
     assert!(const_str_eq(names::TRUSTED_V4, "MG_TRUSTED_V4"));

@@ -2,11 +2,12 @@
 //! connections to mail ports exact, for XDP to read when a new SYN arrives.
 //!
 //! - A passive connection to a mail port is established: remember its socket (by cookie) with
-//!   its source key, add one to the source's count and to its presence slot (`CONN_PRESENCE`,
-//!   which tells XDP whether the count is worth looking up), ask for state callbacks, and mark
-//!   the source verified (it completed a handshake).
+//!   its source key, add one to the source's count and to its bucket's count in `SOURCES`
+//!   (which tells XDP whether the count is worth looking up), ask for state callbacks, and mark
+//!   the source verified (it completed a handshake): in `VERIFIED`, and in its slot when it has
+//!   one, so that XDP reads the flag instead of looking the source up.
 //! - A remembered socket reaches CLOSE, whoever closed it: forget it and subtract one from its
-//!   count and its presence slot. Only a
+//!   count and its bucket's count. Only a
 //!   socket whose entry this call removed is uncounted, so every count goes down exactly once
 //!   for each time it went up, and never for a connection it did not count.
 //!
@@ -34,7 +35,7 @@ use guard_common::{AccountingEvent, PortKind, SourceKey, Transport, port_rule_in
 
 use crate::{
     maps::{BUDGET_SETTINGS, CONNECTIONS, PORT_RULES, SOCKETS, VERIFIED},
-    sources::{presence_down, presence_up, record},
+    sources::{Bucket, record},
 };
 
 const AF_INET: u32 = 2;
@@ -104,7 +105,10 @@ fn established(ctx: &SockOpsContext) {
         }
     };
     add(count, 1);
-    presence_up(key.slot_hash(), cfg.presence_slots);
+    if let Some(bucket) = Bucket::of(key.slot_hash(), cfg.source_buckets) {
+        bucket.connection_up();
+        bucket.mark_verified(&key);
+    }
     let verified = SourceKey { class: 0, ..key };
     // Only new sources are inserted: an LRU insert costs far more than a lookup.
     if VERIFIED.get_ptr(verified).is_none() {
@@ -125,8 +129,10 @@ fn closed(ctx: &SockOpsContext) {
     if SOCKETS.remove(cookie).is_err() {
         return; // uncounted by someone else already
     }
-    if let Some(cfg) = BUDGET_SETTINGS.get(0) {
-        presence_down(key.slot_hash(), cfg.presence_slots);
+    if let Some(cfg) = BUDGET_SETTINGS.get(0)
+        && let Some(bucket) = Bucket::of(key.slot_hash(), cfg.source_buckets)
+    {
+        bucket.connection_down();
     }
     let Some(count) = CONNECTIONS.get_ptr_mut(key) else {
         return;

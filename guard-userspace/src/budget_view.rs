@@ -331,8 +331,8 @@ pub fn top(dirs: &Dirs, limit: usize) -> Result<Vec<TopRow>, StateError> {
             source: source_name(&k, p4, p6),
             class: class_name(k.class),
             connections,
-            syns: state.map_or(0, |s| s.syns),
-            refused: state.map_or(0, |s| s.refused),
+            syns: state.map_or(0, |s| s.syns.into()),
+            refused: state.map_or(0, |s| s.refused.into()),
             first_syn_seconds_ago: state.map(|s| now.saturating_sub(s.first_ns) as f64 / 1e9),
             last_syn_seconds_ago: state.map(|s| now.saturating_sub(s.last_ns) as f64 / 1e9),
         })

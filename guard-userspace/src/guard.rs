@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use guard_common::{
-    COUNTER_SLOTS, Reason, SourceKey, V6_INDEX_ACTIVE_BITS, maps as names, presence_slot,
-    presence_slots, source_slots, v6_buckets_for,
+    COUNTER_SLOTS, Reason, SourceBucket, SourceKey, V6_INDEX_ACTIVE_BITS, maps as names,
+    source_bucket, source_buckets, v6_buckets_for,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -194,9 +194,10 @@ impl Guard {
             path: pins.maps_dir(),
             source,
         })?;
-        // A presence filter created beside reused socket and count tables (an upgrade from a
-        // version without it) would hide the open connections from XDP: rebuild it.
-        let rebuild = !pins.map(names::CONN_PRESENCE).exists() && pins.map(names::SOCKETS).exists();
+        // A source table created beside a reused socket table (`tracked_sources` changed, or a
+        // new layout) has no connection counts in its buckets, which would hide the open
+        // connections from XDP: rebuild them.
+        let rebuild = !pins.map(names::SOURCES).exists() && pins.map(names::SOCKETS).exists();
         // A new (empty) IPv6 prefix table beside pinned settings that say lists are indexed in
         // it would miss every prefix: those lists go back to their tries until the next update
         // indexes them again.
@@ -206,10 +207,10 @@ impl Guard {
             guard.forget_v6_index()?;
         }
         if rebuild {
-            let n = guard.rebuild_presence(budgets)?;
+            let n = guard.rebuild_bucket_counts(budgets)?;
             recreated.push(format!(
-                "map {}: rebuilt from the {n} connections counted in {}",
-                names::CONN_PRESENCE,
+                "map {}: connection counts rebuilt from the {n} connections counted in {}",
+                names::SOURCES,
                 names::SOCKETS
             ));
         }
@@ -233,12 +234,13 @@ impl Guard {
             .map_err(GuardError::map(names::SETTINGS))
     }
 
-    /// Fills the empty presence filter from the socket table (every counted open connection).
-    /// Connections sock_ops counts or uncounts meanwhile may be off by one in their slot: one
-    /// too many costs XDP a needless count lookup, one too few lets that source past its cap
-    /// until the connection closes (fails open). Returns how many connections were added.
-    fn rebuild_presence(&mut self, budgets: &Budgets) -> Result<usize, GuardError> {
-        let slots = presence_slots(budgets.tracked_connections);
+    /// Fills the connection counts of a new source table's buckets from the socket table (every
+    /// counted open connection). Connections sock_ops counts or uncounts meanwhile may be off
+    /// by one in their bucket: one too many costs XDP a needless count lookup, one too few lets
+    /// that source past its cap until the connection closes (fails open). Returns how many
+    /// connections were added.
+    fn rebuild_bucket_counts(&mut self, budgets: &Budgets) -> Result<usize, GuardError> {
+        let buckets = source_buckets(budgets.tracked_sources);
         let mut counts: std::collections::HashMap<u32, u32> = Default::default();
         {
             let map = self
@@ -249,20 +251,22 @@ impl Guard {
                 aya::maps::HashMap::try_from(map).map_err(GuardError::map(names::SOCKETS))?;
             for key in sockets.iter().filter_map(Result::ok).map(|(_, k)| k) {
                 *counts
-                    .entry(presence_slot(key.slot_hash(), slots))
+                    .entry(source_bucket(key.slot_hash(), buckets))
                     .or_default() += 1;
             }
         }
         let map = self
             .ebpf
-            .map_mut(names::CONN_PRESENCE)
-            .ok_or(GuardError::MissingMap(names::CONN_PRESENCE))?;
-        let mut presence: Array<_, u32> =
-            Array::try_from(map).map_err(GuardError::map(names::CONN_PRESENCE))?;
-        for (&slot, &n) in &counts {
-            presence
-                .set(slot, n, 0)
-                .map_err(GuardError::map(names::CONN_PRESENCE))?;
+            .map_mut(names::SOURCES)
+            .ok_or(GuardError::MissingMap(names::SOURCES))?;
+        let mut table: Array<_, SourceBucket> =
+            Array::try_from(map).map_err(GuardError::map(names::SOURCES))?;
+        for (&b, &n) in &counts {
+            let mut bucket = table.get(&b, 0).map_err(GuardError::map(names::SOURCES))?;
+            bucket.connections = n;
+            table
+                .set(b, bucket, 0)
+                .map_err(GuardError::map(names::SOURCES))?;
         }
         Ok(counts.values().sum::<u32>() as usize)
     }
@@ -275,12 +279,8 @@ impl Guard {
                 names::V6_TABLE,
                 v6_buckets_for(config.lists.ipv6_index_capacity),
             )
-            .map_max_entries(names::SOURCES, source_slots(budgets.tracked_sources))
+            .map_max_entries(names::SOURCES, source_buckets(budgets.tracked_sources))
             .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
-            .map_max_entries(
-                names::CONN_PRESENCE,
-                presence_slots(budgets.tracked_connections),
-            )
             .map_max_entries(names::SOCKETS, budgets.tracked_connections);
         if let Some(pins) = pins {
             for name in names::ALL {

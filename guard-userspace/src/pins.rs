@@ -186,9 +186,8 @@ fn remove(path: &Path) -> Result<bool, PinError> {
 pub fn configured_capacity(map: &str, config: &Config) -> Option<u32> {
     let budgets = &config.budgets;
     match map {
-        names::SOURCES => Some(guard_common::source_slots(budgets.tracked_sources)),
+        names::SOURCES => Some(guard_common::source_buckets(budgets.tracked_sources)),
         names::CONNECTIONS | names::SOCKETS => Some(budgets.tracked_connections),
-        names::CONN_PRESENCE => Some(guard_common::presence_slots(budgets.tracked_connections)),
         names::V6_TABLE => Some(guard_common::v6_buckets_for(
             config.lists.ipv6_index_capacity,
         )),
@@ -251,11 +250,10 @@ mod tests {
         b.lists.ipv6_index_capacity = 1000;
         assert_eq!(
             configured_capacity(names::SOURCES, &b),
-            Some(124),
-            "whole pairs"
+            Some(62),
+            "two sources per bucket"
         );
         assert_eq!(configured_capacity(names::SOCKETS, &b), Some(456));
-        assert_eq!(configured_capacity(names::CONN_PRESENCE, &b), Some(4 * 456));
         assert_eq!(configured_capacity(names::COUNTERS, &b), None);
         // 1250 slots at most 80% full: 417 buckets of three, rounded up to a power of two.
         assert_eq!(configured_capacity(names::V6_TABLE, &b), Some(512));
@@ -270,8 +268,7 @@ mod tests {
         assert_eq!(obj.maps[names::SOURCES].key_size(), 4, "an array");
         assert_eq!(
             obj.maps[names::SOURCES].value_size() as usize,
-            std::mem::size_of::<guard_common::SourceSlot>()
+            std::mem::size_of::<guard_common::SourceBucket>()
         );
-        assert_eq!(obj.maps[names::CONN_PRESENCE].value_size(), 4);
     }
 }

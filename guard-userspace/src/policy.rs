@@ -12,8 +12,7 @@ use guard_common::{
     MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PortRule,
     SETTING_BLOCK_V4_USED, SETTING_BLOCK_V6_USED, SETTING_ECHO_ALLOW, SETTING_MONITOR,
     SETTING_MX_ONLY, Settings, TRUSTED_V4_USED, TRUSTED_V6_USED, Transport, V6_INDEX_ACTIVE_BITS,
-    index_active_bit, maps as names, port_rule_index, prefix_mask, presence_slots, source_slots,
-    v6_list,
+    index_active_bit, maps as names, port_rule_index, prefix_mask, source_buckets, v6_list,
 };
 use ipnet::IpNet;
 
@@ -100,8 +99,8 @@ pub fn budget_settings(b: &Budgets, trusted: &AddrList, host: HostFacts) -> Budg
         } else {
             TRUSTED_V6_USED
         }),
-        source_slots: source_slots(b.tracked_sources),
-        presence_slots: presence_slots(b.tracked_connections),
+        source_buckets: source_buckets(b.tracked_sources),
+        reserved: 0,
     }
 }
 

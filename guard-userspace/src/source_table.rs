@@ -3,47 +3,51 @@
 //! call per slot.
 
 use aya::maps::Map;
-use guard_common::{SourceKey, SourceSlot, SourceState, maps as names, source_pair};
+use guard_common::{
+    SourceBucket, SourceKey, SourceSlot, SourceState, maps as names, source_bucket,
+};
 
 use crate::mapped::{MappedArray, MappedError};
 
-/// A read-only view of every slot.
+/// A read-only view of every bucket.
 pub struct SourceTable {
-    slots: MappedArray<SourceSlot>,
+    buckets: MappedArray<SourceBucket>,
 }
 
 impl SourceTable {
     /// Maps the table of a loaded or pinned `SOURCES` map.
     pub fn open(map: &Map) -> Result<SourceTable, MappedError> {
         Ok(SourceTable {
-            slots: MappedArray::open(map, names::SOURCES, false)?,
+            buckets: MappedArray::open(map, names::SOURCES, false)?,
         })
     }
 
-    /// Number of slots.
+    /// Number of slots (two per bucket).
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.buckets.len() * 2
     }
 
-    /// A copy of slot `i` (`i < capacity()`). XDP writes slots while they are read: a slot read
-    /// mid-write may mix two sources (statistics only).
-    pub fn slot(&self, i: usize) -> SourceSlot {
-        self.slots.get(i)
+    /// A copy of bucket `i` (`i < capacity() / 2`). XDP writes slots while they are read: a
+    /// slot read mid-write may mix two sources (statistics only).
+    pub fn bucket(&self, i: usize) -> SourceBucket {
+        self.buckets.get(i)
     }
 
     /// The slots holding a source.
     pub fn in_use(&self) -> impl Iterator<Item = SourceSlot> + '_ {
-        (0..self.capacity())
-            .map(|i| self.slot(i))
+        (0..self.buckets.len())
+            .flat_map(|i| self.bucket(i).slots)
             .filter(|s| s.key.family != 0)
+    }
+
+    /// The slot of `key`, if tracked.
+    pub fn find_slot(&self, key: &SourceKey) -> Option<SourceSlot> {
+        let b = source_bucket(key.slot_hash(), self.buckets.len() as u32) as usize;
+        self.bucket(b).slots.into_iter().find(|s| s.key.same(key))
     }
 
     /// The rate state of `key`, if tracked.
     pub fn find(&self, key: &SourceKey) -> Option<SourceState> {
-        let first = source_pair(key.slot_hash(), self.capacity() as u32) as usize;
-        (first..first + 2)
-            .map(|i| self.slot(i))
-            .find(|s| s.key.same(key))
-            .map(|s| s.state)
+        self.find_slot(key).map(|s| s.state)
     }
 }

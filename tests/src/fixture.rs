@@ -7,8 +7,8 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use guard_common::{
-    AccountingEvent, Reason, SourceKey, SourceState, Verdict, maps as names, presence_slot,
-    presence_slots,
+    AccountingEvent, Reason, SourceBucket, SourceKey, SourceState, Verdict, maps as names,
+    source_bucket, source_buckets,
 };
 use mailguard::{
     config::Config,
@@ -39,11 +39,11 @@ pub fn pin_to_one_cpu() {
 }
 
 /// Sets the concurrent-connection count of a source as sock_ops keeps it: the count in
-/// `CONNECTIONS`, and its presence slot moved by the difference (`tracked_connections`: the
-/// loaded configuration's, which sizes the presence filter).
+/// `CONNECTIONS`, and its bucket's count in `SOURCES` moved by the difference
+/// (`tracked_sources`: the loaded configuration's, which sizes the table).
 pub fn set_connections(
     guard: &mut Guard,
-    tracked_connections: u32,
+    tracked_sources: u32,
     key: SourceKey,
     count: u32,
 ) -> Result<(), String> {
@@ -54,15 +54,40 @@ pub fn set_connections(
         HashMap::try_from(map).map_err(|e| e.to_string())?;
     let old = conns.get(&key, 0).unwrap_or(0);
     conns.insert(key, count, 0).map_err(|e| e.to_string())?;
-    let slot = presence_slot(key.slot_hash(), presence_slots(tracked_connections));
-    let map = guard
-        .map_mut(names::CONN_PRESENCE)
-        .ok_or("no presence map")?;
-    let mut presence: Array<_, u32> = Array::try_from(map).map_err(|e| e.to_string())?;
-    let n = presence.get(&slot, 0).map_err(|e| e.to_string())?;
-    presence
-        .set(slot, n.wrapping_add(count).wrapping_sub(old), 0)
-        .map_err(|e| e.to_string())
+    let n = bucket_connections(guard, tracked_sources, &key)?;
+    set_bucket_connections(
+        guard,
+        tracked_sources,
+        &key,
+        n.wrapping_add(count).wrapping_sub(old),
+    )
+}
+
+/// The connection count of a source's bucket in `SOURCES`, as sock_ops keeps it.
+pub fn bucket_connections(
+    guard: &Guard,
+    tracked_sources: u32,
+    key: &SourceKey,
+) -> Result<u32, String> {
+    let map = guard.map(names::SOURCES).ok_or("no sources map")?;
+    let table: Array<_, SourceBucket> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let b = source_bucket(key.slot_hash(), source_buckets(tracked_sources));
+    Ok(table.get(&b, 0).map_err(|e| e.to_string())?.connections)
+}
+
+/// Overwrites the connection count of a source's bucket alone (its slots stay as they are).
+pub fn set_bucket_connections(
+    guard: &mut Guard,
+    tracked_sources: u32,
+    key: &SourceKey,
+    n: u32,
+) -> Result<(), String> {
+    let map = guard.map_mut(names::SOURCES).ok_or("no sources map")?;
+    let mut table: Array<_, SourceBucket> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let b = source_bucket(key.slot_hash(), source_buckets(tracked_sources));
+    let mut bucket = table.get(&b, 0).map_err(|e| e.to_string())?;
+    bucket.connections = n;
+    table.set(b, bucket, 0).map_err(|e| e.to_string())
 }
 
 /// Marks a source as having completed a connection, as sock_ops does (`VERIFIED`, class 0).
@@ -138,35 +163,25 @@ impl Harness {
         &mut self.guard
     }
 
-    /// Sets the concurrent-connection count of a source, and its presence slot with it, as
+    /// Sets the concurrent-connection count of a source, and its bucket's count with it, as
     /// sock_ops would.
     pub fn set_connections(&mut self, key: SourceKey, count: u32) {
-        let tracked = self.config.budgets.tracked_connections;
+        let tracked = self.config.budgets.tracked_sources;
         set_connections(&mut self.guard, tracked, key, count).expect("set connections");
     }
 
-    /// The presence slot of a source, as sock_ops keeps it.
-    pub fn presence(&self, key: &SourceKey) -> u32 {
-        let slots = presence_slots(self.config.budgets.tracked_connections);
-        let map = self.guard.map(names::CONN_PRESENCE).expect("presence map");
-        let presence: Array<_, u32> = Array::try_from(map).expect("array");
-        presence
-            .get(&presence_slot(key.slot_hash(), slots), 0)
-            .expect("presence slot")
+    /// The connection count of a source's bucket, as sock_ops keeps it.
+    pub fn bucket_connections(&self, key: &SourceKey) -> u32 {
+        let tracked = self.config.budgets.tracked_sources;
+        bucket_connections(&self.guard, tracked, key).expect("bucket count")
     }
 
-    /// Overwrites the presence slot of a source alone (the count stays): a slot shared with
-    /// other sources' connections, or, below the count, one that no longer bounds it.
-    pub fn set_presence(&mut self, key: &SourceKey, n: u32) {
-        let slots = presence_slots(self.config.budgets.tracked_connections);
-        let map = self
-            .guard
-            .map_mut(names::CONN_PRESENCE)
-            .expect("presence map");
-        let mut presence: Array<_, u32> = Array::try_from(map).expect("array");
-        presence
-            .set(presence_slot(key.slot_hash(), slots), n, 0)
-            .expect("presence slot");
+    /// Overwrites the connection count of a source's bucket alone (the source's count stays):
+    /// a bucket shared with other sources' connections, or, below the count, one that no longer
+    /// bounds it.
+    pub fn set_bucket_connections(&mut self, key: &SourceKey, n: u32) {
+        let tracked = self.config.budgets.tracked_sources;
+        set_bucket_connections(&mut self.guard, tracked, key, n).expect("bucket count");
     }
 
     /// The concurrent-connection count of a source, as sock_ops keeps it (`None`: no entry).
@@ -186,6 +201,21 @@ impl Harness {
     /// Marks a source as having completed a connection, as sock_ops would.
     pub fn mark_verified(&mut self, key: SourceKey) {
         mark_verified(&mut self.guard, key).expect("mark verified");
+    }
+
+    /// The `SLOT_*` flags of a source's slot, if it has one.
+    pub fn slot_flags(&self, key: &SourceKey) -> Option<u32> {
+        let map = self.guard.map(names::SOURCES).expect("sources map");
+        let table = SourceTable::open(map).expect("source table");
+        table.find_slot(key).map(|s| s.flags)
+    }
+
+    /// Removes a source from `VERIFIED` (as its LRU eviction would).
+    pub fn forget_verified(&mut self, mut key: SourceKey) {
+        key.class = 0;
+        let map = self.guard.map_mut(names::VERIFIED).expect("verified map");
+        let mut verified: HashMap<_, SourceKey, u64> = HashMap::try_from(map).expect("hash map");
+        verified.remove(&key).expect("a verified source");
     }
 
     /// The rate state XDP keeps for a source, if any.

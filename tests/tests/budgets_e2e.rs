@@ -218,12 +218,14 @@ fn connection_cap_holds_and_frees_at_once() {
     assert!(lab.mailguard().count("connection_cap_rejected") >= 1);
 }
 
-/// A restart that finds the socket and count tables pinned but no presence filter (an upgrade
-/// from a version without one) rebuilds it from the open connections, so the cap still holds.
+/// A restart with another `tracked_sources` recreates the source table beside the pinned
+/// socket and count tables; the buckets' connection counts are rebuilt from the open
+/// connections, so the cap still holds.
 #[test]
-fn cap_holds_across_an_upgrade_that_adds_the_presence_filter() {
+fn cap_holds_across_a_restart_that_resizes_the_source_table() {
     let config = "interface = \"mg-mail0\"\n[budgets]\nsyn_ceiling = 0\n\
                   [budgets.mx]\nrate = 0\nmax_connections = 2\n";
+    let resized = config.replace("[budgets]\n", "[budgets]\ntracked_sources = 1000\n");
     let mut lab = Lab::create();
     lab.start_services();
     lab.start_mailguard(config, &[]);
@@ -233,13 +235,12 @@ fn cap_holds_across_an_upgrade_that_adds_the_presence_filter() {
         .collect();
 
     let mg = lab.mailguard.take().expect("mailguard");
-    let presence = mg.pin_dir.join("maps/MG_CONN_PRESENCE");
     mg.end(libc::SIGKILL);
-    std::fs::remove_file(&presence).expect("unpin the presence filter");
-    lab.start_mailguard(config, &[]);
+    lab.start_mailguard(&resized, &[]);
     let log = lab.mailguard().log().join("\n");
     assert!(
-        log.contains("MG_CONN_PRESENCE: rebuilt from the 2 connections"),
+        log.contains("MG_SOURCES: the pinned map has capacity")
+            && log.contains("MG_SOURCES: connection counts rebuilt from the 2 connections"),
         "restart log: {log}"
     );
     match smtp_connect(&lab, None, smtp, Duration::from_secs(2)) {
@@ -249,7 +250,7 @@ fn cap_holds_across_an_upgrade_that_adds_the_presence_filter() {
     }
     drop(held.remove(0));
     let (s, took) = open_soon(&lab, smtp, "after one of the two closed");
-    println!("upgrade: cap held across the restart; new connection {took:?} after one closed");
+    println!("resize: cap held across the restart; new connection {took:?} after one closed");
     held.push(s);
 }
 

@@ -42,8 +42,8 @@ use aya::{
 };
 use guard_common::{
     AccountingEvent, BUDGET_ACTIVE, ClassBudget, DEFAULT_TRACKED_SOURCES, Gcra, MailClass, Reason,
-    SourceKey, SourceSlot, SourceState, maps as names, prefix_mask, presence_slot, presence_slots,
-    source_pair, source_slots,
+    SourceBucket, SourceKey, SourceSlot, SourceState, maps as names, prefix_mask, source_bucket,
+    source_buckets,
 };
 use guard_tests::{
     fixture::{mark_verified, pin_to_one_cpu, set_connections},
@@ -68,7 +68,6 @@ const CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\ntracked_sources = 
 const TRACKED_SOURCES: u32 = 2_200_000;
 /// `CONFIG` with the default configuration's tables, for the new-source comparison.
 const DEFAULT_TABLES_CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\n";
-const TRACKED_CONNECTIONS: u32 = 1_100_000;
 
 /// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
 const MX_ONLY_SWITCH: &str = "mx_only = true\n";
@@ -220,8 +219,8 @@ fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
 
 /// mailguard loaded with `config`, charging every SYN, and its known sources: they completed
 /// connections before (sock_ops marked them verified); one holds a connection open, counted as
-/// sock_ops counts it; another holds one too, in a presence slot that a source at its cap
-/// shares (so its SYN reads its exact count).
+/// sock_ops counts it; another holds one too, in a bucket with a source at its cap (so its SYN
+/// reads its exact count).
 fn prepared(config: &Config) -> Result<Guard, String> {
     let mut guard = loaded(config)?;
     charge_every_syn(&mut guard)?;
@@ -239,10 +238,10 @@ fn prepared(config: &Config) -> Result<Guard, String> {
     for k in [known_v4, holding, known_v6, crowded] {
         mark_verified(&mut guard, k)?;
     }
-    let tracked = config.budgets.tracked_connections;
+    let tracked = config.budgets.tracked_sources;
     set_connections(&mut guard, tracked, holding, 1)?;
     set_connections(&mut guard, tracked, crowded, 1)?;
-    let neighbour = presence_neighbour(&crowded, presence_slots(tracked))?;
+    let neighbour = bucket_neighbour(&crowded, source_buckets(tracked))?;
     set_connections(&mut guard, tracked, neighbour, CAP)?;
     Ok(guard)
 }
@@ -296,25 +295,38 @@ fn new_sources(
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // Once more: every source is tracked now, its bucket untouched for NEW_SOURCES packets.
+    let big1 = tracked(big)?;
+    let (mut again, mut again_floor) = (Vec::new(), Vec::new());
+    for i in 0..NEW_SOURCES {
+        let packet = syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
+        again.push(ns_per_run(big_xdp, &packet, 1));
+        again_floor.push(ns_per_run(floor, &packet, 1));
+    }
+    if tracked(big)? != big1 {
+        return Err("the tracked sources' second runs inserted sources".into());
+    }
     let r = NewSources {
         floor: mean(&times[0]),
         peer: mean(&times[1]),
         known: mean(&times[2]),
         new_big: mean(&times[3]),
         new_default: mean(&times[4]),
+        again: mean(&again),
+        again_floor: mean(&again_floor),
     };
     println!(
         "single runs: new source {:.0} ns (default tables {:.0} ns), known source {:.0} ns, floor {:.0} ns, \
-         xdp-filter {:.0} ns",
-        r.new_big, r.new_default, r.known, r.floor, r.peer
+         xdp-filter {:.0} ns; tracked, not seen lately {:.0} ns (floor {:.0} ns)",
+        r.new_big, r.new_default, r.known, r.floor, r.peer, r.again, r.again_floor
     );
     Ok(r)
 }
 
-/// An IPv6 /64 source (in 2001:db8::/32) whose key has the presence slot of `key` in a
-/// filter of `slots` slots.
-fn presence_neighbour(key: &SourceKey, slots: u32) -> Result<SourceKey, String> {
-    let slot = presence_slot(key.slot_hash(), slots);
+/// An IPv6 /64 source (in 2001:db8::/32) whose key has the bucket of `key` in a table of
+/// `buckets` buckets.
+fn bucket_neighbour(key: &SourceKey, buckets: u32) -> Result<SourceKey, String> {
+    let bucket = source_bucket(key.slot_hash(), buckets);
     (0..u32::MAX)
         .map(|i| {
             let mut a = [0u8; 16];
@@ -322,8 +334,8 @@ fn presence_neighbour(key: &SourceKey, slots: u32) -> Result<SourceKey, String> 
             a[4..8].copy_from_slice(&i.to_be_bytes());
             SourceKey::v6(a, prefix_mask::<16>(64), key.class)
         })
-        .find(|k| presence_slot(k.slot_hash(), slots) == slot)
-        .ok_or_else(|| "no source shares the presence slot".to_string())
+        .find(|k| source_bucket(k.slot_hash(), buckets) == bucket)
+        .ok_or_else(|| "no source shares the bucket".to_string())
 }
 
 /// mailguard loaded (not attached) with `config` written into its maps.
@@ -447,8 +459,8 @@ fn run() -> Result<(), String> {
             below_peer: true,
         },
         Case {
-            name: "mail SYN charged, known source holding 1 connection, presence slot shared with a source at its cap (25)",
-            short: "charged, shared presence slot",
+            name: "mail SYN charged, known source holding 1 connection, bucket shared with a source at its cap (25)",
+            short: "charged, shared bucket",
             packet: syn("198.18.0.4", 25),
             reason: Reason::MailNew,
             target: None,
@@ -692,8 +704,8 @@ fn guard_accounting(guard: &Guard, event: AccountingEvent) -> Result<u64, String
 }
 
 /// Adds tracked sources (rate state and one open connection each) up to `to`, IPv6 /64s that no
-/// packet of the bench uses, each in the first free slot of its pair as XDP places them; a
-/// source whose pair is full is left out. Returns how many were placed.
+/// packet of the bench uses, each in the first free slot of its bucket as XDP places them; a
+/// source whose bucket is full is left out. Returns how many were placed.
 fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<u32, String> {
     let key = |i: u32| {
         let mut a = [0u8; 16];
@@ -701,33 +713,31 @@ fn fill_sources(guard: &mut Guard, from: u32, to: u32) -> Result<u32, String> {
         a[4..8].copy_from_slice(&i.to_be_bytes());
         SourceKey::v6(a, prefix_mask::<16>(64), MailClass::Mx as u8)
     };
-    let slots = source_slots(TRACKED_SOURCES);
+    let buckets = source_buckets(TRACKED_SOURCES);
     let mut placed = 0;
     {
         let map = guard.map_mut(names::SOURCES).ok_or("no sources map")?;
-        let mut sources: Array<_, SourceSlot> = Array::try_from(map).map_err(|e| e.to_string())?;
+        let mut sources: Array<_, SourceBucket> =
+            Array::try_from(map).map_err(|e| e.to_string())?;
         for i in from..to {
             let k = key(i);
-            let first = source_pair(k.slot_hash(), slots);
-            for index in [first, first + 1] {
-                let slot = sources.get(&index, 0).map_err(|e| e.to_string())?;
-                if slot.key.family == 0 {
-                    let fresh = SourceSlot {
-                        key: k,
-                        flags: 0,
-                        state: SourceState::default(),
-                    };
-                    sources
-                        .set(index, fresh, 0)
-                        .map_err(|e| format!("source {i}: {e}"))?;
-                    placed += 1;
-                    break;
-                }
+            let b = source_bucket(k.slot_hash(), buckets);
+            let mut bucket = sources.get(&b, 0).map_err(|e| e.to_string())?;
+            if let Some(slot) = bucket.slots.iter_mut().find(|s| s.key.family == 0) {
+                *slot = SourceSlot {
+                    key: k,
+                    flags: 0,
+                    state: SourceState::default(),
+                };
+                sources
+                    .set(b, bucket, 0)
+                    .map_err(|e| format!("source {i}: {e}"))?;
+                placed += 1;
             }
         }
     }
     for i in from..to {
-        set_connections(guard, TRACKED_CONNECTIONS, key(i), 1)?;
+        set_connections(guard, TRACKED_SOURCES, key(i), 1)?;
     }
     Ok(placed)
 }
@@ -789,6 +799,10 @@ struct NewSources {
     new_big: f64,
     /// A new source, the default configuration's tables.
     new_default: f64,
+    /// The new sources once more (tracked, not seen lately), tables as `new_big`, and the
+    /// floor's runs beside them.
+    again: f64,
+    again_floor: f64,
 }
 
 struct Report<'a> {
@@ -860,10 +874,10 @@ fn report(r: Report) -> String {
          pays the ceiling's check), and the tables are sized for a million sources. The known sources \
          (198.18.0.2, 198.18.0.3, 198.18.0.4, 2001:db8::2) are marked as having completed a connection, as \
          sock_ops marks a sender; 198.18.0.3 and 198.18.0.4 hold one open connection each, counted as sock_ops \
-         counts it, under a cap of {CAP}. XDP reads a source's presence slot, the sum of the counts of every \
-         source sharing it: below the cap it proves the source below it, so 198.18.0.3's SYN reads no exact \
-         count; 198.18.0.4's slot is shared with a source holding {CAP} connections, so its SYN reads its exact \
-         count (a hash-map lookup), as a source near its cap does. The MX-only and block rows run with \
+         counts it, under a cap of {CAP}. XDP reads the connection count of a source's bucket in the rate table, \
+         the sum of the counts of every source of the bucket: below the cap it proves the source below it, so \
+         198.18.0.3's SYN reads no exact count; 198.18.0.4's bucket is shared with a source holding {CAP} \
+         connections, so its SYN reads its exact count (a hash-map lookup), as a source near its cap does. The MX-only and block rows run with \
          MX-only on (allowlist 198.18.0.0/24) and a block list (198.18.9.0/24).\n\n\
          Before timing, each packet is run {CHECK_RUNS} times through mailguard and through xdp-filter: \
          mailguard's counters must show exactly {CHECK_RUNS} packets under the intended reason, xdp-filter's own \
@@ -937,14 +951,18 @@ fn report(r: Report) -> String {
          tables ({DEFAULT_TRACKED_SOURCES} rate slots, 4 MB; same budget), beside single runs of the known source \
          and of the floor and xdp-filter on the same packets: per packet one run of each, their order rotating. \
          Figures are means; single runs include the test loop's own timer reads, the floor's as much as the \
-         others'. A new source reads memory no other packet touched lately (its slot pair in the rate table, its \
-         presence slot), which a stateless filter does not have; the SYN ceiling's token is spent without a \
-         look-up of the verified sources while the ceiling has tokens.\n\n\
+         others'. A new source reads memory no other packet touched lately (its bucket in the rate table: two \
+         cache lines holding both its slots and the bucket's connection count), which a stateless filter does \
+         not have; the SYN ceiling's token is spent without a look-up of the verified sources while the ceiling \
+         has tokens. To show what that memory costs by itself, the {NEW_SOURCES} sources are then sent once more to \
+         the mailguard with tables for a million, each now tracked but not seen for {NEW_SOURCES} packets \
+         (counters prove none was inserted again), one run each beside one of the floor.\n\n\
          | path | ns per run | ratio to floor |\n|---|---:|---:|\n| floor | {:.0} | 1.00x |\n\
          | xdp-filter (same packets) | {:.0} | {:.2}x |\n\
          | mail SYN, known source | {:.0} | {:.2}x |\n\
          | mail SYN, new source (insert), tables for a million sources | {:.0} | {:.2}x |\n\
-         | mail SYN, new source (insert), default tables | {:.0} | {:.2}x |\n\n\
+         | mail SYN, new source (insert), default tables | {:.0} | {:.2}x |\n\
+         | mail SYN, tracked source not seen lately, tables for a million (floor beside it: {:.0}) | {:.0} | {:.2}x |\n\n\
          Target (issue 6, mail SYN at most 3x the floor and below xdp-filter), new source: tables for a million \
          {}; default tables {}.\n",
         r.new.floor,
@@ -956,6 +974,9 @@ fn report(r: Report) -> String {
         r.new.new_big / r.new.floor,
         r.new.new_default,
         r.new.new_default / r.new.floor,
+        r.new.again_floor,
+        r.new.again,
+        r.new.again / r.new.again_floor,
         new_verdict(r.new.new_big, &r.new),
         new_verdict(r.new.new_default, &r.new)
     );
@@ -964,8 +985,8 @@ fn report(r: Report) -> String {
         "## Tracked sources\n\nThe known-source SYN, each scale on a mailguard of its own, the three timed in the same \
          trials rotating with the floor, with this many other sources (IPv6 /64s) added to the rate \
          table ({TRACKED_SOURCES} slots, two-way set-associative: each source placed in the first free slot of its \
-         pair, as XDP places them; a source whose pair is full is left out) and holding one open connection each \
-         in the connection-count table and its presence filter:\n\n\
+         bucket, as XDP places them; a source whose bucket is full is left out) and holding one open connection \
+         each in the connection-count table and its bucket's count:\n\n\
          | sources added | placed in the rate table | mailguard ns (min-max) | ratio to floor |\n|---:|---:|---:|---:|"
     );
     for (n, placed, m) in r.scaling {
