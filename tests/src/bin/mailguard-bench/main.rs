@@ -83,6 +83,8 @@ const XDP_PASS: u32 = 2;
 const SCALES: [u32; 3] = [1_000, 100_000, 1_000_000];
 /// Different sources in the new-source runs.
 const NEW_SOURCES: u32 = 20_000;
+/// Trials the new-source runs are split into (each `NEW_SOURCES / NEW_TRIALS` sources).
+const NEW_TRIALS: usize = 20;
 /// Connections in the sock_ops run.
 const CONNECTIONS: u32 = 2_000;
 
@@ -250,7 +252,9 @@ fn prepared(config: &Config) -> Result<Guard, String> {
 /// each from a source mailguard has not seen, on `big` (the measured configuration's tables)
 /// and on `default` (the default configuration's), beside a known source's single runs and the
 /// floor's and xdp-filter's on the same packets: one run of each per packet, their order
-/// rotating, so that the machine's drift falls on all alike.
+/// rotating, so that the machine's drift falls on all alike. Then the same sources once more on
+/// `big`, each tracked but not seen lately, beside the floor. Every figure is the median of
+/// `NEW_TRIALS` trials, each the mean of its share of the packets.
 fn new_sources(
     big: &Guard,
     default: &Guard,
@@ -265,22 +269,29 @@ fn new_sources(
     ns_per_run(big_xdp, &known, 1);
     let tracked = |g: &Guard| guard_accounting(g, AccountingEvent::SourceTracked);
     let (big0, default0) = (tracked(big)?, tracked(default)?);
-    let mut times: Vec<Vec<f64>> = (0..5)
-        .map(|_| Vec::with_capacity(NEW_SOURCES as usize))
-        .collect();
-    for i in 0..NEW_SOURCES {
-        let packet = syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
-        let runs: [(&dyn Timed, &[u8]); 5] = [
-            (floor, &packet),
-            (peer, &packet),
-            (big_xdp, &known),
-            (big_xdp, &packet),
-            (default_xdp, &packet),
-        ];
-        for k in 0..runs.len() {
-            let j = (i as usize + k) % runs.len();
-            let (program, packet) = runs[j];
-            times[j].push(ns_per_run(program, packet, 1));
+    let source = |i: u32| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
+    let per_trial = NEW_SOURCES / NEW_TRIALS as u32;
+    // times[path][trial]: floor, xdp-filter, known, new (big), new (default).
+    let mut times: Vec<Vec<f64>> = (0..5).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
+    for trial in 0..NEW_TRIALS as u32 {
+        let mut sums = [0f64; 5];
+        for i in trial * per_trial..(trial + 1) * per_trial {
+            let packet = source(i);
+            let runs: [(&dyn Timed, &[u8]); 5] = [
+                (floor, &packet),
+                (peer, &packet),
+                (big_xdp, &known),
+                (big_xdp, &packet),
+                (default_xdp, &packet),
+            ];
+            for k in 0..runs.len() {
+                let j = (i as usize + k) % runs.len();
+                let (program, packet) = runs[j];
+                sums[j] += ns_per_run(program, packet, 1);
+            }
+        }
+        for (t, sum) in times.iter_mut().zip(sums) {
+            t.push(sum / per_trial as f64);
         }
     }
     for (name, g, before) in [
@@ -294,31 +305,46 @@ fn new_sources(
             ));
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     // Once more: every source is tracked now, its bucket untouched for NEW_SOURCES packets.
     let big1 = tracked(big)?;
     let (mut again, mut again_floor) = (Vec::new(), Vec::new());
-    for i in 0..NEW_SOURCES {
-        let packet = syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
-        again.push(ns_per_run(big_xdp, &packet, 1));
-        again_floor.push(ns_per_run(floor, &packet, 1));
+    for trial in 0..NEW_TRIALS as u32 {
+        let (mut mine, mut floors) = (0f64, 0f64);
+        for i in trial * per_trial..(trial + 1) * per_trial {
+            let packet = source(i);
+            mine += ns_per_run(big_xdp, &packet, 1);
+            floors += ns_per_run(floor, &packet, 1);
+        }
+        again.push(mine / per_trial as f64);
+        again_floor.push(floors / per_trial as f64);
     }
     if tracked(big)? != big1 {
         return Err("the tracked sources' second runs inserted sources".into());
     }
+    let path = |t: &[f64], f: &[f64]| NewPath {
+        ns: stats(t.to_vec()),
+        ratio: ratios(t, f),
+        over_peer: ratios(t, &times[1]),
+    };
     let r = NewSources {
-        floor: mean(&times[0]),
-        peer: mean(&times[1]),
-        known: mean(&times[2]),
-        new_big: mean(&times[3]),
-        new_default: mean(&times[4]),
-        again: mean(&again),
-        again_floor: mean(&again_floor),
+        floor: stats(times[0].clone()),
+        peer: path(&times[1], &times[0]),
+        known: path(&times[2], &times[0]),
+        new_big: path(&times[3], &times[0]),
+        new_default: path(&times[4], &times[0]),
+        again: path(&again, &again_floor),
+        again_floor: stats(again_floor),
     };
     println!(
         "single runs: new source {:.0} ns (default tables {:.0} ns), known source {:.0} ns, floor {:.0} ns, \
          xdp-filter {:.0} ns; tracked, not seen lately {:.0} ns (floor {:.0} ns)",
-        r.new_big, r.new_default, r.known, r.floor, r.peer, r.again, r.again_floor
+        r.new_big.ns.median,
+        r.new_default.ns.median,
+        r.known.ns.median,
+        r.floor.median,
+        r.peer.ns.median,
+        r.again.ns.median,
+        r.again_floor.median
     );
     Ok(r)
 }
@@ -790,19 +816,27 @@ fn sockops_cost(guard: &mut Guard) -> Result<SockopsCost, String> {
     })
 }
 
-/// Mean single-run times (ns) of the new-source comparison.
+/// One path of the new-source comparison: its single-run times and their ratios, trial by
+/// trial, to the floor and to xdp-filter.
+struct NewPath {
+    ns: Stats,
+    ratio: Stats,
+    over_peer: Stats,
+}
+
+/// The new-source comparison (single runs, medians of `NEW_TRIALS` trials).
 struct NewSources {
-    floor: f64,
-    peer: f64,
-    known: f64,
+    floor: Stats,
+    peer: NewPath,
+    known: NewPath,
     /// A new source, tables sized as `CONFIG` says (for a million sources).
-    new_big: f64,
+    new_big: NewPath,
     /// A new source, the default configuration's tables.
-    new_default: f64,
-    /// The new sources once more (tracked, not seen lately), tables as `new_big`, and the
-    /// floor's runs beside them.
-    again: f64,
-    again_floor: f64,
+    new_default: NewPath,
+    /// The new sources once more (tracked, not seen lately), tables as `new_big`, with ratios
+    /// to the floor's runs beside them (`again_floor`).
+    again: NewPath,
+    again_floor: Stats,
 }
 
 struct Report<'a> {
@@ -818,15 +852,20 @@ struct Report<'a> {
 }
 
 /// Whether a new-source figure meets issue 6's mail SYN target, said plainly.
-fn new_verdict(ns: f64, r: &NewSources) -> String {
-    let ratio = ns / r.floor;
+fn spread_ns(s: &Stats) -> String {
+    format!("{:.0} ({:.0}-{:.0})", s.median, s.min, s.max)
+}
+
+fn new_verdict(p: &NewPath) -> String {
+    let ratio = p.ratio.median;
     let within = ratio <= 3.0;
-    let below = ns < r.peer;
+    let below = p.over_peer.median < 1.0;
+    let peer = format!("{:.2}x xdp-filter", p.over_peer.median);
     match (within, below) {
-        (true, true) => format!("{ratio:.2}x, below xdp-filter: met"),
-        (true, false) => format!("{ratio:.2}x but not below xdp-filter: **not met**"),
-        (false, true) => format!("{ratio:.2}x (> 3x), below xdp-filter: **not met**"),
-        (false, false) => format!("{ratio:.2}x (> 3x), above xdp-filter: **not met**"),
+        (true, true) => format!("{ratio:.2}x, below xdp-filter ({peer}): met"),
+        (true, false) => format!("{ratio:.2}x but not below xdp-filter ({peer}): **not met**"),
+        (false, true) => format!("{ratio:.2}x (> 3x), below xdp-filter ({peer}): **not met**"),
+        (false, false) => format!("{ratio:.2}x (> 3x), above xdp-filter ({peer}): **not met**"),
     }
 }
 
@@ -950,35 +989,53 @@ fn report(r: Report) -> String {
          for a million sources, {TRACKED_SOURCES} rate slots: 140 MB) and on one with the default configuration's \
          tables ({DEFAULT_TRACKED_SOURCES} rate slots, 4 MB; same budget), beside single runs of the known source \
          and of the floor and xdp-filter on the same packets: per packet one run of each, their order rotating. \
-         Figures are means; single runs include the test loop's own timer reads, the floor's as much as the \
-         others'. A new source reads memory no other packet touched lately (its bucket in the rate table: two \
-         cache lines holding both its slots and the bucket's connection count), which a stateless filter does \
-         not have; the SYN ceiling's token is spent without a look-up of the verified sources while the ceiling \
-         has tokens. To show what that memory costs by itself, the {NEW_SOURCES} sources are then sent once more to \
-         the mailguard with tables for a million, each now tracked but not seen for {NEW_SOURCES} packets \
-         (counters prove none was inserted again), one run each beside one of the floor.\n\n\
-         | path | ns per run | ratio to floor |\n|---|---:|---:|\n| floor | {:.0} | 1.00x |\n\
-         | xdp-filter (same packets) | {:.0} | {:.2}x |\n\
-         | mail SYN, known source | {:.0} | {:.2}x |\n\
-         | mail SYN, new source (insert), tables for a million sources | {:.0} | {:.2}x |\n\
-         | mail SYN, new source (insert), default tables | {:.0} | {:.2}x |\n\
-         | mail SYN, tracked source not seen lately, tables for a million (floor beside it: {:.0}) | {:.0} | {:.2}x |\n\n\
+         The packets are split into {NEW_TRIALS} trials; each figure is the median of the trials' means, with \
+         the smallest and largest (ratios: trial by trial, to the floor's runs of the same trial). Single runs \
+         include the test loop's own timer reads, the floor's as much as the others'. A new source reads memory \
+         no other packet touched lately (its bucket in the rate table: two cache lines holding both its slots and \
+         the bucket's connection count), which a stateless filter does not have; the SYN ceiling's token is \
+         spent without a look-up of the verified sources while the ceiling has tokens. To show what that memory \
+         costs by itself, the {NEW_SOURCES} sources are then sent once more to the mailguard with tables for a \
+         million, each now tracked but not seen for {NEW_SOURCES} packets (counters prove none was inserted \
+         again), one run each beside one of the floor.\n\n\
+         | path | ns per run (min-max) | ratio to floor (min-max) |\n|---|---:|---:|\n\
+         | floor | {} | 1.00x |",
+        spread_ns(&r.new.floor)
+    );
+    let rows: [(&str, &NewPath); 5] = [
+        ("xdp-filter (same packets)", &r.new.peer),
+        ("mail SYN, known source", &r.new.known),
+        (
+            "mail SYN, new source (insert), tables for a million sources",
+            &r.new.new_big,
+        ),
+        (
+            "mail SYN, new source (insert), default tables",
+            &r.new.new_default,
+        ),
+        (
+            "mail SYN, tracked source not seen lately, tables for a million",
+            &r.new.again,
+        ),
+    ];
+    for (name, p) in rows {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {:.2}x ({:.2}-{:.2}) |",
+            spread_ns(&p.ns),
+            p.ratio.median,
+            p.ratio.min,
+            p.ratio.max
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe floor beside the second runs: {}.\n\n\
          Target (issue 6, mail SYN at most 3x the floor and below xdp-filter), new source: tables for a million \
          {}; default tables {}.\n",
-        r.new.floor,
-        r.new.peer,
-        r.new.peer / r.new.floor,
-        r.new.known,
-        r.new.known / r.new.floor,
-        r.new.new_big,
-        r.new.new_big / r.new.floor,
-        r.new.new_default,
-        r.new.new_default / r.new.floor,
-        r.new.again_floor,
-        r.new.again,
-        r.new.again / r.new.again_floor,
-        new_verdict(r.new.new_big, &r.new),
-        new_verdict(r.new.new_default, &r.new)
+        spread_ns(&r.new.again_floor),
+        new_verdict(&r.new.new_big),
+        new_verdict(&r.new.new_default)
     );
     let _ = writeln!(
         md,
