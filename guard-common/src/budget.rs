@@ -256,7 +256,7 @@ pub enum AccountingEvent {
     SourceTracked = 5,
     /// Not counted: the kernel refused close callbacks for the socket. Fails open.
     NoCloseCallback = 6,
-    /// A new source took the slot of another (both slots of its pair were in use): the other
+    /// A new source took the slot of another (both slots of its bucket were in use): the other
     /// is forgotten and starts again with a full bucket (fails open). Many of these mean
     /// `budgets.tracked_sources` is too small for the sources seen.
     SourceEvicted = 7,
