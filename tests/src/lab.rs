@@ -10,7 +10,8 @@
 //!
 //! Everything is torn down when the `Lab` drops, also when a test panics: mailguard is stopped,
 //! Postfix is stopped, listeners end, namespaces are deleted. Only processes the lab started
-//! are signalled, by pid.
+//! are signalled, by pid. A lab interrupted by a signal is removed at the signal, and one
+//! killed outright by the next lab (leftovers.rs).
 
 use std::{
     fs::{self, File},
@@ -27,7 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{Netns, sh};
+use crate::{
+    leftovers,
+    netns::{Netns, sh},
+};
 
 pub const MAIL4: &str = "198.18.0.1";
 pub const MAIL6: &str = "2001:db8::1";
@@ -58,7 +62,14 @@ impl LabLock {
         // SAFETY: flock on an open file descriptor; released when the file closes.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "flock {path}: {}", std::io::Error::last_os_error());
+        leftovers::set_holding(true);
         LabLock { _held: f }
+    }
+}
+
+impl Drop for LabLock {
+    fn drop(&mut self) {
+        leftovers::set_holding(false);
     }
 }
 
@@ -88,9 +99,14 @@ pub struct Lab {
 impl Lab {
     /// Namespaces, bridge, addresses (IPv4 and IPv6, DAD off), and the neighbour tables warmed.
     pub fn create() -> Lab {
+        leftovers::remove_lab_on_interrupt();
         let lock = LabLock::acquire();
-        let dir = TempDir::new("mailguard-lab");
-        let switch = Netns::create("mg-switch");
+        for line in leftovers::sweep(false) {
+            println!("lab: leftovers of an earlier run that did not end cleanly: {line}");
+        }
+        let [switch_ns, mail_ns, client_ns, attacker_ns] = leftovers::NAMESPACES;
+        let dir = TempDir::new(leftovers::TEMP_DIR_PREFIX.trim_end_matches('-'));
+        let switch = Netns::create(switch_ns);
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"]);
         switch.run(&["ip", "link", "set", "br0", "up"]);
         let host = |name: &str, short: &str, v4: &'static str, v6: &'static str| {
@@ -129,9 +145,9 @@ impl Lab {
             ns.run(&["ip", "link", "set", &iface, "up"]);
             Host { ns, iface, v4, v6 }
         };
-        let mail = host("mg-mail", "mail", MAIL4, MAIL6);
-        let client = host("mg-client", "cli", CLIENT4, CLIENT6);
-        let attacker = host("mg-attacker", "atk", ATTACKER4, ATTACKER6);
+        let mail = host(mail_ns, "mail", MAIL4, MAIL6);
+        let client = host(client_ns, "cli", CLIENT4, CLIENT6);
+        let attacker = host(attacker_ns, "atk", ATTACKER4, ATTACKER6);
         assert_eq!(mail.iface, MAIL_IFACE);
         let switch_xdp = pass_on_switch_ports(&switch, &["sw-mail", "sw-cli", "sw-atk"]);
         Lab {
@@ -273,7 +289,7 @@ pub struct Mailguard {
 
 impl Mailguard {
     pub fn start(ns: &Netns, lab_dir: &Path, config: &Path, extra_args: &[&str]) -> Mailguard {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/mailguard-lab-{}", std::process::id()));
+        let pin_dir = leftovers::own_pin_dir();
         let run_dir = lab_dir.join("run");
         let mut cmd = ns.command(mailguard_bin().to_str().expect("UTF-8 path"));
         cmd.arg("--pin-dir")

@@ -3,5 +3,6 @@
 
 pub mod fixture;
 pub mod lab;
+pub mod leftovers;
 pub mod netns;
 pub mod packet;

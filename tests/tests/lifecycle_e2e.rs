@@ -1,19 +1,25 @@
 //! Tier 3, the daemon's life cycle: protection survives the daemon (SIGKILL included), a restart
-//! adopts the pinned state, and the program is replaced atomically under traffic.
+//! adopts the pinned state, and the program is replaced atomically under traffic. And the lab's
+//! own: a demo interrupted (Ctrl-C) or killed leaves nothing behind.
 
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL4, Mailguard, http_get, try_http_get},
+    lab::{Lab, LabLock, MAIL4, Mailguard, http_get, try_http_get},
+    leftovers::{self, NAMESPACES, PIN_DIR_PREFIX, TEMP_DIR_PREFIX},
     netns::Netns,
 };
 
@@ -515,4 +521,224 @@ fn unconfirmed_start_unloads_itself() {
         true,
         "a confirmed start stays"
     );
+}
+
+/// `cargo xtask demo`'s program, started in a process group of its own as a shell starts a
+/// job, and run until its mailguard has pinned its state (the lab is then complete: Postfix,
+/// listeners, mailguard with XDP and sock_ops attached). Dropping it kills the group and
+/// removes what is left, also when the test fails.
+struct Demo {
+    child: std::process::Child,
+    output: Arc<Mutex<String>>,
+    pin_dir: PathBuf,
+    temp_dir: PathBuf,
+    /// Processes in the lab's namespaces, and the links of the sock_ops program the demo's
+    /// mailguard attached to the root cgroup, while it ran.
+    lab_pids: Vec<i32>,
+    sock_ops: BTreeSet<u64>,
+}
+
+/// Ids of the BPF links that attach a sock_ops program to a cgroup (`bpftool link show`).
+fn sock_ops_links() -> BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool link show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool link show printed JSON");
+    listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["type"] == "cgroup" && l["attach_type"] == "cgroup_sock_ops")
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes whether the pid exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let before = sock_ops_links();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailguard-demo"))
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the demo");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let sink = output.clone();
+            thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    sink.lock()
+                        .expect("output")
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let pid = child.id();
+        let mut demo = Demo {
+            child,
+            output,
+            pin_dir: Path::new("/sys/fs/bpf").join(format!("{PIN_DIR_PREFIX}{pid}")),
+            temp_dir: std::env::temp_dir().join(format!("{TEMP_DIR_PREFIX}{pid}")),
+            lab_pids: Vec::new(),
+            sock_ops: BTreeSet::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !demo.output().contains("attached in") {
+            assert!(
+                Instant::now() < deadline && demo.child.try_wait().ok().flatten().is_none(),
+                "the demo did not attach mailguard within 120 s:\n{}",
+                demo.output()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        demo.lab_pids = NAMESPACES
+            .iter()
+            .flat_map(|ns| leftovers::pids_in(ns))
+            .collect();
+        demo.sock_ops = sock_ops_links().difference(&before).copied().collect();
+        assert!(
+            demo.pin_dir.is_dir() && demo.temp_dir.is_dir(),
+            "the demo's lab pinned nothing in {} or has no directory {}",
+            demo.pin_dir.display(),
+            demo.temp_dir.display()
+        );
+        assert!(
+            !demo.lab_pids.is_empty(),
+            "no process runs in the lab's namespaces (Postfix, mailguard)"
+        );
+        assert_eq!(
+            demo.sock_ops.len(),
+            1,
+            "the demo's mailguard attached its sock_ops program to a cgroup by one link"
+        );
+        demo
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().expect("output").clone()
+    }
+
+    /// Sends `signal` to the demo's process group (as a terminal's Ctrl-C does) and waits up to
+    /// 60 s for the demo to end.
+    fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        // SAFETY: signals the process group of the demo this test started.
+        unsafe { libc::kill(-(self.child.id() as i32), signal) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the demo") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not end within 60 s of signal {signal}:\n{}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What of the demo's lab is still there.
+    fn left(&self) -> Vec<String> {
+        let mut left: Vec<String> = NAMESPACES
+            .iter()
+            .filter(|ns| Path::new("/run/netns").join(ns).exists())
+            .map(|ns| format!("namespace {ns}"))
+            .collect();
+        left.extend(
+            self.lab_pids
+                .iter()
+                .filter(|&&p| alive(p))
+                .map(|p| format!("process {p}")),
+        );
+        left.extend(
+            [&self.pin_dir, &self.temp_dir]
+                .into_iter()
+                .filter(|d| d.exists())
+                .map(|d| format!("directory {}", d.display())),
+        );
+        let attached = sock_ops_links();
+        left.extend(
+            self.sock_ops
+                .iter()
+                .filter(|id| attached.contains(id))
+                .map(|id| format!("sock_ops link {id}")),
+        );
+        left
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal_and_wait`.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _lock = LabLock::acquire();
+        leftovers::sweep(false);
+    }
+}
+
+#[test]
+fn an_interrupted_demo_removes_its_lab() {
+    let mut demo = Demo::start();
+    let status = demo.signal_and_wait(libc::SIGINT);
+    let output = demo.output();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGINT),
+        "the demo exits with 128 + SIGINT:\n{output}"
+    );
+    assert!(
+        output.contains("removing the lab"),
+        "the demo says it removes the lab:\n{output}"
+    );
+    let left = demo.left();
+    println!(
+        "interrupted demo: {} lab processes, pins {}; left behind: {left:?}",
+        demo.lab_pids.len(),
+        demo.pin_dir.display()
+    );
+    assert!(left.is_empty(), "left behind: {left:?}\n{output}");
+}
+
+#[test]
+fn a_killed_demo_is_removed_by_the_next_lab() {
+    let mut demo = Demo::start();
+    let status = demo.signal_and_wait(libc::SIGKILL);
+    assert_eq!(status.code(), None, "killed by a signal");
+    let left = demo.left();
+    assert!(
+        left.iter().any(|l| l.starts_with("namespace"))
+            && left.iter().any(|l| l.starts_with("directory")),
+        "SIGKILL leaves the lab behind for the next lab to remove: {left:?}"
+    );
+    let lab = Lab::create();
+    let still = demo.left();
+    println!("killed demo left {left:?}; after the next lab was built: {still:?}");
+    // The new lab has namespaces of the same names; everything else of the killed one is gone.
+    assert!(
+        still.iter().all(|l| l.starts_with("namespace")),
+        "the next lab did not remove: {still:?}"
+    );
+    assert!(
+        demo.lab_pids.iter().all(|&p| !alive(p)),
+        "processes of the killed lab still run"
+    );
+    drop(lab);
 }

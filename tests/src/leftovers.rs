@@ -1,0 +1,209 @@
+//! What an interrupted lab leaves behind, and removing it. A lab ended by Ctrl-C or SIGTERM runs
+//! no destructors: its Postfix, flood generator and listeners would keep running in its
+//! namespaces, and the pins of its mailguard (the sock_ops link on the root cgroup among them)
+//! would stay. Two safeguards, both used by `Lab::create`:
+//!
+//! - `remove_lab_on_interrupt`: at SIGINT, SIGTERM or SIGHUP, a process holding the lab removes
+//!   it, says so, and exits with 128 + the signal;
+//! - `sweep`: under the lab lock, before a lab is built, removes what a run killed outright
+//!   (SIGKILL) left, and says what it removed.
+//!
+//! Only lab state is touched: processes inside the lab's own namespaces (the namespaces only the
+//! lab creates; every process there was started by a lab), signalled by pid; pin and temporary
+//! directories named after a lab process that no longer runs, or after this one at an
+//! interrupt.
+
+use std::{
+    fs,
+    os::fd::RawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Once,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The lab's network namespaces.
+pub const NAMESPACES: [&str; 4] = ["mg-switch", "mg-mail", "mg-client", "mg-attacker"];
+/// A lab's mailguard pins its state in `/sys/fs/bpf/` under this prefix and the pid of the
+/// process that built the lab.
+pub const PIN_DIR_PREFIX: &str = "mailguard-lab-";
+/// A lab's temporary directory: the system temporary directory, this prefix and the pid.
+pub const TEMP_DIR_PREFIX: &str = "mailguard-lab-";
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Whether this process holds the lab (set under the lab lock): only then is there a lab of
+/// its own to remove at an interrupt.
+static HOLDING: AtomicBool = AtomicBool::new(false);
+/// Set while the interrupt thread removes the lab.
+static REMOVING: AtomicBool = AtomicBool::new(false);
+/// The write end of the pipe the signal handler writes the signal's number to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// Marks the lab held (or released) by this process.
+pub fn set_holding(held: bool) {
+    HOLDING.store(held, Ordering::SeqCst);
+}
+
+/// A lab pin directory of this process (where `Mailguard::start` pins).
+pub fn own_pin_dir() -> PathBuf {
+    Path::new(BPFFS).join(format!("{PIN_DIR_PREFIX}{}", std::process::id()))
+}
+
+/// Installs, once per process, the handlers that remove the lab at SIGINT, SIGTERM or SIGHUP.
+/// The handler only writes the signal's number to a pipe (async-signal-safe); a thread reads
+/// it, removes the lab when this process holds it, and exits with 128 + the signal.
+pub fn remove_lab_on_interrupt() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let mut fds: [RawFd; 2] = [-1; 2];
+        // SAFETY: pipe2 fills the two descriptors of a new pipe.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            eprintln!(
+                "lab: no pipe for the interrupt handler ({}): an interrupted lab is removed by the next run",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        SIGNAL_PIPE.store(fds[1], Ordering::SeqCst);
+        let read_end = fds[0];
+        thread::spawn(move || {
+            let mut signal = 0u8;
+            // SAFETY: reads one byte from the pipe this thread owns the read end of.
+            while unsafe { libc::read(read_end, (&raw mut signal).cast(), 1) } != 1 {}
+            if HOLDING.load(Ordering::SeqCst) {
+                REMOVING.store(true, Ordering::SeqCst);
+                eprintln!(
+                    "\nlab: signal {signal}: removing the lab (its processes, namespaces, mailguard pins)"
+                );
+                for line in sweep(true) {
+                    eprintln!("lab: {line}");
+                }
+            }
+            // _exit: the main thread may be in exit(3) already (see `wait_for_removal`).
+            // SAFETY: ends the process at once; stderr is unbuffered.
+            unsafe { libc::_exit(128 + i32::from(signal)) };
+        });
+        // SAFETY: registers a plain function without arguments.
+        unsafe { libc::atexit(wait_for_removal) };
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: a zeroed sigaction with a handler that only calls write(2).
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+    });
+}
+
+/// At exit: while the lab is being removed, the process does not end before the removal thread
+/// ends it (a main thread whose lab vanished under it fails and returns at once).
+extern "C" fn wait_for_removal() {
+    while REMOVING.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let byte = signal as u8;
+    let fd = SIGNAL_PIPE.load(Ordering::SeqCst);
+    // SAFETY: write(2) is async-signal-safe; the pipe stays open for the process's life.
+    unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+}
+
+/// Removes lab leftovers: the processes in the lab's namespaces (SIGTERM, then SIGKILL after 3
+/// s), the namespaces, and the pin and temporary directories of lab processes that no longer
+/// run (and this process's own when `own_too`). Returns a line per thing removed.
+pub fn sweep(own_too: bool) -> Vec<String> {
+    let mut removed = Vec::new();
+    for ns in NAMESPACES {
+        if !Path::new("/run/netns").join(ns).exists() {
+            continue;
+        }
+        let pids = pids_in(ns);
+        end_processes(&pids);
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        removed.push(if pids.is_empty() {
+            format!("namespace {ns} removed")
+        } else {
+            format!("namespace {ns} removed, its processes ended: {pids:?}")
+        });
+    }
+    let dirs = [
+        (PathBuf::from(BPFFS), PIN_DIR_PREFIX, "mailguard pins"),
+        (std::env::temp_dir(), TEMP_DIR_PREFIX, "lab directory"),
+    ];
+    for (parent, prefix, what) in dirs {
+        for dir in stale_dirs(&parent, prefix, own_too) {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(format!("{what} {} removed", dir.display())),
+                Err(e) => removed.push(format!("{what} {}: cannot remove: {e}", dir.display())),
+            }
+        }
+    }
+    removed
+}
+
+/// Pids of the processes in namespace `ns` (`ip netns pids`), this process left out.
+pub fn pids_in(ns: &str) -> Vec<i32> {
+    let out = Command::new("ip").args(["netns", "pids", ns]).output();
+    let own = std::process::id() as i32;
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| p != own)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// SIGTERM to each of `pids`, SIGKILL to those still there after 3 s. A child of this process
+/// is reaped, so that it does not linger as a zombie.
+fn end_processes(pids: &[i32]) {
+    let gone = |pid: i32| {
+        // SAFETY: waitpid with WNOHANG reaps `pid` only if it is this process's exited child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        // SAFETY: signal 0 only probes whether the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        !alive
+    };
+    for &pid in pids {
+        // SAFETY: a process in the lab's own namespace, started by a lab.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !pids.iter().all(|&p| gone(p)) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids.iter().filter(|&&p| !gone(p)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Directories `parent/PREFIX<pid>` whose process no longer runs (or is this one, when
+/// `own_too`).
+fn stale_dirs(parent: &Path, prefix: &str, own_too: bool) -> Vec<PathBuf> {
+    let own = std::process::id();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: u32 = name.strip_prefix(prefix)?.parse().ok()?;
+            // SAFETY: signal 0 only probes whether the pid exists.
+            let running = unsafe { libc::kill(pid as i32, 0) } == 0;
+            ((pid == own && own_too) || (pid != own && !running)).then(|| e.path())
+        })
+        .collect()
+}
