@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a mail host running Postfix, a legitimate client and an attacker, each in
 //! its own network namespace; mailguard attached to the mail host. Shows what reaches the
 //! host before and after, and the counters by reason. Everything is removed at the end, also
-//! when a step fails.
+//! when a step fails or the demo is interrupted (Ctrl-C: the lab removes itself, see
+//! guard_tests::leftovers).
 
 use std::{
     net::SocketAddr,

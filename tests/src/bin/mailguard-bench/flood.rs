@@ -69,6 +69,14 @@ pub struct Trial {
     /// Packets per second the mail host's receive CPU dropped from its full backlog while the
     /// sender ran (`/proc/net/softnet_stat`).
     pub backlog_drops_per_s: f64,
+    /// Share of the SYNs the legitimate sender sent that it had to send again (no answer within
+    /// the retransmission timeout): its namespace's `TCPSynRetrans` over `ActiveOpens` plus
+    /// `TCPSynRetrans`, while it ran.
+    pub syns_lost: f64,
+    /// Entries per second the mail host's connection tracking evicted from its full table to
+    /// make room for new ones while the sender ran (`early_drop` of
+    /// `/proc/net/stat/nf_conntrack`): only nftables' `ct count` uses conntrack here.
+    pub conntrack_evictions_per_s: f64,
 }
 
 /// All trials of one protection at one attack setting.
@@ -193,6 +201,62 @@ fn backlog_drops(cpu: usize) -> Result<u64, String> {
         .ok_or_else(|| format!("no softnet_stat line for CPU {cpu}"))
 }
 
+/// A `/proc/net` file of namespace `ns`.
+fn proc_net(ns: &Netns, file: &str) -> Result<String, String> {
+    let out = ns
+        .command("cat")
+        .arg(format!("/proc/net/{file}"))
+        .output()
+        .map_err(|e| format!("cat /proc/net/{file}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cat /proc/net/{file}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A counter of a `/proc/net/snmp`-style file: a line of names after `prefix`, then a line of
+/// values after it.
+fn snmp_counter(text: &str, prefix: &str, name: &str) -> Result<u64, String> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next(), lines.next());
+    names
+        .zip(values)
+        .and_then(|(names, values)| {
+            let i = names.split_whitespace().position(|n| n == name)?;
+            values.split_whitespace().nth(i)?.parse().ok()
+        })
+        .ok_or_else(|| format!("no {prefix} {name} counter"))
+}
+
+/// The SYNs a namespace's connections sent: (first SYNs, SYNs sent again).
+fn syns_sent(ns: &Netns) -> Result<(u64, u64), String> {
+    Ok((
+        snmp_counter(&proc_net(ns, "snmp")?, "Tcp:", "ActiveOpens")?,
+        snmp_counter(&proc_net(ns, "netstat")?, "TcpExt:", "TCPSynRetrans")?,
+    ))
+}
+
+/// Entries a namespace's connection tracking evicted for room (the `early_drop` column of
+/// `/proc/net/stat/nf_conntrack`, one hexadecimal line per CPU), since it began; 0 when
+/// conntrack is not loaded.
+fn conntrack_evictions(ns: &Netns) -> Result<u64, String> {
+    let Ok(text) = proc_net(ns, "stat/nf_conntrack") else {
+        return Ok(0);
+    };
+    let mut lines = text.lines();
+    let column = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|n| n == "early_drop"))
+        .ok_or("no early_drop column in /proc/net/stat/nf_conntrack")?;
+    Ok(lines
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum())
+}
+
 /// Attempts at starting the generator: trafgen occasionally fails to flush its TX ring
 /// (EAGAIN) and then sends nothing at all; that is the generator failing, not the host under
 /// test, so it is started again.
@@ -294,6 +358,8 @@ fn trial(
     };
     let tx_lead = tx_packets(&lab.attacker.ns, &lab.attacker.iface)?;
     let drops0 = backlog_drops(receive_cpu())?;
+    let syns0 = syns_sent(&lab.client.ns)?;
+    let conntrack0 = conntrack_evictions(&lab.mail.ns)?;
     let started = Instant::now();
     lab.client
         .ns
@@ -322,6 +388,8 @@ fn trial(
     let sending = started.elapsed();
     let tx1 = tx_packets(&lab.attacker.ns, &lab.attacker.iface)?;
     let drops1 = backlog_drops(receive_cpu())?;
+    let syns1 = syns_sent(&lab.client.ns)?;
+    let conntrack1 = conntrack_evictions(&lab.mail.ns)?;
     let flood_window = flood.as_ref().map(|f| (f.since.elapsed(), f.tx_before));
     drop(flood);
     // Mail accepted by the time smtp-source ended is delivered within moments.
@@ -356,6 +424,12 @@ fn trial(
         messages_per_s: delivered as f64 / sending.as_secs_f64(),
         success: delivered as f64 / MESSAGES as f64,
         backlog_drops_per_s: (drops1 - drops0) as f64 / sending.as_secs_f64(),
+        syns_lost: {
+            let (first, again) = (syns1.0 - syns0.0, syns1.1 - syns0.1);
+            again as f64 / (first + again).max(1) as f64
+        },
+        conntrack_evictions_per_s: conntrack1.saturating_sub(conntrack0) as f64
+            / sending.as_secs_f64(),
     })
 }
 
@@ -461,10 +535,13 @@ pub fn measure() -> Result<(Vec<Point>, usize), String> {
                     settle();
                 };
                 println!(
-                    "flood {protection:<9} {attack:<14} attack {:>7.0} pkt/s  legitimate {:>6.1} msg/s  success {:>5.1}%",
+                    "flood {protection:<9} {attack:<14} attack {:>7.0} pkt/s  legitimate {:>6.1} msg/s  success {:>5.1}%  \
+                     SYNs lost {:>5.1}%  conntrack evictions {:>6.0}/s",
                     t.attack_pps,
                     t.messages_per_s,
-                    t.success * 100.0
+                    t.success * 100.0,
+                    t.syns_lost * 100.0,
+                    t.conntrack_evictions_per_s
                 );
                 points[p * ATTACKS.len() + a].trials.push(t);
                 settle();
@@ -492,6 +569,17 @@ impl Point {
     pub fn backlog_drops_per_s(&self) -> (f64, f64, f64) {
         median(self.trials.iter().map(|t| t.backlog_drops_per_s).collect())
     }
+    pub fn syns_lost(&self) -> (f64, f64, f64) {
+        median(self.trials.iter().map(|t| t.syns_lost * 100.0).collect())
+    }
+    pub fn conntrack_evictions_per_s(&self) -> (f64, f64, f64) {
+        median(
+            self.trials
+                .iter()
+                .map(|t| t.conntrack_evictions_per_s)
+                .collect(),
+        )
+    }
 }
 
 /// The highest attack setting's median success of `protection`, in percent.
@@ -501,6 +589,27 @@ fn success_at_top(points: &[Point], protection: &str) -> Option<f64> {
         .iter()
         .find(|p| p.protection == protection && p.attack == top)
         .map(|p| p.success().0)
+}
+
+/// The sentence giving each protection's median legitimate SYN loss at the top setting.
+fn syns_lost_at_top(points: &[Point]) -> String {
+    let top = ATTACKS[ATTACKS.len() - 1].0;
+    let each: Vec<String> = PROTECTIONS
+        .iter()
+        .filter_map(|protection| {
+            let p = points
+                .iter()
+                .find(|p| p.protection == *protection && p.attack == top)?;
+            Some(format!("{:.1}% with {protection}", p.syns_lost().0))
+        })
+        .collect();
+    if each.is_empty() {
+        return String::new();
+    }
+    format!(
+        " At the top setting ({top}) the legitimate sender lost {} of its SYNs (medians).",
+        each.join(", ")
+    )
 }
 
 /// gnuplot data blocks: one per protection, rows of attack rate, messages/s and success with
@@ -555,16 +664,18 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
     for (alt, path) in plots {
         let _ = writeln!(md, "![{alt}]({path})\n");
     }
-    md += "| protection | attack | attack SYN/s (min-max) | legitimate msg/s (min-max) | success % (min-max) | receive CPU backlog drops/s (min-max) |\n\
-           |---|---|---:|---:|---:|---:|\n";
+    md += "| protection | attack | attack SYN/s (min-max) | legitimate msg/s (min-max) | success % (min-max) | legitimate SYNs lost % (min-max) | receive CPU backlog drops/s (min-max) | conntrack evictions/s (min-max) |\n\
+           |---|---|---:|---:|---:|---:|---:|---:|\n";
     for p in points {
         let (a, a0, a1) = p.attack_pps();
         let (m, m0, m1) = p.messages_per_s();
         let (s, s0, s1) = p.success();
+        let (l, l0, l1) = p.syns_lost();
         let (d, d0, d1) = p.backlog_drops_per_s();
+        let (c, c0, c1) = p.conntrack_evictions_per_s();
         let _ = writeln!(
             md,
-            "| {} | {} | {a:.0} ({a0:.0}-{a1:.0}) | {m:.1} ({m0:.1}-{m1:.1}) | {s:.1} ({s0:.1}-{s1:.1}) | {d:.0} ({d0:.0}-{d1:.0}) |",
+            "| {} | {} | {a:.0} ({a0:.0}-{a1:.0}) | {m:.1} ({m0:.1}-{m1:.1}) | {s:.1} ({s0:.1}-{s1:.1}) | {l:.1} ({l0:.1}-{l1:.1}) | {d:.0} ({d0:.0}-{d1:.0}) | {c:.0} ({c0:.0}-{c1:.0}) |",
             p.protection, p.attack
         );
     }
@@ -587,7 +698,7 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          worker runs on CPU {rx} too). What RPS moves is the work after the veth's NAPI poll: that poll, and XDP \
          in it (mailguard's drop, whose cost per SYN the per-packet section gives: a few hundredths of a CPU \
          at these rates), still runs on the sending CPU. When the receive CPU cannot keep up, its backlog (`net.core.netdev_max_backlog` packets) overflows and drops \
-         packets without regard to whose they are (last column): the legitimate sender's with the flood's. \
+         packets without regard to whose they are (backlog drops column): the legitimate sender's with the flood's. \
          A trial whose sender reached its {SENDER_LIMIT_S} s limit shows at most {:.1} messages/s: it delivered \
          what it could in that time, a success near 100% there meaning the messages got through at a fraction \
          of their rate. At the top setting the attacker's interface sent {} packets/s.",
@@ -595,6 +706,26 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
         top_rates.join(", "),
         cpus = receive_cpu() + 1,
         rx = receive_cpu()
+    );
+    let conntrack_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .map(|m| format!("{} entries here", m.trim()))
+        .unwrap_or_else(|_| "its size unknown here".to_string());
+    let _ = writeln!(
+        md,
+        "\nThe legitimate SYNs lost column is what the sender's own TCP saw: the SYNs it had to send again \
+         because no answer came within the retransmission timeout, over all the SYNs it sent (its namespace's \
+         `TCPSynRetrans` and `ActiveOpens`). The conntrack evictions column counts the entries the mail host's \
+         connection tracking evicted from its full table (`net.netfilter.nf_conntrack_max`, {conntrack_max}) \
+         to make room for new ones: the nftables recipe's `ct count` needs an entry for every SYN, the \
+         flood's included, so at the higher rates the table is full from the flood's first seconds and every \
+         flood SYN costs the receive CPU a lookup, an eviction and an insertion; the backlog drops column shows \
+         that CPU falling behind, and the packets it drops are the legitimate sender's as much as the \
+         flood's. TCP recovers a lost packet only after a timeout that doubles each time (1 s, then 2, 4, 8 s \
+         for a SYN), so a few losses in a row hold one of the sender's {SESSIONS} sessions for tens of \
+         seconds: that is how a trial can deliver nearly every message within seconds and then wait out its \
+         {SENDER_LIMIT_S} s limit on the last ones, and why such trials differ so much from one another. \
+         mailguard drops the flood in XDP, before the receive CPU's backlog and conntrack.{}",
+        syns_lost_at_top(points)
     );
     let (mg, nft) = (
         success_at_top(points, "mailguard").unwrap_or(0.0),
