@@ -89,7 +89,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic",
+        what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic; the demo interrupted and killed",
         args: &[
             "test",
             "-p",
