@@ -584,11 +584,19 @@ impl Point {
 
 /// The highest attack setting's median success of `protection`, in percent.
 fn success_at_top(points: &[Point], protection: &str) -> Option<f64> {
-    let top = ATTACKS[ATTACKS.len() - 1].0;
-    points
-        .iter()
-        .find(|p| p.protection == protection && p.attack == top)
+    top_points(points)
+        .find(|p| p.protection == protection)
         .map(|p| p.success().0)
+}
+
+/// The points of the top attack setting, one per protection, in `PROTECTIONS`' order.
+fn top_points(points: &[Point]) -> impl Iterator<Item = &Point> {
+    let top = ATTACKS[ATTACKS.len() - 1].0;
+    PROTECTIONS.iter().filter_map(move |protection| {
+        points
+            .iter()
+            .find(|p| p.protection == *protection && p.attack == top)
+    })
 }
 
 /// (trials with a success below 99%, trials) of `protection` at the settings from 100 kpps up.
@@ -612,14 +620,8 @@ fn trials_below_99_from_100_kpps(points: &[Point], protection: &str) -> (usize, 
 /// The sentence giving each protection's median legitimate SYN loss at the top setting.
 fn syns_lost_at_top(points: &[Point]) -> String {
     let top = ATTACKS[ATTACKS.len() - 1].0;
-    let each: Vec<String> = PROTECTIONS
-        .iter()
-        .filter_map(|protection| {
-            let p = points
-                .iter()
-                .find(|p| p.protection == *protection && p.attack == top)?;
-            Some(format!("{:.1}% with {protection}", p.syns_lost().0))
-        })
+    let each: Vec<String> = top_points(points)
+        .map(|p| format!("{:.1}% with {}", p.syns_lost().0, p.protection))
         .collect();
     if each.is_empty() {
         return String::new();
@@ -698,14 +700,8 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
         );
     }
     let top = ATTACKS[ATTACKS.len() - 1].0;
-    let top_rates: Vec<String> = PROTECTIONS
-        .iter()
-        .filter_map(|protection| {
-            let p = points
-                .iter()
-                .find(|p| p.protection == *protection && p.attack == top)?;
-            Some(format!("{:.0} against {protection}", p.attack_pps().0))
-        })
+    let top_rates: Vec<String> = top_points(points)
+        .map(|p| format!("{:.0} against {}", p.attack_pps().0, p.protection))
         .collect();
     let _ = writeln!(
         md,
