@@ -207,3 +207,46 @@ fn stale_dirs(parent: &Path, prefix: &str, own_too: bool) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_dirs_are_those_of_ended_processes_and_of_this_one_only_when_asked() {
+        let mut child = Command::new("true").spawn().expect("run true");
+        let ended = child.id();
+        child.wait().expect("wait for true");
+        let own = std::process::id();
+        // SAFETY: getppid has no preconditions; the parent runs while this test does.
+        let running = unsafe { libc::getppid() } as u32;
+        let parent = std::env::temp_dir().join(format!("leftovers-test-{own}"));
+        let _ = fs::remove_dir_all(&parent);
+        for name in [
+            format!("{PIN_DIR_PREFIX}{ended}"),
+            format!("{PIN_DIR_PREFIX}{own}"),
+            format!("{PIN_DIR_PREFIX}{running}"),
+            format!("{PIN_DIR_PREFIX}not-a-pid"),
+            format!("other-{ended}"),
+        ] {
+            fs::create_dir_all(parent.join(name)).expect("create test directory");
+        }
+        let names = |own_too: bool| {
+            let mut v: Vec<String> = stale_dirs(&parent, PIN_DIR_PREFIX, own_too)
+                .iter()
+                .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let (after_a_kill, at_an_interrupt) = (names(false), names(true));
+        fs::remove_dir_all(&parent).expect("remove test directory");
+        assert_eq!(after_a_kill, [format!("{PIN_DIR_PREFIX}{ended}")]);
+        let mut both = vec![
+            format!("{PIN_DIR_PREFIX}{ended}"),
+            format!("{PIN_DIR_PREFIX}{own}"),
+        ];
+        both.sort();
+        assert_eq!(at_an_interrupt, both);
+    }
+}
