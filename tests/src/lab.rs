@@ -105,7 +105,7 @@ impl Lab {
             println!("lab: leftovers of an earlier run that did not end cleanly: {line}");
         }
         let [switch_ns, mail_ns, client_ns, attacker_ns] = leftovers::NAMESPACES;
-        let dir = TempDir::new(leftovers::TEMP_DIR_PREFIX.trim_end_matches('-'));
+        let dir = TempDir::new(leftovers::LAB_DIR_PREFIX);
         let switch = Netns::create(switch_ns);
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"]);
         switch.run(&["ip", "link", "set", "br0", "up"]);
@@ -289,7 +289,7 @@ pub struct Mailguard {
 
 impl Mailguard {
     pub fn start(ns: &Netns, lab_dir: &Path, config: &Path, extra_args: &[&str]) -> Mailguard {
-        let pin_dir = leftovers::own_pin_dir();
+        let pin_dir = leftovers::pin_dir_of(std::process::id());
         let run_dir = lab_dir.join("run");
         let mut cmd = ns.command(mailguard_bin().to_str().expect("UTF-8 path"));
         cmd.arg("--pin-dir")
@@ -578,11 +578,11 @@ impl Drop for Postfix {
         // `postfix stop` waits for the master; make sure the one we started is gone.
         if let Some(pid) = pid {
             let deadline = Instant::now() + Duration::from_secs(5);
-            // SAFETY: signal 0 / SIGKILL to the master process this lab started.
-            while Instant::now() < deadline && unsafe { libc::kill(pid, 0) } == 0 {
+            while Instant::now() < deadline && leftovers::running(pid) {
                 thread::sleep(Duration::from_millis(50));
             }
-            if unsafe { libc::kill(pid, 0) } == 0 {
+            if leftovers::running(pid) {
+                // SAFETY: SIGKILL to the master process this lab started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }

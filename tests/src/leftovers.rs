@@ -28,11 +28,9 @@ use std::{
 
 /// The lab's network namespaces.
 pub const NAMESPACES: [&str; 4] = ["mg-switch", "mg-mail", "mg-client", "mg-attacker"];
-/// A lab's mailguard pins its state in `/sys/fs/bpf/` under this prefix and the pid of the
-/// process that built the lab.
-pub const PIN_DIR_PREFIX: &str = "mailguard-lab-";
-/// A lab's temporary directory: the system temporary directory, this prefix and the pid.
-pub const TEMP_DIR_PREFIX: &str = "mailguard-lab-";
+/// A lab's directories, `PREFIX-<pid of the process that built the lab>`: its mailguard's pins
+/// in `/sys/fs/bpf/`, and its temporary directory in the system's.
+pub const LAB_DIR_PREFIX: &str = "mailguard-lab";
 const BPFFS: &str = "/sys/fs/bpf";
 
 /// Whether this process holds the lab (set under the lab lock): only then is there a lab of
@@ -48,9 +46,20 @@ pub fn set_holding(held: bool) {
     HOLDING.store(held, Ordering::SeqCst);
 }
 
-/// A lab pin directory of this process (where `Mailguard::start` pins).
-pub fn own_pin_dir() -> PathBuf {
-    Path::new(BPFFS).join(format!("{PIN_DIR_PREFIX}{}", std::process::id()))
+/// Where the lab of process `pid` pins its mailguard's state (`Mailguard::start`).
+pub fn pin_dir_of(pid: u32) -> PathBuf {
+    Path::new(BPFFS).join(format!("{LAB_DIR_PREFIX}-{pid}"))
+}
+
+/// The temporary directory of the lab of process `pid` (`TempDir::new(LAB_DIR_PREFIX)`).
+pub fn temp_dir_of(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("{LAB_DIR_PREFIX}-{pid}"))
+}
+
+/// Whether a process `pid` exists (a zombie counts).
+pub fn running(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes whether the pid exists.
+    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 /// Installs, once per process, the handlers that remove the lab at SIGINT, SIGTERM or SIGHUP.
@@ -136,11 +145,11 @@ pub fn sweep(own_too: bool) -> Vec<String> {
         });
     }
     let dirs = [
-        (PathBuf::from(BPFFS), PIN_DIR_PREFIX, "mailguard pins"),
-        (std::env::temp_dir(), TEMP_DIR_PREFIX, "lab directory"),
+        (PathBuf::from(BPFFS), "mailguard pins"),
+        (std::env::temp_dir(), "lab directory"),
     ];
-    for (parent, prefix, what) in dirs {
-        for dir in stale_dirs(&parent, prefix, own_too) {
+    for (parent, what) in dirs {
+        for dir in stale_dirs(&parent, own_too) {
             match fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(format!("{what} {} removed", dir.display())),
                 Err(e) => removed.push(format!("{what} {}: cannot remove: {e}", dir.display())),
@@ -170,9 +179,7 @@ fn end_processes(pids: &[i32]) {
     let gone = |pid: i32| {
         // SAFETY: waitpid with WNOHANG reaps `pid` only if it is this process's exited child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        // SAFETY: signal 0 only probes whether the pid exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        !alive
+        !running(pid)
     };
     for &pid in pids {
         // SAFETY: a process in the lab's own namespace, started by a lab.
@@ -188,9 +195,9 @@ fn end_processes(pids: &[i32]) {
     }
 }
 
-/// Directories `parent/PREFIX<pid>` whose process no longer runs (or is this one, when
-/// `own_too`).
-fn stale_dirs(parent: &Path, prefix: &str, own_too: bool) -> Vec<PathBuf> {
+/// Lab directories `parent/LAB_DIR_PREFIX-<pid>` whose process no longer runs (or is this one,
+/// when `own_too`).
+fn stale_dirs(parent: &Path, own_too: bool) -> Vec<PathBuf> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir(parent) else {
         return Vec::new();
@@ -200,10 +207,12 @@ fn stale_dirs(parent: &Path, prefix: &str, own_too: bool) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid: u32 = name.strip_prefix(prefix)?.parse().ok()?;
-            // SAFETY: signal 0 only probes whether the pid exists.
-            let running = unsafe { libc::kill(pid as i32, 0) } == 0;
-            ((pid == own && own_too) || (pid != own && !running)).then(|| e.path())
+            let pid: u32 = name
+                .strip_prefix(LAB_DIR_PREFIX)?
+                .strip_prefix('-')?
+                .parse()
+                .ok()?;
+            ((pid == own && own_too) || (pid != own && !running(pid as i32))).then(|| e.path())
         })
         .collect()
 }
@@ -219,20 +228,20 @@ mod tests {
         child.wait().expect("wait for true");
         let own = std::process::id();
         // SAFETY: getppid has no preconditions; the parent runs while this test does.
-        let running = unsafe { libc::getppid() } as u32;
+        let parent_pid = unsafe { libc::getppid() } as u32;
         let parent = std::env::temp_dir().join(format!("leftovers-test-{own}"));
         let _ = fs::remove_dir_all(&parent);
         for name in [
-            format!("{PIN_DIR_PREFIX}{ended}"),
-            format!("{PIN_DIR_PREFIX}{own}"),
-            format!("{PIN_DIR_PREFIX}{running}"),
-            format!("{PIN_DIR_PREFIX}not-a-pid"),
+            format!("{LAB_DIR_PREFIX}-{ended}"),
+            format!("{LAB_DIR_PREFIX}-{own}"),
+            format!("{LAB_DIR_PREFIX}-{parent_pid}"),
+            format!("{LAB_DIR_PREFIX}-not-a-pid"),
             format!("other-{ended}"),
         ] {
             fs::create_dir_all(parent.join(name)).expect("create test directory");
         }
         let names = |own_too: bool| {
-            let mut v: Vec<String> = stale_dirs(&parent, PIN_DIR_PREFIX, own_too)
+            let mut v: Vec<String> = stale_dirs(&parent, own_too)
                 .iter()
                 .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
                 .collect();
@@ -241,10 +250,10 @@ mod tests {
         };
         let (after_a_kill, at_an_interrupt) = (names(false), names(true));
         fs::remove_dir_all(&parent).expect("remove test directory");
-        assert_eq!(after_a_kill, [format!("{PIN_DIR_PREFIX}{ended}")]);
+        assert_eq!(after_a_kill, [format!("{LAB_DIR_PREFIX}-{ended}")]);
         let mut both = vec![
-            format!("{PIN_DIR_PREFIX}{ended}"),
-            format!("{PIN_DIR_PREFIX}{own}"),
+            format!("{LAB_DIR_PREFIX}-{ended}"),
+            format!("{LAB_DIR_PREFIX}-{own}"),
         ];
         both.sort();
         assert_eq!(at_an_interrupt, both);

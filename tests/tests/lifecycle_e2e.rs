@@ -19,7 +19,7 @@ use std::{
 
 use guard_tests::{
     lab::{Lab, LabLock, MAIL4, Mailguard, http_get, try_http_get},
-    leftovers::{self, NAMESPACES, PIN_DIR_PREFIX, TEMP_DIR_PREFIX},
+    leftovers::{self, NAMESPACES, pin_dir_of, running, temp_dir_of},
     netns::Netns,
 };
 
@@ -560,11 +560,6 @@ fn sock_ops_links() -> BTreeSet<u64> {
         .collect()
 }
 
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only probes whether the pid exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
 impl Demo {
     fn start() -> Demo {
         let before = sock_ops_links();
@@ -594,8 +589,8 @@ impl Demo {
         let mut demo = Demo {
             child,
             output,
-            pin_dir: Path::new("/sys/fs/bpf").join(format!("{PIN_DIR_PREFIX}{pid}")),
-            temp_dir: std::env::temp_dir().join(format!("{TEMP_DIR_PREFIX}{pid}")),
+            pin_dir: pin_dir_of(pid),
+            temp_dir: temp_dir_of(pid),
             lab_pids: Vec::new(),
             sock_ops: BTreeSet::new(),
         };
@@ -664,7 +659,7 @@ impl Demo {
         left.extend(
             self.lab_pids
                 .iter()
-                .filter(|&&p| alive(p))
+                .filter(|&&p| running(p))
                 .map(|p| format!("process {p}")),
         );
         left.extend(
@@ -737,7 +732,7 @@ fn a_killed_demo_is_removed_by_the_next_lab() {
         "the next lab did not remove: {still:?}"
     );
     assert!(
-        demo.lab_pids.iter().all(|&p| !alive(p)),
+        demo.lab_pids.iter().all(|&p| !running(p)),
         "processes of the killed lab still run"
     );
     drop(lab);
