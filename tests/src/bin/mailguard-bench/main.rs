@@ -26,6 +26,7 @@ mod lists;
 mod measure;
 mod peer;
 mod plots;
+mod touch;
 
 use std::{
     fmt::Write as _,
@@ -55,10 +56,11 @@ use mailguard::{
     guard::{BENCH_FLOOR_OBJECT, Guard},
 };
 use measure::{
-    CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, ns_per_run,
-    p99_single, ratios, stats, trials_each,
+    CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, differences,
+    ns_per_run, p99_single, ratios, stats, trials_each,
 };
 use peer::XdpFilter;
+use touch::BucketTouch;
 
 /// The configuration measured: defaults, with room for a million tracked sources and
 /// connections, and a SYN ceiling burst large enough that the new-source runs (every one an
@@ -250,9 +252,10 @@ fn prepared(config: &Config) -> Result<Guard, String> {
 
 /// A mail SYN from a new source (the insert path), by single runs over `NEW_SOURCES` packets,
 /// each from a source mailguard has not seen, on `big` (the measured configuration's tables)
-/// and on `default` (the default configuration's), beside a known source's single runs and the
-/// floor's and xdp-filter's on the same packets: one run of each per packet, their order
-/// rotating, so that the machine's drift falls on all alike. Then the same sources once more on
+/// and on `default` (the default configuration's), beside a known source's single runs, the
+/// floor's and xdp-filter's on the same packets, and the memory reference's (`BucketTouch`) on
+/// tables of both sizes: one run of each per packet, their order rotating, so that the
+/// machine's drift falls on all alike. Then the same sources once more on
 /// `big`, each tracked but not seen lately, beside the floor. Every figure is the median of
 /// `NEW_TRIALS` trials, each the mean of its share of the packets.
 fn new_sources(
@@ -269,20 +272,25 @@ fn new_sources(
     ns_per_run(big_xdp, &known, 1);
     let tracked = |g: &Guard| guard_accounting(g, AccountingEvent::SourceTracked);
     let (big0, default0) = (tracked(big)?, tracked(default)?);
+    let touch_big = BucketTouch::load(source_buckets(TRACKED_SOURCES))?;
+    let touch_default = BucketTouch::load(source_buckets(DEFAULT_TRACKED_SOURCES))?;
     let source = |i: u32| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
     let per_trial = NEW_SOURCES / NEW_TRIALS as u32;
-    // times[path][trial]: floor, xdp-filter, known, new (big), new (default).
-    let mut times: Vec<Vec<f64>> = (0..5).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
+    // times[path][trial]: floor, xdp-filter, known, new (big), new (default), reference (big),
+    // reference (default).
+    let mut times: Vec<Vec<f64>> = (0..7).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
     for trial in 0..NEW_TRIALS as u32 {
-        let mut sums = [0f64; 5];
+        let mut sums = [0f64; 7];
         for i in trial * per_trial..(trial + 1) * per_trial {
             let packet = source(i);
-            let runs: [(&dyn Timed, &[u8]); 5] = [
+            let runs: [(&dyn Timed, &[u8]); 7] = [
                 (floor, &packet),
                 (peer, &packet),
                 (big_xdp, &known),
                 (big_xdp, &packet),
                 (default_xdp, &packet),
+                (&touch_big, &packet),
+                (&touch_default, &packet),
             ];
             for k in 0..runs.len() {
                 let j = (i as usize + k) % runs.len();
@@ -302,6 +310,17 @@ fn new_sources(
         if inserted != NEW_SOURCES as u64 {
             return Err(format!(
                 "new-source runs ({name}) inserted {inserted} sources, expected {NEW_SOURCES}"
+            ));
+        }
+    }
+    for (name, touch) in [
+        ("tables for a million", &touch_big),
+        ("default tables", &touch_default),
+    ] {
+        let touches = touch.touches()?;
+        if touches != NEW_SOURCES as u64 {
+            return Err(format!(
+                "the memory reference ({name}) touched its table {touches} times, expected {NEW_SOURCES}"
             ));
         }
     }
@@ -332,14 +351,21 @@ fn new_sources(
         known: path(&times[2], &times[0]),
         new_big: path(&times[3], &times[0]),
         new_default: path(&times[4], &times[0]),
+        touch_big: path(&times[5], &times[0]),
+        touch_default: path(&times[6], &times[0]),
+        over_touch_big: differences(&times[3], &times[5]),
+        over_touch_default: differences(&times[4], &times[6]),
         again: path(&again, &again_floor),
         again_floor: stats(again_floor),
     };
     println!(
-        "single runs: new source {:.0} ns (default tables {:.0} ns), known source {:.0} ns, floor {:.0} ns, \
-         xdp-filter {:.0} ns; tracked, not seen lately {:.0} ns (floor {:.0} ns)",
+        "single runs: new source {:.0} ns (default tables {:.0} ns), memory reference {:.0} ns (default tables \
+         {:.0} ns), known source {:.0} ns, floor {:.0} ns, xdp-filter {:.0} ns; tracked, not seen lately {:.0} ns \
+         (floor {:.0} ns)",
         r.new_big.ns.median,
         r.new_default.ns.median,
+        r.touch_big.ns.median,
+        r.touch_default.ns.median,
         r.known.ns.median,
         r.floor.median,
         r.peer.ns.median,
@@ -833,6 +859,13 @@ struct NewSources {
     new_big: NewPath,
     /// A new source, the default configuration's tables.
     new_default: NewPath,
+    /// The memory reference (`BucketTouch`) on the same packets, a table as `new_big`'s and one
+    /// as `new_default`'s.
+    touch_big: NewPath,
+    touch_default: NewPath,
+    /// A new source's time over the reference's, trial by trial (ns), per table size.
+    over_touch_big: Stats,
+    over_touch_default: Stats,
     /// The new sources once more (tracked, not seen lately), tables as `new_big`, with ratios
     /// to the floor's runs beside them (`again_floor`).
     again: NewPath,
@@ -866,6 +899,33 @@ fn new_verdict(p: &NewPath) -> String {
         (true, false) => format!("{ratio:.2}x but not below xdp-filter ({peer}): **not met**"),
         (false, true) => format!("{ratio:.2}x (> 3x), below xdp-filter ({peer}): **not met**"),
         (false, false) => format!("{ratio:.2}x (> 3x), above xdp-filter ({peer}): **not met**"),
+    }
+}
+
+/// What the memory reference says about the new-source target: whether the memory access
+/// alone already misses it, table by table.
+fn memory_bound(n: &NewSources) -> String {
+    let misses = |t: &NewPath| t.ratio.median > 3.0 || t.over_peer.median >= 1.0;
+    let tables: Vec<String> = [
+        ("for a million sources", &n.touch_big),
+        ("of the default size", &n.touch_default),
+    ]
+    .iter()
+    .filter(|(_, t)| misses(t))
+    .map(|(name, t)| {
+        format!(
+            "on a table {name} the reference alone is at {:.2}x the floor and {:.2}x xdp-filter",
+            t.ratio.median, t.over_peer.median
+        )
+    })
+    .collect();
+    if tables.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " The memory access by itself misses the target: {}.",
+            tables.join("; ")
+        )
     }
 }
 
@@ -995,15 +1055,28 @@ fn report(r: Report) -> String {
          no other packet touched lately (its bucket in the rate table: two cache lines holding both its slots and \
          the bucket's connection count), which a stateless filter does not have; the SYN ceiling's token is \
          spent without a look-up of the verified sources while the ceiling has tokens. To show what that memory \
-         costs by itself, the {NEW_SOURCES} sources are then sent once more to the mailguard with tables for a \
-         million, each now tracked but not seen for {NEW_SOURCES} packets (counters prove none was inserted \
-         again), one run each beside one of the floor.\n\n\
+         costs by itself, the same rotation runs a **memory reference** (guard-ebpf's `xdp_bucket_touch`): the \
+         floor plus one load in each cache line of the bucket mailguard uses for the packet's source and one \
+         store, in a table of its own laid out and sized as mailguard's (one per table size; its counts prove \
+         every run touched its table), and nothing else: no program that keeps state per source in a table of \
+         that size can cost less for a new source. Last, what a returning sender costs whose state has gone cold: \
+         the {NEW_SOURCES} sources once more to the mailguard with tables for a million, each now tracked but not \
+         seen for {NEW_SOURCES} packets (counters prove none was inserted again), one run each beside one of the \
+         floor.\n\n\
          | path | ns per run (min-max) | ratio to floor (min-max) |\n|---|---:|---:|\n\
          | floor | {} | 1.00x |",
         spread_ns(&r.new.floor)
     );
-    let rows: [(&str, &NewPath); 5] = [
+    let rows: [(&str, &NewPath); 7] = [
         ("xdp-filter (same packets)", &r.new.peer),
+        (
+            "memory reference: the bucket alone, table for a million sources",
+            &r.new.touch_big,
+        ),
+        (
+            "memory reference: the bucket alone, default table",
+            &r.new.touch_default,
+        ),
         ("mail SYN, known source", &r.new.known),
         (
             "mail SYN, new source (insert), tables for a million sources",
@@ -1030,12 +1103,17 @@ fn report(r: Report) -> String {
     }
     let _ = writeln!(
         md,
-        "\nThe floor beside the second runs: {}.\n\n\
+        "\nThe floor beside the second runs: {}. A new source over the memory reference on a table of the same \
+         size, trial by trial (mailguard's own work for it: the hash, the key compares, the slot's claim, the \
+         ceiling's token, the counters): {} ns (tables for a million), {} ns (default tables).\n\n\
          Target (issue 6, mail SYN at most 3x the floor and below xdp-filter), new source: tables for a million \
-         {}; default tables {}.\n",
+         {}; default tables {}.{}\n",
         spread_ns(&r.new.again_floor),
+        spread_ns(&r.new.over_touch_big),
+        spread_ns(&r.new.over_touch_default),
         new_verdict(&r.new.new_big),
-        new_verdict(&r.new.new_default)
+        new_verdict(&r.new.new_default),
+        memory_bound(&r.new)
     );
     let _ = writeln!(
         md,

@@ -106,6 +106,11 @@ pub fn trials_each(programs: &[&dyn Timed], packets: &[&[u8]]) -> Vec<Vec<Vec<f6
     times
 }
 
+/// Each trial of `a` minus the trial of `b` run beside it.
+pub fn differences(a: &[f64], b: &[f64]) -> Stats {
+    stats(a.iter().zip(b).map(|(a, b)| a - b).collect())
+}
+
 /// Each trial of `a` divided by the trial of `b` run beside it, so that drift in the
 /// machine's speed cancels out.
 pub fn ratios(a: &[f64], b: &[f64]) -> Stats {

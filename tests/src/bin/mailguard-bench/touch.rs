@@ -1,0 +1,70 @@
+//! The memory reference for new sources: guard-ebpf's `xdp_bucket_touch`, which reads and
+//! writes the bucket mailguard would use for the packet's source in a table of its own, laid
+//! out and sized as mailguard's, and does nothing else.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::Xdp,
+};
+use guard_common::SourceBucket;
+use mailguard::guard::BENCH_FLOOR_OBJECT;
+
+use crate::measure::{Run, Timed};
+
+pub struct BucketTouch {
+    ebpf: Ebpf,
+}
+
+const PROGRAM: &str = "xdp_bucket_touch";
+const TABLE: &str = "REF_TOUCH_TABLE";
+
+impl BucketTouch {
+    /// The reference with a table of `buckets` buckets.
+    pub fn load(buckets: u32) -> Result<BucketTouch, String> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(TABLE, buckets)
+            .load(BENCH_FLOOR_OBJECT)
+            .map_err(|e| format!("loading {PROGRAM}: {e}"))?;
+        let mut size: Array<&mut MapData, u32> = Array::try_from(
+            ebpf.map_mut("REF_TOUCH_BUCKETS")
+                .ok_or("no REF_TOUCH_BUCKETS")?,
+        )
+        .map_err(|e| e.to_string())?;
+        size.set(0, buckets, 0).map_err(|e| e.to_string())?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(format!("no {PROGRAM}"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        program
+            .load()
+            .map_err(|e| format!("loading {PROGRAM}: {e}"))?;
+        Ok(BucketTouch { ebpf })
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in BucketTouch::load")
+    }
+
+    /// How many runs touched the table: the sum of its buckets' counts.
+    pub fn touches(&self) -> Result<u64, String> {
+        let table: Array<&MapData, SourceBucket> =
+            Array::try_from(self.ebpf.map(TABLE).ok_or(format!("no {TABLE}"))?)
+                .map_err(|e| e.to_string())?;
+        let mut sum = 0u64;
+        for bucket in table.iter() {
+            sum += bucket.map_err(|e| e.to_string())?.connections as u64;
+        }
+        Ok(sum)
+    }
+}
+
+impl Timed for BucketTouch {
+    fn run(&self, packet: &[u8], repeat: u32) -> Run {
+        self.program().run(packet, repeat)
+    }
+}
