@@ -42,7 +42,7 @@ commands:
           network namespaces, with mailguard attached to the mail host
   bench   set up, build, and measure mailguard against the floor, xdp-filter and the
           nftables recipe (per-packet cost, scaling, a SYN flood on the wire); writes
-          docs/BENCHMARKS.md and its plots in docs/bench/ (about 20 minutes)
+          docs/BENCHMARKS.md and its plots in docs/bench/ (about 25 minutes)
   lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
           with nightly for its target
 ";
@@ -134,7 +134,7 @@ fn bench() -> Result<()> {
     build_binaries()?;
     println!(
         "== mailguard bench (BPF_PROG_TEST_RUN beside the floor and xdp-filter, sock_ops statistics, \
-         a SYN flood on the wire against no protection, nftables and mailguard; about 20 minutes)"
+         a SYN flood on the wire against no protection, nftables and mailguard; about 25 minutes)"
     );
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
     cmd::run(

@@ -1104,8 +1104,8 @@ fn report(r: Report) -> String {
     let _ = writeln!(
         md,
         "\nThe floor beside the second runs: {}. A new source over the memory reference on a table of the same \
-         size, trial by trial (mailguard's own work for it: the hash, the key compares, the slot's claim, the \
-         ceiling's token, the counters): {} ns (tables for a million), {} ns (default tables).\n\n\
+         size, trial by trial (the rest of mailguard's path: the headers, the port's rule, the key compares, the \
+         slot's claim, the ceiling's token, the counters): {} ns (tables for a million), {} ns (default tables).\n\n\
          Target (issue 6, mail SYN at most 3x the floor and below xdp-filter), new source: tables for a million \
          {}; default tables {}.{}\n",
         spread_ns(&r.new.again_floor),
