@@ -56,10 +56,25 @@ pub fn temp_dir_of(pid: u32) -> PathBuf {
     std::env::temp_dir().join(format!("{LAB_DIR_PREFIX}-{pid}"))
 }
 
-/// Whether a process `pid` exists (a zombie counts).
+/// Whether a process `pid` is alive: it exists and has not ended (a zombie, ended and waiting
+/// for its parent to collect it, is not).
 pub fn running(pid: i32) -> bool {
     // SAFETY: signal 0 only probes whether the pid exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command, which is in parentheses and may hold
+        // spaces and parentheses itself.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        // Gone since the probe.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    }
 }
 
 /// Installs, once per process, the handlers that remove the lab at SIGINT, SIGTERM or SIGHUP.
@@ -136,12 +151,16 @@ pub fn sweep(own_too: bool) -> Vec<String> {
             continue;
         }
         let pids = pids_in(ns);
-        end_processes(&pids);
+        let survivors = end_processes(&pids);
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
         removed.push(if pids.is_empty() {
             format!("namespace {ns} removed")
-        } else {
+        } else if survivors.is_empty() {
             format!("namespace {ns} removed, its processes ended: {pids:?}")
+        } else {
+            format!(
+                "namespace {ns} removed, its processes signalled: {pids:?}; STILL RUNNING after SIGKILL: {survivors:?}"
+            )
         });
     }
     let dirs = [
@@ -173,9 +192,10 @@ pub fn pids_in(ns: &str) -> Vec<i32> {
     .unwrap_or_default()
 }
 
-/// SIGTERM to each of `pids`, SIGKILL to those still there after 3 s. A child of this process
-/// is reaped, so that it does not linger as a zombie.
-fn end_processes(pids: &[i32]) {
+/// SIGTERM to each of `pids`, SIGKILL to those still there after 3 s, then up to 3 s more for
+/// them to end; returns those that still run. A child of this process is reaped, so that it
+/// does not linger as a zombie.
+fn end_processes(pids: &[i32]) -> Vec<i32> {
     let gone = |pid: i32| {
         // SAFETY: waitpid with WNOHANG reaps `pid` only if it is this process's exited child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
@@ -193,6 +213,13 @@ fn end_processes(pids: &[i32]) {
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    // A killed process ends in the kernel's own time: wait for it, so that what follows (the
+    // namespace's removal, the caller's exit) does not race it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !pids.iter().all(|&p| gone(p)) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    pids.iter().copied().filter(|&p| !gone(p)).collect()
 }
 
 /// Lab directories `parent/LAB_DIR_PREFIX-<pid>` whose process no longer runs (or is this one,
@@ -220,6 +247,30 @@ fn stale_dirs(parent: &Path, own_too: bool) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_running_and_a_live_process_is() {
+        let mut sleeper = Command::new("sleep").arg("30").spawn().expect("run sleep");
+        let mut ended = Command::new("true").spawn().expect("run true");
+        let ended_pid = ended.id() as i32;
+        // Not reaped yet: once `true` has exited it is a zombie of this process.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(ended_pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let zombie_exists = fs::metadata(format!("/proc/{ended_pid}")).is_ok();
+        let (zombie_running, sleeper_running) = (running(ended_pid), running(sleeper.id() as i32));
+        ended.wait().expect("reap true");
+        let _ = sleeper.kill();
+        sleeper.wait().expect("reap sleep");
+        assert!(
+            zombie_exists,
+            "the exited child stays a zombie until reaped"
+        );
+        assert!(!zombie_running, "a zombie does not run");
+        assert!(sleeper_running, "a sleeping process runs");
+        assert!(!running(ended_pid), "a reaped process does not run");
+    }
 
     #[test]
     fn stale_dirs_are_those_of_ended_processes_and_of_this_one_only_when_asked() {

@@ -656,12 +656,18 @@ impl Demo {
             .filter(|ns| Path::new("/run/netns").join(ns).exists())
             .map(|ns| format!("namespace {ns}"))
             .collect();
-        left.extend(
-            self.lab_pids
-                .iter()
-                .filter(|&&p| running(p))
-                .map(|p| format!("process {p}")),
-        );
+        left.extend(self.lab_pids.iter().filter(|&&p| running(p)).map(|p| {
+            // What it is, for the failure message: "pid (command) state ...".
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let what = stat
+                .rsplit_once(')')
+                .map(|(command, rest)| {
+                    let state = rest.split_whitespace().next().unwrap_or("?");
+                    format!("{command}) state {state}")
+                })
+                .unwrap_or_else(|| p.to_string());
+            format!("process {what}")
+        }));
         left.extend(
             [&self.pin_dir, &self.temp_dir]
                 .into_iter()
