@@ -142,7 +142,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
 }
 
 /// Removes lab leftovers: the processes in the lab's namespaces (SIGTERM, then SIGKILL after 3
-/// s), the namespaces, and the pin and temporary directories of lab processes that no longer
+/// s; listed again until none is left, up to three rounds), the namespaces, and the pin and temporary directories of lab processes that no longer
 /// run (and this process's own when `own_too`). Returns a line per thing removed.
 pub fn sweep(own_too: bool) -> Vec<String> {
     let mut removed = Vec::new();
@@ -150,8 +150,21 @@ pub fn sweep(own_too: bool) -> Vec<String> {
         if !Path::new("/run/netns").join(ns).exists() {
             continue;
         }
-        let pids = pids_in(ns);
-        let survivors = end_processes(&pids);
+        // Again while the namespace has processes (up to three rounds): one may have started a
+        // child between the listing and its end.
+        let (mut pids, mut survivors) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let round: Vec<i32> = pids_in(ns).into_iter().filter(|p| running(*p)).collect();
+            if round.is_empty() {
+                break;
+            }
+            survivors = end_processes(&round);
+            for p in round {
+                if !pids.contains(&p) {
+                    pids.push(p);
+                }
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
         removed.push(if pids.is_empty() {
             format!("namespace {ns} removed")
