@@ -70,6 +70,9 @@ const CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\ntracked_sources = 
 const TRACKED_SOURCES: u32 = 2_200_000;
 /// `CONFIG` with the default configuration's tables, for the new-source comparison.
 const DEFAULT_TABLES_CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\n";
+/// The default configuration's tables with a SYN ceiling that one SYN spends (a token every
+/// 1000 s), for the path of a spoofed flood's SYNs once the ceiling is spent.
+const CEILING_SPENT_CONFIG: &str = "[budgets]\nsyn_ceiling = 0.001\nsyn_ceiling_burst = 1\n";
 
 /// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
 const MX_ONLY_SWITCH: &str = "mx_only = true\n";
@@ -254,19 +257,26 @@ fn prepared(config: &Config) -> Result<Guard, String> {
 /// each from a source mailguard has not seen, on `big` (the measured configuration's tables)
 /// and on `default` (the default configuration's), beside a known source's single runs, the
 /// floor's and xdp-filter's on the same packets, and the memory reference's (`BucketTouch`) on
-/// tables of both sizes: one run of each per packet, their order rotating, so that the
-/// machine's drift falls on all alike. Then the same sources once more on
+/// tables of both sizes, and on `spent` (default tables, its SYN ceiling spent before the runs,
+/// so that every SYN takes a spoofed flood's path: dropped by the ceiling): one run of each per
+/// packet, their order rotating, so that the machine's drift falls on all alike. Then the same
+/// sources once more on
 /// `big`, each tracked but not seen lately, beside the floor. Every figure is the median of
 /// `NEW_TRIALS` trials, each the mean of its share of the packets.
 fn new_sources(
     big: &Guard,
     default: &Guard,
+    spent: &Guard,
     floor: &Xdp,
     peer: &XdpFilter,
     syn: &dyn Fn(&str, u16) -> Vec<u8>,
 ) -> Result<NewSources, String> {
     let big_xdp = big.xdp().map_err(|e| e.to_string())?;
     let default_xdp = default.xdp().map_err(|e| e.to_string())?;
+    let spent_xdp = spent.xdp().map_err(|e| e.to_string())?;
+    // One SYN, from a source outside the measured ones, spends the ceiling.
+    ns_per_run(spent_xdp, &syn("198.18.200.1", 25), 1);
+    let spent0 = spent.counters().map_err(|e| e.to_string())?;
     let known = syn("198.18.0.2", 25);
     // The known source is tracked before the count starts.
     ns_per_run(big_xdp, &known, 1);
@@ -277,13 +287,13 @@ fn new_sources(
     let source = |i: u32| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
     let per_trial = NEW_SOURCES / NEW_TRIALS as u32;
     // times[path][trial]: floor, xdp-filter, known, new (big), new (default), reference (big),
-    // reference (default).
-    let mut times: Vec<Vec<f64>> = (0..7).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
+    // reference (default), ceiling spent (default).
+    let mut times: Vec<Vec<f64>> = (0..8).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
     for trial in 0..NEW_TRIALS as u32 {
-        let mut sums = [0f64; 7];
+        let mut sums = [0f64; 8];
         for i in trial * per_trial..(trial + 1) * per_trial {
             let packet = source(i);
-            let runs: [(&dyn Timed, &[u8]); 7] = [
+            let runs: [(&dyn Timed, &[u8]); 8] = [
                 (floor, &packet),
                 (peer, &packet),
                 (big_xdp, &known),
@@ -291,6 +301,7 @@ fn new_sources(
                 (default_xdp, &packet),
                 (&touch_big, &packet),
                 (&touch_default, &packet),
+                (spent_xdp, &packet),
             ];
             for k in 0..runs.len() {
                 let j = (i as usize + k) % runs.len();
@@ -312,6 +323,12 @@ fn new_sources(
                 "new-source runs ({name}) inserted {inserted} sources, expected {NEW_SOURCES}"
             ));
         }
+    }
+    let dropped = spent.counters().map_err(|e| e.to_string())?.delta(&spent0);
+    if dropped != [(Reason::SynCeiling, NEW_SOURCES as u64)] {
+        return Err(format!(
+            "ceiling-spent runs: counters moved {dropped:?}, expected syn_ceiling+{NEW_SOURCES}"
+        ));
     }
     for (name, touch) in [
         ("tables for a million", &touch_big),
@@ -353,6 +370,7 @@ fn new_sources(
         new_default: path(&times[4], &times[0]),
         touch_big: path(&times[5], &times[0]),
         touch_default: path(&times[6], &times[0]),
+        spent: path(&times[7], &times[0]),
         over_touch_big: differences(&times[3], &times[5]),
         over_touch_default: differences(&times[4], &times[6]),
         again: path(&again, &again_floor),
@@ -360,12 +378,13 @@ fn new_sources(
     };
     println!(
         "single runs: new source {:.0} ns (default tables {:.0} ns), memory reference {:.0} ns (default tables \
-         {:.0} ns), known source {:.0} ns, floor {:.0} ns, xdp-filter {:.0} ns; tracked, not seen lately {:.0} ns \
-         (floor {:.0} ns)",
+         {:.0} ns), ceiling spent {:.0} ns, known source {:.0} ns, floor {:.0} ns, xdp-filter {:.0} ns; tracked, \
+         not seen lately {:.0} ns (floor {:.0} ns)",
         r.new_big.ns.median,
         r.new_default.ns.median,
         r.touch_big.ns.median,
         r.touch_default.ns.median,
+        r.spent.ns.median,
         r.known.ns.median,
         r.floor.median,
         r.peer.ns.median,
@@ -448,6 +467,8 @@ fn run() -> Result<(), String> {
     let (config, _) = Config::parse(CONFIG, "bench").map_err(|e| e.to_string())?;
     let (default_config, _) =
         Config::parse(DEFAULT_TABLES_CONFIG, "bench").map_err(|e| e.to_string())?;
+    let (spent_config, _) =
+        Config::parse(CEILING_SPENT_CONFIG, "bench").map_err(|e| e.to_string())?;
     let (mx_config, _) =
         Config::parse(&format!("{MX_ONLY_SWITCH}{CONFIG}{MX_ONLY_LISTS}"), "bench")
             .map_err(|e| e.to_string())?;
@@ -566,7 +587,14 @@ fn run() -> Result<(), String> {
         },
     ];
     if only.as_deref() == Some("new") {
-        new_sources(&guard, &prepared(&default_config)?, floor, &peer, &syn)?;
+        new_sources(
+            &guard,
+            &prepared(&default_config)?,
+            &prepared(&spent_config)?,
+            floor,
+            &peer,
+            &syn,
+        )?;
         return Ok(());
     }
     let (steal0, total0) = cpu_times();
@@ -588,7 +616,14 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let new = new_sources(&guard, &prepared(&default_config)?, floor, &peer, &syn)?;
+    let new = new_sources(
+        &guard,
+        &prepared(&default_config)?,
+        &prepared(&spent_config)?,
+        floor,
+        &peer,
+        &syn,
+    )?;
 
     // Scaling: the same known-source SYN with more and more sources tracked, a mailguard per
     // scale, all timed in the same trials with the floor (the machine's drift between scales
@@ -863,6 +898,9 @@ struct NewSources {
     /// as `new_default`'s.
     touch_big: NewPath,
     touch_default: NewPath,
+    /// A new source when the SYN ceiling is spent (a spoofed flood's SYN, dropped), the default
+    /// configuration's tables.
+    spent: NewPath,
     /// A new source's time over the reference's, trial by trial (ns), per table size.
     over_touch_big: Stats,
     over_touch_default: Stats,
@@ -1059,7 +1097,10 @@ fn report(r: Report) -> String {
          floor plus one load in each cache line of the bucket mailguard uses for the packet's source and one \
          store, in a table of its own laid out and sized as mailguard's (one per table size; its counts prove \
          every run touched its table), and nothing else: no program that keeps state per source in a table of \
-         that size can cost less for a new source. Last, what a returning sender costs whose state has gone cold: \
+         that size can cost less for a new source. The path of a spoofed flood's SYNs once the SYN ceiling is \
+         spent runs in the same rotation, on a third mailguard with the default tables and a ceiling the one \
+         SYN sent before the runs spends ({CEILING_SPENT_CONFIG:?}; counters prove every run was dropped by the \
+         ceiling): its bucket, then a look-up in the verified sources, which misses. Last, what a returning sender costs whose state has gone cold: \
          the {NEW_SOURCES} sources once more to the mailguard with tables for a million, each now tracked but not \
          seen for {NEW_SOURCES} packets (counters prove none was inserted again), one run each beside one of the \
          floor.\n\n\
@@ -1067,7 +1108,7 @@ fn report(r: Report) -> String {
          | floor | {} | 1.00x |",
         spread_ns(&r.new.floor)
     );
-    let rows: [(&str, &NewPath); 7] = [
+    let rows: [(&str, &NewPath); 8] = [
         ("xdp-filter (same packets)", &r.new.peer),
         (
             "memory reference: the bucket alone, table for a million sources",
@@ -1085,6 +1126,10 @@ fn report(r: Report) -> String {
         (
             "mail SYN, new source (insert), default tables",
             &r.new.new_default,
+        ),
+        (
+            "mail SYN, new source, SYN ceiling spent (a spoofed flood's SYN: dropped), default tables",
+            &r.new.spent,
         ),
         (
             "mail SYN, tracked source not seen lately, tables for a million",
