@@ -3,7 +3,7 @@
 //! 1. trusted sources pass without a budget;
 //! 2. a source never seen completing a connection is held to the global SYN ceiling (a
 //!    spoofed flood has a new source per packet; real senders complete handshakes, and sock_ops
-//!    flags their slots; `ceiling` says when `VERIFIED` is read);
+//!    flags their slots; `Ceiling` says when `VERIFIED` is read);
 //! 3. a source holding its class's maximum of concurrent connections is refused (counts kept
 //!    exact by the sock_ops program, read only when its bucket's count, the connections of
 //!    every source of the bucket, has reached the cap: below, it proves the source below too);
@@ -19,11 +19,14 @@
 //! Time is CLOCK_MONOTONIC_COARSE (one tick; clock.rs reads it for a load per packet): far
 //! cheaper than the precise clock, and its steps do not accumulate into the rates.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{
+    maps::{PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
 use guard_common::{
     BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
-    INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot, SourceState,
-    TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count, v6_words,
+    Gcra, INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot,
+    SourceState, TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count, v6_words,
 };
 
 use crate::{
@@ -64,9 +67,12 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
         // Fails open: a table smaller than the settings say (a configuration mismatch).
         return Ok(counted(class, BudgetOutcome::Untracked, Reason::MailNew));
     };
+    // The verified sources are looked up (when the ceiling is spent) before the bucket's slots
+    // are compared, so that the two memory reads overlap.
+    let ceiling = Ceiling::ask(&key, cfg, now);
     let found = bucket.find(&key);
 
-    let flags = match ceiling(&key, found, cfg, now) {
+    let flags = match ceiling.admit(found) {
         Some(flags) => flags,
         // Never a RST here: the source is most likely spoofed.
         None => return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling)),
@@ -102,38 +108,57 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
     Ok(counted(class, BudgetOutcome::Within, Reason::MailNew))
 }
 
-/// The global SYN ceiling, which holds back only sources never seen completing a connection:
-/// `None` refuses the SYN, `Some` admits it with the flags for a new slot. A slot flagged
-/// verified (by sock_ops at an established connection, or here) answers at once. Any other
-/// source spends a ceiling token while there are any, and `VERIFIED` is read only when the
-/// ceiling is spent: no SYN costs a lookup there until a flood drains the ceiling, and a
+/// The global SYN ceiling, which holds back only sources never seen completing a connection.
+/// A slot flagged verified (by sock_ops at an established connection, or here) answers at once.
+/// Any other source spends a ceiling token while there are any, and `VERIFIED` is read only
+/// when the ceiling is spent: no SYN costs a lookup there until a flood drains the ceiling, and a
 /// verified source is still never refused (its slot is then flagged).
-#[inline(always)]
-fn ceiling(
-    key: &SourceKey,
-    found: Option<*mut SourceSlot>,
-    cfg: &BudgetSettings,
-    now: u64,
-) -> Option<u32> {
-    if cfg.syn_ceiling.is_unlimited() {
-        return Some(0);
+///
+/// `ask` reads the ceiling's state, and `VERIFIED` when it is spent, before the caller reads
+/// the source's bucket: under a spoofed flood every SYN misses both in memory, and the two
+/// reads then overlap instead of following each other.
+struct Ceiling {
+    limit: Limit,
+    /// Whether the source is in `VERIFIED` (looked up only when the ceiling is spent).
+    listed: bool,
+}
+
+impl Ceiling {
+    #[inline(always)]
+    fn ask(key: &SourceKey, cfg: &BudgetSettings, now: u64) -> Ceiling {
+        let limit = Limit::now(&SYN_CEILING, &cfg.syn_ceiling, now);
+        let listed = matches!(limit, Limit::Spent) && {
+            let class0 = SourceKey { class: 0, ..*key };
+            VERIFIED.get_ptr(class0).is_some()
+        };
+        Ceiling { limit, listed }
     }
-    if let Some(s) = found {
-        // SAFETY: a map value pointer, valid while the program runs.
-        if unsafe { (*s).flags } & SLOT_VERIFIED != 0 {
-            return Some(SLOT_VERIFIED);
+
+    /// `None` refuses the SYN, `Some` admits it with the flags for a new slot; `found` is the
+    /// source's slot, if it has one.
+    #[inline(always)]
+    fn admit(self, found: Option<*mut SourceSlot>) -> Option<u32> {
+        if let Limit::Off = self.limit {
+            return Some(0);
         }
+        if let Some(s) = found {
+            // SAFETY: a map value pointer, valid while the program runs.
+            if unsafe { (*s).flags } & SLOT_VERIFIED != 0 {
+                return Some(SLOT_VERIFIED);
+            }
+        }
+        if self.limit.take() {
+            return Some(0);
+        }
+        if !self.listed {
+            return None;
+        }
+        if let Some(s) = found {
+            // SAFETY: as above.
+            unsafe { (*s).flags |= SLOT_VERIFIED };
+        }
+        Some(SLOT_VERIFIED)
     }
-    if take(Limiter::SynCeiling, cfg, now) {
-        return Some(0);
-    }
-    let class0 = SourceKey { class: 0, ..*key };
-    VERIFIED.get_ptr(class0)?;
-    if let Some(s) = found {
-        // SAFETY: as above.
-        unsafe { (*s).flags |= SLOT_VERIFIED };
-    }
-    Some(SLOT_VERIFIED)
 }
 
 /// The source key of the packet, and whether the source is trusted. The key is built as
@@ -181,32 +206,44 @@ fn source(
     }
 }
 
-/// Which per-CPU GCRA state a limit uses.
-enum Limiter {
-    SynCeiling,
-    Rst,
+/// A per-CPU GCRA limit (the SYN ceiling, the RST limit) as it stands for one event now.
+enum Limit {
+    /// No limit (or its state cannot be read; it is an array slot, so it always can).
+    Off,
+    /// Within the rate: the limiter's state and its next value once the event is taken.
+    Token(*mut u64, u64),
+    /// Over the rate.
+    Spent,
 }
 
-/// Takes one event from a per-CPU limiter; false when over its rate.
-#[inline(always)]
-fn take(which: Limiter, cfg: &BudgetSettings, now: u64) -> bool {
-    let (map, gcra) = match which {
-        Limiter::SynCeiling => (&SYN_CEILING, &cfg.syn_ceiling),
-        Limiter::Rst => (&RST_LIMIT, &cfg.reject_limit),
-    };
-    if gcra.is_unlimited() {
-        return true;
-    }
-    let Some(tat) = map.get_ptr_mut(0) else {
-        return true;
-    };
-    // SAFETY: this CPU's slot, used only by this CPU while the program runs.
-    match gcra.admit(unsafe { *tat }, now) {
-        Some(next) => {
-            unsafe { *tat = next };
-            true
+impl Limit {
+    #[inline(always)]
+    fn now(map: &PerCpuArray<u64>, gcra: &Gcra, now: u64) -> Limit {
+        if gcra.is_unlimited() {
+            return Limit::Off;
         }
-        None => false,
+        let Some(tat) = map.get_ptr_mut(0) else {
+            return Limit::Off;
+        };
+        // SAFETY: this CPU's slot, used only by this CPU while the program runs.
+        match gcra.admit(unsafe { *tat }, now) {
+            Some(next) => Limit::Token(tat, next),
+            None => Limit::Spent,
+        }
+    }
+
+    /// Takes the event; false when over the rate.
+    #[inline(always)]
+    fn take(self) -> bool {
+        match self {
+            Limit::Off => true,
+            Limit::Token(tat, next) => {
+                // SAFETY: as in `now`.
+                unsafe { *tat = next };
+                true
+            }
+            Limit::Spent => false,
+        }
     }
 }
 
@@ -234,7 +271,7 @@ fn refuse(
     let monitor = settings().has(SETTING_MONITOR);
     let allowed = monitor
         || match BUDGET_SETTINGS.get(0) {
-            Some(cfg) => take(Limiter::Rst, cfg, coarse_ns()),
+            Some(cfg) => Limit::now(&RST_LIMIT, &cfg.reject_limit, coarse_ns()).take(),
             None => false,
         };
     if allowed {
