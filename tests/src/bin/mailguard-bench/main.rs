@@ -586,15 +586,19 @@ fn run() -> Result<(), String> {
             below_peer: false,
         },
     ];
-    if only.as_deref() == Some("new") {
+    // The new-source runs of `guard`, beside mailguards with the default tables.
+    let new_sources_beside = |guard: &Guard| {
         new_sources(
-            &guard,
+            guard,
             &prepared(&default_config)?,
             &prepared(&spent_config)?,
             floor,
             &peer,
             &syn,
-        )?;
+        )
+    };
+    if only.as_deref() == Some("new") {
+        new_sources_beside(&guard)?;
         return Ok(());
     }
     let (steal0, total0) = cpu_times();
@@ -616,14 +620,7 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let new = new_sources(
-        &guard,
-        &prepared(&default_config)?,
-        &prepared(&spent_config)?,
-        floor,
-        &peer,
-        &syn,
-    )?;
+    let new = new_sources_beside(&guard)?;
 
     // Scaling: the same known-source SYN with more and more sources tracked, a mailguard per
     // scale, all timed in the same trials with the floor (the machine's drift between scales
