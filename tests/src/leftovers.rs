@@ -142,8 +142,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
 }
 
 /// Removes lab leftovers: the processes in the lab's namespaces (SIGTERM, then SIGKILL after 3
-/// s; listed again until none is left, up to three rounds), the namespaces, and the pin and temporary directories of lab processes that no longer
-/// run (and this process's own when `own_too`). Returns a line per thing removed.
+/// s; listed again until none is left, up to three rounds), the namespaces, and the pin and
+/// temporary directories of lab processes that no longer run (and this process's own when
+/// `own_too`). Returns a line per thing removed.
 pub fn sweep(own_too: bool) -> Vec<String> {
     let mut removed = Vec::new();
     for ns in NAMESPACES {
