@@ -63,18 +63,22 @@ pub fn running(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the command, which is in parentheses and may hold
-        // spaces and parentheses itself.
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next()),
-            Some('Z' | 'X')
-        ),
+    match process_stat(pid) {
+        Ok((_, state)) => !matches!(state, 'Z' | 'X'),
         // Gone since the probe.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(_) => true,
     }
+}
+
+/// A process's command and state letter (`R`, `S`, `D`, `Z`...), from `/proc/<pid>/stat`.
+pub fn process_stat(pid: i32) -> std::io::Result<(String, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // "pid (command) state ...": the command may hold spaces and parentheses itself.
+    stat.split_once('(')
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .and_then(|(command, rest)| Some((command.to_string(), rest.trim_start().chars().next()?)))
+        .ok_or_else(|| std::io::Error::other(format!("unreadable /proc/{pid}/stat: {stat:?}")))
 }
 
 /// Installs, once per process, the handlers that remove the lab at SIGINT, SIGTERM or SIGHUP.
@@ -274,6 +278,7 @@ mod tests {
         }
         let zombie_exists = fs::metadata(format!("/proc/{ended_pid}")).is_ok();
         let (zombie_running, sleeper_running) = (running(ended_pid), running(sleeper.id() as i32));
+        let sleeper_stat = process_stat(sleeper.id() as i32);
         ended.wait().expect("reap true");
         let _ = sleeper.kill();
         sleeper.wait().expect("reap sleep");
@@ -284,6 +289,12 @@ mod tests {
         assert!(!zombie_running, "a zombie does not run");
         assert!(sleeper_running, "a sleeping process runs");
         assert!(!running(ended_pid), "a reaped process does not run");
+        let (command, state) = sleeper_stat.expect("stat of sleep");
+        assert_eq!(command, "sleep", "the command in /proc/<pid>/stat");
+        assert!(
+            matches!(state, 'R' | 'S'),
+            "sleep is running or sleeping, not {state}"
+        );
     }
 
     #[test]

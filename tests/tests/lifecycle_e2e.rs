@@ -19,7 +19,7 @@ use std::{
 
 use guard_tests::{
     lab::{Lab, LabLock, MAIL4, Mailguard, http_get, try_http_get},
-    leftovers::{self, NAMESPACES, pin_dir_of, running, temp_dir_of},
+    leftovers::{self, NAMESPACES, pin_dir_of, process_stat, running, temp_dir_of},
     netns::Netns,
 };
 
@@ -656,17 +656,11 @@ impl Demo {
             .filter(|ns| Path::new("/run/netns").join(ns).exists())
             .map(|ns| format!("namespace {ns}"))
             .collect();
-        left.extend(self.lab_pids.iter().filter(|&&p| running(p)).map(|p| {
-            // What it is, for the failure message: "pid (command) state ...".
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let what = stat
-                .rsplit_once(')')
-                .map(|(command, rest)| {
-                    let state = rest.split_whitespace().next().unwrap_or("?");
-                    format!("{command}) state {state}")
-                })
-                .unwrap_or_else(|| p.to_string());
-            format!("process {what}")
+        left.extend(self.lab_pids.iter().filter(|&&p| running(p)).map(|&p| {
+            match process_stat(p) {
+                Ok((command, state)) => format!("process {p} ({command}, state {state})"),
+                Err(_) => format!("process {p}"),
+            }
         }));
         left.extend(
             [&self.pin_dir, &self.temp_dir]

@@ -8,7 +8,7 @@ use aya::{
     programs::Xdp,
 };
 use guard_common::SourceBucket;
-use mailguard::guard::BENCH_FLOOR_OBJECT;
+use mailguard::{guard::BENCH_FLOOR_OBJECT, mapped::MappedArray};
 
 use crate::measure::{Run, Timed};
 
@@ -50,16 +50,18 @@ impl BucketTouch {
             .expect("loaded in BucketTouch::load")
     }
 
-    /// How many runs touched the table: the sum of its buckets' counts.
+    /// How many runs touched the table: the sum of its buckets' counts (read as memory, as
+    /// `mailguard status` reads mailguard's table).
     pub fn touches(&self) -> Result<u64, String> {
-        let table: Array<&MapData, SourceBucket> =
-            Array::try_from(self.ebpf.map(TABLE).ok_or(format!("no {TABLE}"))?)
-                .map_err(|e| e.to_string())?;
-        let mut sum = 0u64;
-        for bucket in table.iter() {
-            sum += bucket.map_err(|e| e.to_string())?.connections as u64;
-        }
-        Ok(sum)
+        let table: MappedArray<SourceBucket> = MappedArray::open(
+            self.ebpf.map(TABLE).ok_or(format!("no {TABLE}"))?,
+            TABLE,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((0..table.len())
+            .map(|i| table.get(i).connections as u64)
+            .sum())
     }
 }
 
