@@ -5,7 +5,8 @@
 //! 1. Per-packet cost under BPF_PROG_TEST_RUN of mailguard, the floor (an XDP program that only
 //!    returns XDP_DROP, same toolchain) and xdp-filter (the closest XDP peer, `peer.rs`), on
 //!    identical packets, trials rotating (`measure.rs`).
-//! 2. A mail SYN from a new source (the insert path), by single runs over many sources.
+//! 2. A mail SYN from a new source (the insert path), by single runs over many sources, and
+//!    against the size of the rate table (`table_size.rs`).
 //! 3. The cost of a budget-charged SYN with 1 thousand to 1 million tracked sources.
 //! 4. The lists: loading and swapping up to a million prefixes, and the lookups' per-packet cost
 //!    at every size (`lists.rs`).
@@ -26,6 +27,7 @@ mod lists;
 mod measure;
 mod peer;
 mod plots;
+mod table_size;
 mod touch;
 
 use std::{
@@ -599,6 +601,8 @@ fn run() -> Result<(), String> {
     };
     if only.as_deref() == Some("new") {
         new_sources_beside(&guard)?;
+        let sizes = table_size::measure(floor, &peer, &syn)?;
+        print!("{}", table_size::report(&sizes, None));
         return Ok(());
     }
     let (steal0, total0) = cpu_times();
@@ -621,6 +625,7 @@ fn run() -> Result<(), String> {
     }
 
     let new = new_sources_beside(&guard)?;
+    let sizes = table_size::measure(floor, &peer, &syn)?;
 
     // Scaling: the same known-source SYN with more and more sources tracked, a mailguard per
     // scale, all timed in the same trials with the floor (the machine's drift between scales
@@ -698,6 +703,7 @@ fn run() -> Result<(), String> {
         &["mailguard", "xdp-filter", "floor (XDP_DROP only)"],
         &bars,
     )?;
+    let (_, sizes_plot) = table_size::plot(&sizes, &dir)?;
     let flood_section = match &flood {
         Ok((points, retried)) => {
             let flood_plots: Vec<(&str, String)> = flood::plot(points, &dir)?
@@ -721,6 +727,7 @@ fn run() -> Result<(), String> {
         scaling: &scaling,
         spread,
         sockops: &sockops,
+        sizes: table_size::report(&sizes, Some(&format!("bench/{sizes_plot}"))),
     }) + &lists::report(&list_rows)
         + &flood_section;
     std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
@@ -917,13 +924,15 @@ struct Report<'a> {
     scaling: &'a [(u32, u32, Comparison)],
     spread: f64,
     sockops: &'a SockopsCost,
+    /// The new-source section by table size (`table_size::report`).
+    sizes: String,
 }
 
-/// Whether a new-source figure meets issue 6's mail SYN target, said plainly.
 fn spread_ns(s: &Stats) -> String {
     format!("{:.0} ({:.0}-{:.0})", s.median, s.min, s.max)
 }
 
+/// Whether a new-source figure meets issue 6's mail SYN target, said plainly.
 fn new_verdict(p: &NewPath) -> String {
     let ratio = p.ratio.median;
     let within = ratio <= 3.0;
@@ -997,8 +1006,8 @@ fn report(r: Report) -> String {
     );
     let _ = writeln!(
         md,
-        "## Method\n\nBPF_PROG_TEST_RUN on packets built by the test-support packet builder, the benchmark pinned to \
-         one CPU, in a network and mount namespace of its own. Three programs run the identical packets: \
+        "## Method\n\nBPF_PROG_TEST_RUN on packets built by the test-support packet builder, the benchmark (a release \
+         build, as is the `mailguard` daemon of the flood runs) pinned to one CPU, in a network and mount namespace of its own. Three programs run the identical packets: \
          **mailguard**; the **floor**, an XDP program that only returns `XDP_DROP`, built with the same toolchain \
          (guard-ebpf's `xdp-floor`); and **xdp-filter** ({}), the closest XDP peer, loaded by its own tool with the \
          deny policy (a packet passes only when a rule matches) and the mail ports {} allowed, then opened by \
@@ -1157,9 +1166,10 @@ fn report(r: Report) -> String {
         new_verdict(&r.new.new_default),
         memory_bound(&r.new)
     );
+    md += &r.sizes;
     let _ = writeln!(
         md,
-        "## Tracked sources\n\nThe known-source SYN, each scale on a mailguard of its own, the three timed in the same \
+        "\n## Tracked sources\n\nThe known-source SYN, each scale on a mailguard of its own, the three timed in the same \
          trials rotating with the floor, with this many other sources (IPv6 /64s) added to the rate \
          table ({TRACKED_SOURCES} slots, two-way set-associative: each source placed in the first free slot of its \
          bucket, as XDP places them; a source whose bucket is full is left out) and holding one open connection \
