@@ -17,7 +17,7 @@ use crate::{
     NEW_SOURCES, NEW_TRIALS, NewPath, guard_accounting,
     measure::{Stats, Timed, differences, ns_per_run, ratios, stats},
     peer::XdpFilter,
-    prepared,
+    prepared, spread_ns,
     touch::BucketTouch,
 };
 
@@ -202,21 +202,15 @@ pub fn report(c: &Curve, plot: Option<&str>) -> String {
     for p in &c.points {
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} ({:.0}-{:.0}) | {:.2}x | {:.2}x | {:.0} ({:.0}-{:.0}) | {:.2}x | {:.0} ({:.0}-{:.0}) |",
+            "| {} | {} | {} | {:.2}x | {:.2}x | {} | {:.2}x | {} |",
             p.tracked_sources,
             human_bytes(p.bytes),
-            p.mailguard.ns.median,
-            p.mailguard.ns.min,
-            p.mailguard.ns.max,
+            spread_ns(&p.mailguard.ns),
             p.mailguard.ratio.median,
             p.mailguard.over_peer.median,
-            p.reference.ns.median,
-            p.reference.ns.min,
-            p.reference.ns.max,
+            spread_ns(&p.reference.ns),
             p.reference.ratio.median,
-            p.over_reference.median,
-            p.over_reference.min,
-            p.over_reference.max,
+            spread_ns(&p.over_reference),
         );
     }
     let over: Vec<f64> = c.points.iter().map(|p| p.over_reference.median).collect();
