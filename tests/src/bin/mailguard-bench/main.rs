@@ -59,7 +59,7 @@ use mailguard::{
 };
 use measure::{
     CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, differences,
-    ns_per_run, p99_single, ratios, stats, trials_each,
+    ns_per_run, p99_single, ratios, rotating_single_runs, stats, trials_each,
 };
 use peer::XdpFilter;
 use touch::BucketTouch;
@@ -287,34 +287,27 @@ fn new_sources(
     let touch_big = BucketTouch::load(source_buckets(TRACKED_SOURCES))?;
     let touch_default = BucketTouch::load(source_buckets(DEFAULT_TRACKED_SOURCES))?;
     let source = |i: u32| syn(&format!("198.19.{}.{}", i / 250, 1 + i % 250), 25);
-    let per_trial = NEW_SOURCES / NEW_TRIALS as u32;
     // times[path][trial]: floor, xdp-filter, known, new (big), new (default), reference (big),
     // reference (default), ceiling spent (default).
-    let mut times: Vec<Vec<f64>> = (0..8).map(|_| Vec::with_capacity(NEW_TRIALS)).collect();
-    for trial in 0..NEW_TRIALS as u32 {
-        let mut sums = [0f64; 8];
-        for i in trial * per_trial..(trial + 1) * per_trial {
-            let packet = source(i);
-            let runs: [(&dyn Timed, &[u8]); 8] = [
-                (floor, &packet),
-                (peer, &packet),
-                (big_xdp, &known),
-                (big_xdp, &packet),
-                (default_xdp, &packet),
-                (&touch_big, &packet),
-                (&touch_default, &packet),
-                (spent_xdp, &packet),
-            ];
-            for k in 0..runs.len() {
-                let j = (i as usize + k) % runs.len();
-                let (program, packet) = runs[j];
-                sums[j] += ns_per_run(program, packet, 1);
-            }
+    let programs: [(&dyn Timed, bool); 8] = [
+        (floor, false),
+        (peer, false),
+        (big_xdp, true),
+        (big_xdp, false),
+        (default_xdp, false),
+        (&touch_big, false),
+        (&touch_default, false),
+        (spent_xdp, false),
+    ];
+    // The packet is built once per source; `true` runs the known source's instead.
+    let mut packet = (u32::MAX, Vec::new());
+    let times = rotating_single_runs(programs.len(), NEW_SOURCES, NEW_TRIALS, |j, i| {
+        if packet.0 != i {
+            packet = (i, source(i));
         }
-        for (t, sum) in times.iter_mut().zip(sums) {
-            t.push(sum / per_trial as f64);
-        }
-    }
+        let (program, known_source) = programs[j];
+        ns_per_run(program, if known_source { &known } else { &packet.1 }, 1)
+    });
     for (name, g, before) in [
         ("tables for a million", big, big0),
         ("default tables", default, default0),
@@ -345,17 +338,16 @@ fn new_sources(
     }
     // Once more: every source is tracked now, its bucket untouched for NEW_SOURCES packets.
     let big1 = tracked(big)?;
-    let (mut again, mut again_floor) = (Vec::new(), Vec::new());
-    for trial in 0..NEW_TRIALS as u32 {
-        let (mut mine, mut floors) = (0f64, 0f64);
-        for i in trial * per_trial..(trial + 1) * per_trial {
-            let packet = source(i);
-            mine += ns_per_run(big_xdp, &packet, 1);
-            floors += ns_per_run(floor, &packet, 1);
+    let second: [&dyn Timed; 2] = [big_xdp, floor];
+    let mut packet = (u32::MAX, Vec::new());
+    let mut again = rotating_single_runs(2, NEW_SOURCES, NEW_TRIALS, |j, i| {
+        if packet.0 != i {
+            packet = (i, source(i));
         }
-        again.push(mine / per_trial as f64);
-        again_floor.push(floors / per_trial as f64);
-    }
+        ns_per_run(second[j], &packet.1, 1)
+    });
+    let again_floor = again.pop().expect("two paths");
+    let again = again.pop().expect("two paths");
     if tracked(big)? != big1 {
         return Err("the tracked sources' second runs inserted sources".into());
     }

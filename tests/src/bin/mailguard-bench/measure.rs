@@ -69,6 +69,32 @@ pub fn ns_per_run(program: &dyn Timed, packet: &[u8], runs: u32) -> f64 {
     program.run(packet, runs).ns
 }
 
+/// Single runs (repeat 1) of `paths` programs on `sources` packets, one run of each path per
+/// packet, their order rotating from packet to packet, split into `trials` trials:
+/// `run(path, packet)` times one run. Returns each path's per-trial means.
+pub fn rotating_single_runs(
+    paths: usize,
+    sources: u32,
+    trials: usize,
+    mut run: impl FnMut(usize, u32) -> f64,
+) -> Vec<Vec<f64>> {
+    let per_trial = sources / trials as u32;
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(trials); paths];
+    for trial in 0..trials as u32 {
+        let mut sums = vec![0f64; paths];
+        for i in trial * per_trial..(trial + 1) * per_trial {
+            for k in 0..paths {
+                let j = (i as usize + k) % paths;
+                sums[j] += run(j, i);
+            }
+        }
+        for (t, sum) in times.iter_mut().zip(sums) {
+            t.push(sum / per_trial as f64);
+        }
+    }
+    times
+}
+
 /// One measured comparison: mailguard, and its per-trial ratio to the floor.
 pub struct Comparison {
     pub mailguard: Stats,

@@ -14,8 +14,8 @@ use guard_common::{AccountingEvent, DEFAULT_TRACKED_SOURCES, SourceBucket, sourc
 use mailguard::{config::Config, guard::Guard};
 
 use crate::{
-    NEW_SOURCES, NEW_TRIALS, NewPath, guard_accounting,
-    measure::{Stats, Timed, differences, ns_per_run, ratios, stats},
+    DEFAULT_TABLES_CONFIG, NEW_SOURCES, NEW_TRIALS, NewPath, guard_accounting,
+    measure::{Stats, Timed, differences, ns_per_run, ratios, rotating_single_runs, stats},
     peer::XdpFilter,
     prepared, spread_ns,
     touch::BucketTouch,
@@ -52,8 +52,7 @@ pub struct Curve {
 /// The configuration of a point: the bench's (every SYN admitted by the ceiling, each paying
 /// its check) with a table for `tracked_sources`.
 fn config(tracked_sources: u32) -> Result<Config, String> {
-    let text =
-        format!("[budgets]\nsyn_ceiling_burst = 1000000\ntracked_sources = {tracked_sources}\n");
+    let text = format!("{DEFAULT_TABLES_CONFIG}tracked_sources = {tracked_sources}\n");
     Config::parse(&text, "bench")
         .map(|(c, _)| c)
         .map_err(|e| e.to_string())
@@ -78,27 +77,20 @@ pub fn measure(
     let before = guards.iter().map(tracked).collect::<Result<Vec<_>, _>>()?;
     // Sources none of section 2's runs used (those are 198.19.0.1 to 198.19.79.250).
     let source = |i: u32| syn(&format!("198.19.{}.{}", 128 + i / 250, 1 + i % 250), 25);
-    let per_trial = NEW_SOURCES / NEW_TRIALS as u32;
     // Programs per packet: floor, xdp-filter, then mailguard and reference per size.
     let mut programs: Vec<&dyn Timed> = vec![floor, peer];
     for (x, t) in xdps.iter().zip(&touches) {
         programs.push(*x);
         programs.push(t);
     }
-    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(NEW_TRIALS); programs.len()];
-    for trial in 0..NEW_TRIALS as u32 {
-        let mut sums = vec![0f64; programs.len()];
-        for i in trial * per_trial..(trial + 1) * per_trial {
-            let packet = source(i);
-            for k in 0..programs.len() {
-                let j = (i as usize + k) % programs.len();
-                sums[j] += ns_per_run(programs[j], &packet, 1);
-            }
+    // The packet is built once per source and used by every program.
+    let mut packet = (u32::MAX, Vec::new());
+    let times = rotating_single_runs(programs.len(), NEW_SOURCES, NEW_TRIALS, |j, i| {
+        if packet.0 != i {
+            packet = (i, source(i));
         }
-        for (t, sum) in times.iter_mut().zip(sums) {
-            t.push(sum / per_trial as f64);
-        }
-    }
+        ns_per_run(programs[j], &packet.1, 1)
+    });
     for ((n, g), b) in SIZES.iter().zip(&guards).zip(&before) {
         let inserted = tracked(g)? - b;
         if inserted != NEW_SOURCES as u64 {
