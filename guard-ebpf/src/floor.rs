@@ -6,17 +6,23 @@
 //!   its own laid out and sized as mailguard's `MG_SOURCES`, and nothing else. The benchmark
 //!   times it beside a new source's SYN, to show what the table's memory costs by itself;
 //! - `xdp_pass`, for the veth ends facing the test lab's bridge: native XDP on veth delivers
-//!   frames sent with XDP_TX (mailguard's RSTs) only when the peer has an XDP program too.
+//!   frames sent with XDP_TX (mailguard's RSTs) only when the peer has an XDP program too;
+//! - `xdp_syn_flood`, the benchmark's fastest SYN flood generator: run by BPF_PROG_TEST_RUN in
+//!   live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, as xdp-tools' xdp-trafficgen sends), it
+//!   gives each copy of its SYN a random source, source port and sequence number and sends it
+//!   out of the test run's interface (XDP_TX).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
+    helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
     maps::Array,
     programs::XdpContext,
 };
 use guard_common::{FAMILY_V4, MailClass, SourceBucket, SourceKey, source_bucket};
+use guard_ebpf::checksum::{fold, sum16};
 
 /// `TOUCH_TABLE`'s capacity in buckets, set by the benchmark.
 /// key: `u32` 0; value: `u32` buckets (host order); capacity: 1.
@@ -73,6 +79,38 @@ pub fn xdp_bucket_touch(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The generator's SYN: Ethernet (untagged), IPv4 without options, TCP without options.
+const SYN_LEN: usize = 14 + 20 + 20;
+const IPV4_AT: usize = 14;
+const TCP_AT: usize = 14 + 20;
+
+/// The SYN the test run was given, with a new source in the same /16 (its last two bytes), a
+/// new source port and sequence number, and both checksums computed afresh (in live-frame
+/// mode a frame may keep an earlier run's rewrite, so nothing is updated incrementally).
+#[xdp]
+pub fn xdp_syn_flood(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + SYN_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the SYN_LEN bytes were bounds-checked above, and the frame is this run's alone.
+    let p = unsafe { &mut *(start as *mut [u8; SYN_LEN]) };
+    // SAFETY: helpers without preconditions.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    p[IPV4_AT + 14..IPV4_AT + 16].copy_from_slice(&(a as u16).to_be_bytes());
+    p[IPV4_AT + 10..IPV4_AT + 12].copy_from_slice(&[0, 0]);
+    let ip = fold(sum16(&p[IPV4_AT..TCP_AT]));
+    p[IPV4_AT + 10..IPV4_AT + 12].copy_from_slice(&ip.to_be_bytes());
+    p[TCP_AT..TCP_AT + 2].copy_from_slice(&((a >> 16) as u16 | 1024).to_be_bytes());
+    p[TCP_AT + 4..TCP_AT + 8].copy_from_slice(&b.to_be_bytes());
+    p[TCP_AT + 16..TCP_AT + 18].copy_from_slice(&[0, 0]);
+    // Pseudo-header: source and destination addresses, protocol, TCP length.
+    let pseudo = sum16(&p[IPV4_AT + 12..IPV4_AT + 20]) + 6 + 20;
+    let tcp = fold(pseudo + sum16(&p[TCP_AT..SYN_LEN]));
+    p[TCP_AT + 16..TCP_AT + 18].copy_from_slice(&tcp.to_be_bytes());
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

@@ -4,6 +4,7 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
 use guard_common::Reason;
+use guard_ebpf::checksum::{fold, sum16};
 
 use crate::parse::{self, Fragment, Ip, TCP_ACK, TCP_RST, bytes, bytes_mut};
 
@@ -101,24 +102,4 @@ pub fn answer_with_rst(ctx: &mut XdpContext) -> Result<(), Reason> {
     let c = fold(pseudo + sum16(&t[..]));
     t[16..18].copy_from_slice(&c.to_be_bytes());
     Ok(())
-}
-
-/// Sum of big-endian 16-bit words (`b` has an even length).
-#[inline(always)]
-fn sum16(b: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i + 1 < b.len() {
-        sum += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
-/// The Internet checksum of a 32-bit sum: folded to 16 bits, complemented.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

@@ -42,6 +42,8 @@ pub const ATTACKER6: &str = "2001:db8::66";
 
 /// The interface of the mail host that mailguard guards.
 pub const MAIL_IFACE: &str = "mg-mail0";
+/// The switch's port facing the mail host: the peer of `MAIL_IFACE`, in the switch namespace.
+pub const MAIL_SWITCH_PORT: &str = "sw-mail";
 
 /// Non-mail ports the mail host listens on (a database and a web admin that must not be
 /// reachable), and the SSH port it opens on purpose.
@@ -149,7 +151,7 @@ impl Lab {
         let client = host(client_ns, "cli", CLIENT4, CLIENT6);
         let attacker = host(attacker_ns, "atk", ATTACKER4, ATTACKER6);
         assert_eq!(mail.iface, MAIL_IFACE);
-        let switch_xdp = pass_on_switch_ports(&switch, &["sw-mail", "sw-cli", "sw-atk"]);
+        let switch_xdp = pass_on_switch_ports(&switch, &[MAIL_SWITCH_PORT, "sw-cli", "sw-atk"]);
         Lab {
             mailguard: None,
             postfix: None,

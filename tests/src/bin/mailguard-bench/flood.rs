@@ -22,9 +22,11 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL4, spoofed_syn_config, swaks},
+    lab::{Lab, MAIL_SWITCH_PORT, MAIL4, spoofed_syn_config, swaks},
     netns::{Netns, link_info},
 };
+
+use crate::xdp_flood::XdpFlood;
 
 /// Trials per point.
 pub const TRIALS: usize = 3;
@@ -48,17 +50,21 @@ const RATE: u32 = 1000;
 const BURST: u32 = 1000;
 const MAX_CONNECTIONS: u32 = 20;
 
-/// The attack rates: trafgen's `--rate` from one worker, or as fast as one worker (`max`) or
-/// one worker per CPU (`max-all`) sends. The rate reported is what the attacker's interface
-/// actually sent.
+/// The attack rates: trafgen's `--rate` from one worker, or as fast as one worker per CPU sends
+/// (`max-all`); then, the top setting, the XDP generator (`xdp_flood.rs`), several times faster
+/// than trafgen here. The rate reported is what the attacker sent.
 pub const ATTACKS: [(&str, Option<&str>); 6] = [
     ("no attack", None),
     ("1 kpps", Some("1000pps")),
     ("10 kpps", Some("10000pps")),
     ("100 kpps", Some("100000pps")),
-    ("max, 1 CPU", Some("max")),
-    ("max, every CPU", Some("max-all")),
+    ("trafgen max, every CPU", Some("max-all")),
+    (XDP_ATTACK, Some(XDP_PACING)),
 ];
+
+/// The top attack setting: the XDP generator on CPU 0, as fast as it goes.
+const XDP_ATTACK: &str = "XDP generator max";
+const XDP_PACING: &str = "xdp";
 
 pub const PROTECTIONS: [&str; 3] = ["none", "nftables", "mailguard"];
 
@@ -116,6 +122,31 @@ fn mailguard_config() -> String {
         "[budgets]\nsyn_ceiling = 2000\n[budgets.mx]\nrate = {RATE}\nburst = {BURST}\n\
          max_connections = {MAX_CONNECTIONS}\n"
     )
+}
+
+/// A running flood: trafgen, or the XDP generator.
+enum Flood {
+    Trafgen(Started),
+    Xdp(XdpFlood),
+}
+
+impl Flood {
+    fn since(&self) -> Instant {
+        match self {
+            Flood::Trafgen(t) => t.since,
+            Flood::Xdp(x) => x.since,
+        }
+    }
+
+    /// SYNs sent since the flood started.
+    fn sent(&self, lab: &Lab) -> Result<u64, String> {
+        match self {
+            Flood::Trafgen(t) => {
+                Ok(tx_packets(&lab.attacker.ns, &lab.attacker.iface)? - t.tx_before)
+            }
+            Flood::Xdp(x) => Ok(x.sent()),
+        }
+    }
 }
 
 /// A flood generator this benchmark started in a process group of its own (trafgen forks a
@@ -187,6 +218,42 @@ fn steer_receive(lab: &Lab) -> Result<usize, String> {
         ));
     }
     Ok(cpu)
+}
+
+/// Turns the NAPI poll of the mail host's interface on, whatever the protection: the XDP
+/// generator's frames (`ndo_xdp_xmit` of the switch's port) are delivered only into a veth with
+/// NAPI on, which an XDP program or GRO turns on; GRO is asked for when the lab is made, but
+/// before the interface is up, which does not turn NAPI on (mailguard's XDP does, and it stays
+/// on after mailguard leaves, so without this the protections before the first mailguard trial
+/// would not see that generator's flood). Turning GRO off and on again on the running interface
+/// turns NAPI on. Each XDP trial checks that the frames arrived (`xdp_frames_delivered`).
+fn napi_on(lab: &Lab) {
+    let iface = lab.mail.iface.as_str();
+    lab.mail.ns.run(&["ethtool", "-K", iface, "gro", "off"]);
+    lab.mail.ns.run(&["ethtool", "-K", iface, "gro", "on"]);
+}
+
+/// Frames the switch's port facing the mail host has delivered into the mail host's interface
+/// by `ndo_xdp_xmit` since it was made (`tx_queue_0_xdp_xmit` of `ethtool -S`; absent until
+/// the first).
+fn xdp_frames_delivered(lab: &Lab) -> Result<u64, String> {
+    let out = lab
+        .switch
+        .command("ethtool")
+        .args(["-S", MAIL_SWITCH_PORT])
+        .output()
+        .map_err(|e| format!("ethtool -S {MAIL_SWITCH_PORT}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ethtool -S {MAIL_SWITCH_PORT}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tx_queue_0_xdp_xmit: "))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum())
 }
 
 /// Packets `cpu` has dropped because its backlog was full, since boot (second column of its
@@ -338,7 +405,7 @@ fn reset_attacker_link(lab: &Lab) {
 fn generator_kept_up(pacing: Option<&str>, attack_pps: f64) -> bool {
     match pacing {
         None => true,
-        Some(p) if p.starts_with("max") => attack_pps >= 5_000.0,
+        Some(p) if p.starts_with("max") || p == XDP_PACING => attack_pps >= 5_000.0,
         Some(p) => p
             .trim_end_matches("pps")
             .parse::<f64>()
@@ -357,9 +424,15 @@ fn trial(
 ) -> Result<Trial, String> {
     let postfix = lab.postfix.as_ref().ok_or("no Postfix in the lab")?;
     let before = postfix.delivered().len();
+    let delivered0 = xdp_frames_delivered(lab)?;
     let flood = match pacing {
         None => None,
-        Some(p) => Some(start_flood(lab, trafgen_conf, p)?),
+        Some(XDP_PACING) => {
+            let flood = XdpFlood::start(lab, MAIL_SWITCH_PORT, 0)?;
+            thread::sleep(FLOOD_LEAD);
+            Some(Flood::Xdp(flood))
+        }
+        Some(p) => Some(Flood::Trafgen(start_flood(lab, trafgen_conf, p)?)),
     };
     let tx_lead = tx_packets(&lab.attacker.ns, &lab.attacker.iface)?;
     let drops0 = backlog_drops(receive_cpu())?;
@@ -392,11 +465,24 @@ fn trial(
         .map_err(|e| format!("smtp-source: {e}"))?;
     let sending = started.elapsed();
     let tx1 = tx_packets(&lab.attacker.ns, &lab.attacker.iface)?;
+    let flood_window = match &flood {
+        Some(f) => Some((f.since().elapsed(), f.sent(lab)?)),
+        None => None,
+    };
     let drops1 = backlog_drops(receive_cpu())?;
     let syns1 = syns_sent(&lab.client.ns)?;
     let conntrack1 = conntrack_evictions(&lab.mail.ns)?;
-    let flood_window = flood.as_ref().map(|f| (f.since.elapsed(), f.tx_before));
-    drop(flood);
+    if let Some(Flood::Xdp(x)) = flood {
+        let sent = x.stop()?;
+        let delivered = xdp_frames_delivered(lab)? - delivered0;
+        if delivered * 2 < sent {
+            return Err(format!(
+                "only {delivered} of the XDP generator's {sent} SYNs reached the mail host's interface"
+            ));
+        }
+    } else {
+        drop(flood);
+    }
     // Mail accepted by the time smtp-source ended is delivered within moments.
     let deadline = Instant::now() + Duration::from_secs(20);
     while postfix.delivered().len() - before < MESSAGES && Instant::now() < deadline {
@@ -416,7 +502,7 @@ fn trial(
     // From the flood's start: trafgen paces in bursts (a second apart at 1 kpps), which the
     // sender's run alone (about a second) would alias into zero or double.
     let attack_pps = match &flood_window {
-        Some((since, tx_before)) => (tx1 - tx_before) as f64 / since.as_secs_f64(),
+        Some((since, sent)) => *sent as f64 / since.as_secs_f64(),
         None => (tx1 - tx_lead) as f64 / sending.as_secs_f64(),
     };
     if pacing.is_none() && attack_pps > 100.0 {
@@ -481,10 +567,12 @@ fn warm_up(lab: &Lab, marker: &str) -> Result<(), String> {
 
 /// Every protection at every attack setting, and how many trials were run again because the
 /// generator stalled.
-pub fn measure() -> Result<(Vec<Point>, usize), String> {
+/// `top_only`: the top setting alone (`MAILGUARD_BENCH_ONLY=flood-top`, for trying a change).
+pub fn measure(top_only: bool) -> Result<(Vec<Point>, usize), String> {
     let mut lab = Lab::create();
     lab.start_services();
     let cpu = steer_receive(&lab)?;
+    napi_on(&lab);
     println!("flood: the mail host's receive work runs on CPU {cpu} (RPS)");
     // Sources in 198.18.0.0/16, as in the committed report's runs.
     let trafgen_conf = spoofed_syn_config(&lab, [198, 18]);
@@ -502,6 +590,9 @@ pub fn measure() -> Result<(Vec<Point>, usize), String> {
     // Trials of the three protections interleave (their order rotating), so that the drift of
     // a shared machine's speed over minutes falls on all of them alike.
     for (a, (attack, pacing)) in ATTACKS.into_iter().enumerate() {
+        if top_only && a != ATTACKS.len() - 1 {
+            continue;
+        }
         let trials = if a == ATTACKS.len() - 1 {
             TOP_TRIALS
         } else {
@@ -558,6 +649,7 @@ pub fn measure() -> Result<(Vec<Point>, usize), String> {
             }
         }
     }
+    points.retain(|p| !p.trials.is_empty());
     Ok((points, retried))
 }
 
@@ -627,6 +719,34 @@ fn trials_below_99_from_100_kpps(points: &[Point], protection: &str) -> (usize, 
     )
 }
 
+/// The sentence comparing mailguard's legitimate messages per second at the top setting with
+/// the other protections'.
+fn throughput_at_top(points: &[Point]) -> String {
+    let rate = |protection: &str| {
+        top_points(points)
+            .find(|p| p.protection == protection)
+            .map(|p| p.messages_per_s().0)
+    };
+    let Some(mg) = rate("mailguard") else {
+        return String::new();
+    };
+    let others: Vec<String> = PROTECTIONS
+        .iter()
+        .filter(|p| **p != "mailguard")
+        .filter_map(|p| rate(p).map(|r| (p, r)))
+        .map(|(p, r)| {
+            format!(
+                "{r:.1} with {p} ({:.1} times as many with mailguard)",
+                mg / r.max(0.01)
+            )
+        })
+        .collect();
+    format!(
+        " There, legitimate messages delivered per second (medians): {mg:.1} with mailguard, {}.",
+        others.join(", ")
+    )
+}
+
 /// The sentence giving each protection's median legitimate SYN loss at the top setting.
 fn syns_lost_at_top(points: &[Point]) -> String {
     let top = ATTACKS[ATTACKS.len() - 1].0;
@@ -665,13 +785,19 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
     let mut md = format!(
         "## On the wire: legitimate mail under a SYN flood\n\n\
          Three namespaces on a bridge, veth pairs with native XDP on the mail host's interface: the mail host runs \
-         Postfix; the attacker floods port 25 with SYNs from random spoofed sources in 198.18.0.0/16 (trafgen from \
-         netsniff-ng, random source port and sequence number) at the rate shown, from one worker or, at the \
-         top, one worker per CPU (sendto(2) at max, as at paced rates: trafgen's TX_RING gives up when the veth's queue is \
-         full); from another namespace a legitimate sender, Postfix's `smtp-source`, sends {MESSAGES} \
+         Postfix; the attacker floods port 25 with SYNs from random spoofed sources, random source port and sequence \
+         number, at the rate shown: trafgen from netsniff-ng (sources in 198.18.0.0/16) from one worker at the paced \
+         rates and one worker per CPU at its max (sendto(2) at max: trafgen's TX_RING gives up when the veth's queue is \
+         full); at the top setting, the **XDP generator**: guard-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in \
+         live-frame mode on CPU 0, as xdp-tools' xdp-trafficgen sends (sources in 198.19.0.0/16, both checksums \
+         computed per frame), each frame sent with XDP_TX out of the switch's port facing the mail host, so that it \
+         arrives on the mail host's interface as a NIC receives it, without the bridge's forwarding (each trial checks \
+         that at least half of its frames reached the mail host's interface: the rest the full veth ring refused). \
+         From another namespace a legitimate sender, Postfix's `smtp-source`, sends {MESSAGES} \
          messages of 1 KiB over {SESSIONS} parallel sessions (ended after {SENDER_LIMIT_S} s whatever it has \
-         done), starting {} s into the flood. The attack rate is what the attacker's interface sent from the \
-         flood's start to the sender's end (trafgen paces in bursts, a second apart at the lowest rate); messages per second are messages Postfix delivered over the sender's run time; success is \
+         done), starting {} s into the flood. The attack rate is what the attacker sent from the flood's start \
+         to the sender's end (trafgen: its interface's sent packets, paced in bursts a second apart at the lowest \
+         rate; the XDP generator: its runs); messages per second are messages Postfix delivered over the sender's run time; success is \
          delivered over sent. Protections, each with the same budget on port 25 (per source {RATE} new \
          connections a second, burst {BURST}, at most {MAX_CONNECTIONS} at once; sized for the legitimate \
          sender, as an operator sizes it for a large sender, so that the flood and not the budget is what the \
@@ -719,16 +845,19 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
         "\nThe generator, the bridge, the mail host, Postfix and the sender share this machine's {cpus} CPUs. \
          A packet's receive work would run on the CPU that sent it, making the generator pay for the mail \
          host's work; so, as a separate machine's NIC would, the mail host's interface hands its received \
-         packets to CPU {rx} (RPS), while a one-worker generator runs on CPU 0 (at the top setting a second \
+         packets to CPU {rx} (RPS), while a one-worker generator runs on CPU 0 (at trafgen's max a second \
          worker runs on CPU {rx} too). What RPS moves is the work after the veth's NAPI poll: that poll, and XDP \
-         in it (mailguard's drop, whose cost per SYN the per-packet section gives: a few hundredths of a CPU \
-         at these rates), still runs on the sending CPU. When the receive CPU cannot keep up, its backlog (`net.core.netdev_max_backlog` packets) overflows and drops \
+         in it (mailguard's drop, whose cost per SYN the per-packet section gives), still runs on the sending CPU. \
+         The XDP generator and the mail host's NAPI poll it starts share CPU 0: the less the mail host spends there \
+         per SYN, the faster the generator goes, which is why the top setting's attack rate differs by protection, \
+         and why there the veth's ring now and then fills and refuses frames, the legitimate sender's among them. When the receive CPU cannot keep up, its backlog (`net.core.netdev_max_backlog` packets) overflows and drops \
          packets without regard to whose they are (backlog drops column): the legitimate sender's with the flood's. \
          A trial whose sender reached its {SENDER_LIMIT_S} s limit shows at most {:.1} messages/s: it delivered \
          what it could in that time, a success near 100% there meaning the messages got through at a fraction \
-         of their rate. At the top setting the attacker's interface sent {} packets/s.",
+         of their rate. At the top setting the attacker sent {} SYNs/s.{}",
         MESSAGES as f64 / SENDER_LIMIT_S as f64,
         top_rates.join(", "),
+        throughput_at_top(points),
         cpus = receive_cpu() + 1,
         rx = receive_cpu()
     );

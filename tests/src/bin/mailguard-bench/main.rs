@@ -29,6 +29,7 @@ mod peer;
 mod plots;
 mod table_size;
 mod touch;
+mod xdp_flood;
 
 use std::{
     fmt::Write as _,
@@ -482,9 +483,9 @@ fn run() -> Result<(), String> {
         lists::measure(floor)?;
         return Ok(());
     }
-    if only.as_deref() == Some("flood") {
+    if let Some(which @ ("flood" | "flood-top")) = only.as_deref() {
         unpin_cpus();
-        let (points, retried) = flood::measure()?;
+        let (points, retried) = flood::measure(which == "flood-top")?;
         print!("{}", flood::report(&points, retried, &[]));
         return Ok(());
     }
@@ -671,7 +672,7 @@ fn run() -> Result<(), String> {
     unpin_cpus();
     // A failed flood measurement still leaves the rest of the report, saying so; the bench then
     // fails.
-    let flood = flood::measure();
+    let flood = flood::measure(false);
 
     let dir = std::path::Path::new(&out)
         .parent()
