@@ -1,7 +1,8 @@
 //! On the wire: a random-source SYN flood from the attacker's namespace (trafgen, from
-//! netsniff-ng: far faster than hping3) at several rates, while a legitimate sender (Postfix's smtp-source) delivers mail from the client's
-//! namespace to the lab's Postfix, over veth pairs and a bridge, with native XDP on the mail
-//! host's interface. Three protections on the same lab:
+//! netsniff-ng: far faster than hping3) at several rates and, at the top setting, from the XDP
+//! generator (`xdp_flood.rs`, faster still), while a legitimate sender (Postfix's smtp-source)
+//! delivers mail from the client's namespace to the lab's Postfix, over veth pairs and a
+//! bridge, with native XDP on the mail host's interface. Three protections on the same lab:
 //!
 //! - **none**: the kernel alone (SYN cookies on, as by default);
 //! - **nftables**: the recipe operators use today, a per-source `ct count` cap and a per-source

@@ -12,15 +12,17 @@
 //!    at every size (`lists.rs`).
 //! 5. The cost sock_ops adds per connection, from the kernel's run-time statistics.
 //! 6. On the wire: legitimate mail under a random-source SYN flood at several rates, with no
-//!    protection, the nftables recipe, and mailguard (`flood.rs`).
+//!    protection, the nftables recipe, and mailguard (`flood.rs`; its fastest generator in
+//!    `xdp_flood.rs`).
 //!
 //! Before anything is timed, counters prove that every run took the intended path. The
 //! benchmark runs in a network and mount namespace of its own (a private bpffs), so nothing it
 //! sets up outlives it.
 //!
 //! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
-//! 3), `=lists` (section 4) or `=flood` (section 6) measures those sections, prints them and
-//! writes nothing: for trying a change quickly.
+//! 3), `=lists` (section 4), `=flood` (section 6) or `=flood-top` (its top setting, the XDP
+//! generator of `xdp_flood.rs`) measures those sections, prints them and writes nothing: for
+//! trying a change quickly.
 
 mod flood;
 mod lists;
