@@ -223,11 +223,12 @@ fn steer_receive(lab: &Lab) -> Result<usize, String> {
 
 /// Turns the NAPI poll of the mail host's interface on, whatever the protection: the XDP
 /// generator's frames (`ndo_xdp_xmit` of the switch's port) are delivered only into a veth with
-/// NAPI on, which an XDP program or GRO turns on; GRO is asked for when the lab is made, but
-/// before the interface is up, which does not turn NAPI on (mailguard's XDP does, and it stays
-/// on after mailguard leaves, so without this the protections before the first mailguard trial
-/// would not see that generator's flood). Turning GRO off and on again on the running interface
-/// turns NAPI on. Each XDP trial checks that the frames arrived (`xdp_frames_delivered`).
+/// NAPI on, which an XDP program or GRO turns on. The lab asks for GRO before the interface is
+/// up, and here that left NAPI off: the switch port delivered none of the generator's frames
+/// (`tx_queue_0_xdp_xmit` absent) until mailguard's XDP had been attached once, after which NAPI
+/// stayed on, so the protections tried before the first mailguard trial saw no flood. Turning GRO
+/// off and on again on the running interface turns NAPI on. Each XDP trial checks that the
+/// frames arrived (`xdp_frames_delivered`).
 fn napi_on(lab: &Lab) {
     let iface = lab.mail.iface.as_str();
     lab.mail.ns.run(&["ethtool", "-K", iface, "gro", "off"]);
