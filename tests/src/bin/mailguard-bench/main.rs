@@ -767,11 +767,18 @@ fn enter_private_namespaces() -> Result<(), String> {
 
 /// Lets this process (and what it starts from now on) run on every online CPU again.
 fn unpin_cpus() {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    run_on(0..cpus);
+}
+
+/// Lets the calling thread (and what it starts from now on) run on `cpus` only.
+fn run_on(cpus: impl IntoIterator<Item = usize>) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
-    // and write the set passed.
+    // and write the set passed; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize {
+        for cpu in cpus {
             libc::CPU_SET(cpu, &mut set);
         }
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);

@@ -79,7 +79,7 @@ impl XdpFlood {
         let sent = Arc::new(AtomicU64::new(0));
         let (stop_t, sent_t) = (stop.clone(), sent.clone());
         let thread = lab.switch.spawn(move || -> Result<(), String> {
-            pin_thread(cpu);
+            crate::run_on([cpu]);
             let mut obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
             let prog: &mut Xdp = obj
                 .program_mut("xdp_syn_flood")
@@ -154,16 +154,5 @@ impl XdpFlood {
 impl Drop for XdpFlood {
     fn drop(&mut self) {
         let _ = self.end();
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_thread(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
-    // and write the set passed; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
