@@ -239,23 +239,13 @@ fn napi_on(lab: &Lab) {
 /// by `ndo_xdp_xmit` since it was made (`tx_queue_0_xdp_xmit` of `ethtool -S`; absent until
 /// the first).
 fn xdp_frames_delivered(lab: &Lab) -> Result<u64, String> {
-    let out = lab
-        .switch
-        .command("ethtool")
-        .args(["-S", MAIL_SWITCH_PORT])
-        .output()
-        .map_err(|e| format!("ethtool -S {MAIL_SWITCH_PORT}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ethtool -S {MAIL_SWITCH_PORT}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("tx_queue_0_xdp_xmit: "))
-        .filter_map(|v| v.trim().parse::<u64>().ok())
-        .sum())
+    Ok(
+        ns_output(&lab.switch, "ethtool", &["-S", MAIL_SWITCH_PORT])?
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("tx_queue_0_xdp_xmit: "))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 /// Packets `cpu` has dropped because its backlog was full, since boot (second column of its
@@ -277,14 +267,20 @@ fn backlog_drops(cpu: usize) -> Result<u64, String> {
 
 /// A `/proc/net` file of namespace `ns`.
 fn proc_net(ns: &Netns, file: &str) -> Result<String, String> {
+    ns_output(ns, "cat", &[&format!("/proc/net/{file}")])
+}
+
+/// What `program` with `args` printed in namespace `ns`, or why it failed.
+fn ns_output(ns: &Netns, program: &str, args: &[&str]) -> Result<String, String> {
+    let what = format!("{program} {}", args.join(" "));
     let out = ns
-        .command("cat")
-        .arg(format!("/proc/net/{file}"))
+        .command(program)
+        .args(args)
         .output()
-        .map_err(|e| format!("cat /proc/net/{file}: {e}"))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cat /proc/net/{file}: {}",
+            "{what}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }

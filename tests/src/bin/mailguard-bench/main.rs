@@ -473,13 +473,7 @@ fn run() -> Result<(), String> {
     let verified = guard.verified_instructions().ok().flatten();
 
     let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
-    let floor: &mut Xdp = floor_obj
-        .program_mut("xdp_floor")
-        .ok_or("no xdp_floor")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    floor.load().map_err(|e| e.to_string())?;
-    let floor: &Xdp = floor;
+    let floor: &Xdp = reference_program(&mut floor_obj, "xdp_floor")?;
     let only = std::env::var("MAILGUARD_BENCH_ONLY").ok();
     if only.as_deref() == Some("lists") {
         lists::measure(floor)?;
@@ -763,6 +757,17 @@ fn enter_private_namespaces() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The XDP program `name` of the reference object `obj` (`BENCH_FLOOR_OBJECT`), loaded.
+fn reference_program<'a>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
+    let program: &mut Xdp = obj
+        .program_mut(name)
+        .ok_or_else(|| format!("no {name} in the reference object"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))?;
+    program.load().map_err(|e| format!("load {name}: {e}"))?;
+    Ok(program)
 }
 
 /// Lets this process (and what it starts from now on) run on every online CPU again.

@@ -32,14 +32,7 @@ impl BucketTouch {
         )
         .map_err(|e| e.to_string())?;
         size.set(0, buckets, 0).map_err(|e| e.to_string())?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(format!("no {PROGRAM}"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        program
-            .load()
-            .map_err(|e| format!("loading {PROGRAM}: {e}"))?;
+        crate::reference_program(&mut ebpf, PROGRAM)?;
         Ok(BucketTouch { ebpf })
     }
 

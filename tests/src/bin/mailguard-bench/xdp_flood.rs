@@ -18,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunAttrs, TestRunOptions},
 };
 use guard_tests::{
     lab::{Lab, MAIL4},
@@ -81,13 +81,7 @@ impl XdpFlood {
         let thread = lab.switch.spawn(move || -> Result<(), String> {
             crate::run_on([cpu]);
             let mut obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
-            let prog: &mut Xdp = obj
-                .program_mut("xdp_syn_flood")
-                .ok_or("no xdp_syn_flood in the reference object")?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
-            prog.load()
-                .map_err(|e| format!("load xdp_syn_flood: {e}"))?;
+            let prog = crate::reference_program(&mut obj, "xdp_syn_flood")?;
             let name = std::ffi::CString::new(port.clone()).map_err(|e| e.to_string())?;
             // SAFETY: a NUL-terminated name; the lookup is in this thread's namespace.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
