@@ -6,17 +6,21 @@
 extern crate std;
 
 pub mod budget;
+pub mod features;
 pub mod list_index;
 pub mod maps;
 pub mod policy;
 pub mod reason;
 pub mod sources;
+pub mod stages;
 
 pub use budget::*;
+pub use features::*;
 pub use list_index::*;
 pub use policy::*;
 pub use reason::{COUNTER_SLOTS, Reason, Verdict};
 pub use sources::*;
+pub use stages::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -37,4 +41,5 @@ mod pod {
     unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for V6Bucket {}
     unsafe impl aya::Pod for V6Lengths {}
+    unsafe impl aya::Pod for Handover {}
 }

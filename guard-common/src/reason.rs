@@ -148,6 +148,8 @@ reasons! {
         "from a source on the block list";
     MxOnlyDenied = 32, Drop, "mx_only_denied",
         "to port 25 in MX-only mode from a source outside the MX allowlist";
+    StageMissing = 33, Pass, "stage_missing",
+        "passed unjudged: a stage of the XDP program was not in place (a fault of mailguard's loading; never expected)";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in
@@ -218,7 +220,8 @@ mod tests {
                 "echo_request_allowed",
                 "echo_reply",
                 "ndp",
-                "trusted_source"
+                "trusted_source",
+                "stage_missing"
             ]
         );
     }

@@ -23,6 +23,16 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// real traffic carries at most a few).
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
+/// The largest offset the IP header can have: after Ethernet and two VLAN tags.
+pub const MAX_L3_OFF: usize = ETH_HDR_LEN + 2 * VLAN_HDR_LEN;
+
+/// The largest offset the upper-layer header can have: two VLAN tags, the IPv6 header and
+/// `MAX_IPV6_EXT_HEADERS` extension headers of the largest size (2048 bytes) fit below it.
+/// Offsets handed between programs are checked against it, which also tells the verifier
+/// their bound.
+pub const MAX_L4_OFF: usize = 0x3fff;
+const _: () = assert!(MAX_L3_OFF + 40 + MAX_IPV6_EXT_HEADERS * 2048 <= MAX_L4_OFF);
+
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `Truncated` when the packet
 /// is shorter than `offset + size_of::<T>()`.
 ///

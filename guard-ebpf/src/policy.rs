@@ -1,9 +1,11 @@
-//! The packet policy of DESIGN.md, in its order. `decide` returns the `Reason` a packet is
-//! counted under; the reason fixes the verdict (`Reason::verdict`).
+//! The packet policy of DESIGN.md, in its order. `decide` (the entry program), `tcp` and `udp`
+//! (the TCP and UDP stages) return the `Reason` a packet is counted under; the reason fixes the verdict
+//! (`Reason::verdict`).
 //!
 //! 1. Non-IP passes; up to two VLAN tags are looked through.
-//! 2. (blocklist: later)
-//! 3. Mail ports: impossible TCP flags and fragments are dropped, the rest passes.
+//! 2. The block list drops everything from a blocked source (`lists.rs`).
+//! 3. Mail ports: impossible TCP flags and fragments are dropped; MX-only mode holds port 25 to
+//!    the MX allowlist; new connections go to the budget stage (`budget.rs`), the rest passes.
 //! 4. Ports opened on purpose pass, optionally only from given CIDRs.
 //! 5. Everything else is dropped unless it is a reply to something the host started; essential
 //!    ICMP/ICMPv6 always passes, echo requests follow the setting.
@@ -11,17 +13,17 @@
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
     MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
-    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
+    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Stage, Transport,
     port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    budget, lists,
+    lists,
     maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES, SETTINGS},
     parse::{self, Fragment, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes},
-    sockets,
+    sockets, stages,
 };
 
 #[inline(always)]
@@ -53,8 +55,8 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
         });
     }
     match ip.proto {
-        parse::IPPROTO_TCP => tcp(ctx, &ip, settings),
-        parse::IPPROTO_UDP => udp(ctx, &ip),
+        parse::IPPROTO_TCP => Ok(stages::hand_over(ctx, Stage::Tcp, &ip, 0)),
+        parse::IPPROTO_UDP => Ok(stages::hand_over(ctx, Stage::Udp, &ip, 0)),
         parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip, settings),
         parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
         _ => Ok(Reason::OtherProtocol),
@@ -106,8 +108,9 @@ fn port_rule(transport: Transport, port: [u8; 2]) -> &'static PortRule {
     }
 }
 
+/// The TCP stage's decision (`mailguard_xdp_tcp`), for a segment the entry handed over.
 #[inline(always)]
-fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+pub fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
     let t = parse::tcp(ctx, ip.l4_off)?;
     if ip.fragment == Fragment::First {
         return Ok(Reason::TcpFragment);
@@ -124,9 +127,10 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason>
         {
             return Ok(Reason::MxOnlyDenied);
         }
-        // New connections are charged to the source's budget for the port's class.
+        // New connections are charged to the source's budget for the port's class, by the
+        // budget stage.
         return if bare_syn(&t) {
-            budget::charge(ctx, ip, rule.class, settings.index)
+            Ok(stages::hand_over(ctx, Stage::Budget, ip, rule.class))
         } else {
             Ok(Reason::MailOther)
         };
@@ -150,8 +154,9 @@ const DHCP_CLIENT_PORT: [u8; 2] = 68u16.to_be_bytes();
 const DHCPV6_SERVER_PORT: [u8; 2] = 547u16.to_be_bytes();
 const DHCPV6_CLIENT_PORT: [u8; 2] = 546u16.to_be_bytes();
 
+/// The UDP stage's decision (`mailguard_xdp_udp`), for a datagram the entry handed over.
 #[inline(always)]
-fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+pub fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let (sport, dport) = parse::udp(ctx, ip.l4_off)?;
     // DHCP clients often read replies on packet sockets, which see packets only after XDP:
     // without this the host would lose its address lease.

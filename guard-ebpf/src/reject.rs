@@ -20,40 +20,47 @@ pub fn can_answer(ip: &Ip) -> bool {
     ip.fragment == Fragment::None && ip.l4_off == ip.l3_off + plain
 }
 
-/// Rewrites the SYN in the packet into a RST+ACK back to its sender.
+/// Rewrites the SYN in the packet (laid out as `ip` says) into a RST+ACK back to its sender.
 #[inline(always)]
-pub fn answer_with_rst(ctx: &mut XdpContext) -> Result<(), Reason> {
-    let (ethertype, l3) = parse::ethernet(ctx)?;
-    let ip = match ethertype {
-        parse::ETH_P_IPV4 => parse::ipv4(ctx, l3)?,
-        parse::ETH_P_IPV6 => parse::ipv6(ctx, l3)?,
-        _ => return Err(Reason::Malformed),
-    };
-    if !can_answer(&ip) || ip.proto != parse::IPPROTO_TCP {
+pub fn answer_with_rst(ctx: &mut XdpContext, ip: &Ip) -> Result<(), Reason> {
+    if !can_answer(ip) || ip.proto != parse::IPPROTO_TCP {
         return Err(Reason::Malformed);
     }
-    let (sport, dport, seq, data_off) = {
-        let t = parse::tcp(ctx, ip.l4_off)?;
-        let h = bytes::<20>(ctx, ip.l4_off)?;
-        (
-            t.sport(),
-            t.dport(),
-            u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-            ((h[12] >> 4) as u32) * 4,
-        )
-    };
-    // The RST acknowledges the SYN (one sequence number) and any data it carried.
-    let segment = if ip.v6 {
-        parse::be16(ctx, l3 + 4)? as u32
+    if ip.v6 {
+        rst::<{ IPV6_HDR + TCP_HDR }>(ctx, ip.l3_off, true)
     } else {
-        (parse::be16(ctx, l3 + 2)? as u32).saturating_sub(IPV4_HDR as u32)
+        rst::<{ IPV4_HDR + TCP_HDR }>(ctx, ip.l3_off, false)
+    }
+}
+
+/// The rewrite, for a packet whose IP header (`N - 20` bytes, no options or extension headers)
+/// starts at `l3` and is followed by the TCP header. The headers are read and written through
+/// one view of `N` bytes: `l3` is a variable in the budget stage, and a view the verifier has
+/// seen checked once covers every access.
+#[inline(always)]
+fn rst<const N: usize>(ctx: &mut XdpContext, l3: usize, v6: bool) -> Result<(), Reason> {
+    let ip_len = N - TCP_HDR;
+    let (seq, data_off, segment) = {
+        let h = bytes::<N>(ctx, l3)?;
+        let t = &h[ip_len..];
+        // The RST acknowledges the SYN (one sequence number) and any data it carried.
+        let segment = if v6 {
+            u16::from_be_bytes([h[4], h[5]]) as u32
+        } else {
+            (u16::from_be_bytes([h[2], h[3]]) as u32).saturating_sub(IPV4_HDR as u32)
+        };
+        (
+            u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            ((t[12] >> 4) as u32) * 4,
+            segment,
+        )
     };
     let ack = seq
         .wrapping_add(1)
         .wrapping_add(segment.saturating_sub(data_off));
 
     // Keep only Ethernet (with its tags), IP and a bare TCP header.
-    let end = ip.l4_off + TCP_HDR;
+    let end = l3 + N;
     let len = ctx.data_end() - ctx.data();
     if len > end {
         // SAFETY: shrinking the frame by the bytes past the TCP header; packet pointers are
@@ -67,9 +74,9 @@ pub fn answer_with_rst(ctx: &mut XdpContext) -> Result<(), Reason> {
     for i in 0..6 {
         eth.swap(i, i + 6);
     }
+    let h = bytes_mut::<N>(ctx, l3)?;
     let mut pseudo: u32 = TCP_HDR as u32 + parse::IPPROTO_TCP as u32;
-    if ip.v6 {
-        let h = bytes_mut::<40>(ctx, l3)?;
+    if v6 {
         h[4..6].copy_from_slice(&(TCP_HDR as u16).to_be_bytes());
         h[6] = parse::IPPROTO_TCP;
         h[7] = 64;
@@ -78,7 +85,6 @@ pub fn answer_with_rst(ctx: &mut XdpContext) -> Result<(), Reason> {
         }
         pseudo += sum16(&h[8..40]);
     } else {
-        let h = bytes_mut::<20>(ctx, l3)?;
         h[2..4].copy_from_slice(&((IPV4_HDR + TCP_HDR) as u16).to_be_bytes());
         h[4..6].copy_from_slice(&[0, 0]);
         h[6..8].copy_from_slice(&[0x40, 0]); // DF
@@ -87,19 +93,20 @@ pub fn answer_with_rst(ctx: &mut XdpContext) -> Result<(), Reason> {
         for i in 12..16 {
             h.swap(i, i + 4);
         }
-        let c = fold(sum16(&h[..]));
+        let c = fold(sum16(&h[..IPV4_HDR]));
         h[10..12].copy_from_slice(&c.to_be_bytes());
         pseudo += sum16(&h[12..20]);
     }
-    let t = bytes_mut::<20>(ctx, ip.l4_off)?;
-    t[0..2].copy_from_slice(&dport);
-    t[2..4].copy_from_slice(&sport);
+    let t = &mut h[ip_len..];
+    for i in 0..2 {
+        t.swap(i, i + 2); // ports
+    }
     t[4..8].copy_from_slice(&[0; 4]);
     t[8..12].copy_from_slice(&ack.to_be_bytes());
     t[12] = (TCP_HDR as u8 / 4) << 4;
     t[13] = TCP_RST | TCP_ACK;
     t[14..20].copy_from_slice(&[0; 6]); // window, checksum, urgent pointer
-    let c = fold(pseudo + sum16(&t[..]));
+    let c = fold(pseudo + sum16(&t[..TCP_HDR]));
     t[16..18].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }

@@ -31,9 +31,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use guard_common::{AccountingEvent, PortKind, SourceKey, Transport, port_rule_index};
+use guard_common::{
+    AccountingEvent, FEATURE_SOCKOPS_NETNS_COOKIE, PortKind, SourceKey, Transport, port_rule_index,
+};
 
 use crate::{
+    features,
     maps::{BUDGET_SETTINGS, CONNECTIONS, PORT_RULES, SOCKETS, VERIFIED},
     sources::{Bucket, record},
 };
@@ -57,7 +60,8 @@ fn established(ctx: &SockOpsContext) {
     let Some(cfg) = BUDGET_SETTINGS.get(0) else {
         return;
     };
-    if cfg.netns_cookie != 0 {
+    // Without the helper (before Linux 5.15) every namespace's connections are counted.
+    if cfg.netns_cookie != 0 && features::has(FEATURE_SOCKOPS_NETNS_COOKIE) {
         // SAFETY: the helper reads the program's own context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
         if netns != cfg.netns_cookie {

@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{
         ProgramError, SockOps, Xdp, XdpMode,
         links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use guard_common::{
-    COUNTER_SLOTS, Reason, SourceBucket, SourceKey, V6_INDEX_ACTIVE_BITS, maps as names,
-    source_bucket, source_buckets, v6_buckets_for,
+    COUNTER_SLOTS, FEATURES_GLOBAL, Reason, SourceBucket, SourceKey, Stage, V6_INDEX_ACTIVE_BITS,
+    maps as names, source_bucket, source_buckets, v6_buckets_for,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -23,6 +23,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use crate::{
     budgets::Budgets,
     config::Config,
+    kernel_features::KernelFeatures,
     list_index::IndexMaps,
     list_index_v6::{PrefixTable, V6IndexMaps},
     mapped::MappedArray,
@@ -130,6 +131,8 @@ pub enum GuardError {
     Info(#[source] ProgramError),
     #[error(transparent)]
     Mapped(#[from] crate::mapped::MappedError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel_features::Unsupported),
 }
 
 impl GuardError {
@@ -274,8 +277,11 @@ impl Guard {
 
     fn load_with(config: &Config, pins: Option<&Pins>) -> Result<Guard, GuardError> {
         let budgets = &config.budgets;
+        let kernel = KernelFeatures::probed();
+        kernel.check()?;
         let mut loader = EbpfLoader::new();
         loader
+            .override_global(FEATURES_GLOBAL, &kernel.bits, true)
             .map_max_entries(
                 names::V6_TABLE,
                 v6_buckets_for(config.lists.ipv6_index_capacity),
@@ -294,6 +300,7 @@ impl Guard {
             program: names::XDP_PROGRAM,
             source,
         })?;
+        load_stages(&mut ebpf)?;
         let sockops = sockops_program_mut(&mut ebpf)?;
         sockops.load().map_err(|source| GuardError::Load {
             program: names::SOCKOPS_PROGRAM,
@@ -302,10 +309,54 @@ impl Guard {
         Ok(Guard { ebpf })
     }
 
+    /// Pins the stages array of this load at `pins.stages(id)` (id: the entry program's), so
+    /// that it keeps its programs when this process is gone: the kernel empties a program
+    /// array once no file descriptor or pin holds it, and the entry program's own reference
+    /// does not count.
+    fn pin_stages(&self, pins: &Pins) -> Result<PathBuf, GuardError> {
+        let path = pins.stages(self.program_id()?);
+        let dir = pins.stages_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| GuardError::PinDir { path: dir, source })?;
+        if path.exists() {
+            // A load cannot reuse another's program id while that program lives: this pin is
+            // one a crashed start left behind.
+            let _ = std::fs::remove_file(&path);
+        }
+        let map = self
+            .ebpf
+            .map(names::STAGES)
+            .ok_or(GuardError::MissingMap(names::STAGES))?;
+        map.pin(&path).map_err(|source| GuardError::Pin {
+            map: names::STAGES,
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
     /// Attaches XDP to `iface` through a link pinned at `pins.xdp_link()`, which outlives this
     /// process. When that link already exists (an earlier run), the program inside it is
     /// replaced atomically instead, and the mode stays the one it was attached with.
     pub fn attach_xdp_pinned(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pins: &Pins,
+    ) -> Result<Attachment, GuardError> {
+        let stages = self.pin_stages(pins)?;
+        let attached = self.attach_or_replace(iface, mode, pins);
+        match &attached {
+            // Only this load's stages are in use now.
+            Ok(_) => pins.remove_stages_except(&stages)?,
+            // The program in force keeps its own stages.
+            Err(_) => {
+                let _ = std::fs::remove_file(&stages);
+            }
+        }
+        attached
+    }
+
+    fn attach_or_replace(
         &mut self,
         iface: &str,
         mode: AttachMode,
@@ -408,10 +459,36 @@ impl Guard {
         })
     }
 
-    /// Instructions the verifier processed for the XDP program (kernel 5.16+).
+    /// Instructions the verifier processed for the XDP program, its stages included (kernel
+    /// 5.16+ reports them).
     pub fn verified_instructions(&self) -> Result<Option<u32>, GuardError> {
-        let info = self.xdp()?.info().map_err(GuardError::Info)?;
-        Ok(info.verified_instruction_count())
+        let mut total = 0;
+        for (_, n) in self.verified_by_program()? {
+            match n {
+                Some(n) => total += n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// Instructions the verifier processed for each program (kernel 5.16+ reports them):
+    /// the XDP entry, its stages, and sock_ops.
+    pub fn verified_by_program(&self) -> Result<Vec<(&'static str, Option<u32>)>, GuardError> {
+        let names = [names::XDP_PROGRAM]
+            .into_iter()
+            .chain(Stage::ALL.map(Stage::program))
+            .chain([names::SOCKOPS_PROGRAM]);
+        let mut counts = Vec::new();
+        for name in names {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or(GuardError::MissingProgram(name))?;
+            let info = program.info().map_err(GuardError::Info)?;
+            counts.push((name, info.verified_instruction_count()));
+        }
+        Ok(counts)
     }
 
     /// Total run time and run count of a program (kept by the kernel while BPF statistics are
@@ -581,6 +658,42 @@ impl Guard {
     }
 }
 
+/// Loads each stage of the XDP program and writes it into the entry program's `STAGES`
+/// array, at its slot.
+fn load_stages(ebpf: &mut Ebpf) -> Result<(), GuardError> {
+    for stage in Stage::ALL {
+        let name = stage.program();
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(GuardError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| GuardError::Load {
+                program: name,
+                source,
+            })?;
+        program.load().map_err(|source| GuardError::Load {
+            program: name,
+            source,
+        })?;
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| GuardError::Load {
+                program: name,
+                source,
+            })?;
+        let map = ebpf
+            .map_mut(names::STAGES)
+            .ok_or(GuardError::MissingMap(names::STAGES))?;
+        let mut stages: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(GuardError::map(names::STAGES))?;
+        stages
+            .set(stage as u32, &fd, 0)
+            .map_err(GuardError::map(names::STAGES))?;
+    }
+    Ok(())
+}
+
 fn sockops_program_mut(ebpf: &mut Ebpf) -> Result<&mut SockOps, GuardError> {
     let program = ebpf
         .program_mut(names::SOCKOPS_PROGRAM)
@@ -608,14 +721,19 @@ impl HostFacts {
         let cpus = aya::util::online_cpus()
             .map_err(|(_, e)| GuardError::Host(e))?
             .len() as u32;
-        Ok(HostFacts {
-            cpus,
-            netns_cookie: netns_cookie().map_err(GuardError::Host)?,
-        })
+        let netns_cookie = match netns_cookie() {
+            Ok(cookie) => cookie,
+            // Before Linux 5.14: no cookie, and sock_ops could not compare it either (5.15),
+            // so the counts take in every namespace (`kernel_features` says so).
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => 0,
+            Err(e) => return Err(GuardError::Host(e)),
+        };
+        Ok(HostFacts { cpus, netns_cookie })
     }
 }
 
-/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14+).
+/// The cookie of this process's network namespace (SO_NETNS_COOKIE, Linux 5.14+;
+/// ENOPROTOOPT before).
 pub fn netns_cookie() -> std::io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     // SAFETY: a plain UDP socket, closed below; getsockopt writes at most `len` bytes.

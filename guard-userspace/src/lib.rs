@@ -4,6 +4,7 @@
 //! - `config`: the TOML file and its validation (`budgets`: its `[budgets]` section)
 //! - `control`: the control socket (`mailguard reload`, `confirm`)
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
+//! - `kernel_features`: what the running kernel offers (probed), what it lacks
 //! - `policy`: a `Config` turned into map contents
 //! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
 //! - `lists`: the source lists (mx_allow, trusted, block), their sources and saved state
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod guard;
+pub mod kernel_features;
 pub mod list_index;
 pub mod list_index_v6;
 pub mod list_keeper;

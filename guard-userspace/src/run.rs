@@ -17,6 +17,7 @@ use crate::{
     config::{self, Config, ConfigError, Warning},
     control::{ControlServer, Request, Response, answer},
     guard::{AttachMode, Attachment, Guard, GuardError},
+    kernel_features::KernelFeatures,
     list_keeper::ListKeeper,
     lists::{ListName, ListSummary, now_unix},
     metrics::{self, DaemonFacts},
@@ -114,6 +115,12 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         log::warn!("{w}");
     }
     let iface = config.interface.clone().ok_or(RunError::NoInterface)?;
+    // Before anything is touched: a kernel mailguard cannot work on is refused here.
+    let kernel = KernelFeatures::probed();
+    kernel.check().map_err(GuardError::from)?;
+    for lost in &kernel.degraded {
+        log::warn!("this kernel (Linux {}) has {lost}", kernel.release);
+    }
 
     let _lock = state::lock(&opts.dirs)?;
     let pins = Pins::new(&opts.dirs.pin);
