@@ -12,7 +12,6 @@ pub mod maps;
 pub mod policy;
 pub mod reason;
 pub mod sources;
-pub mod stages;
 
 pub use budget::*;
 pub use features::*;
@@ -20,7 +19,6 @@ pub use list_index::*;
 pub use policy::*;
 pub use reason::{COUNTER_SLOTS, Reason, Verdict};
 pub use sources::*;
-pub use stages::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -41,5 +39,4 @@ mod pod {
     unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for V6Bucket {}
     unsafe impl aya::Pod for V6Lengths {}
-    unsafe impl aya::Pod for Handover {}
 }

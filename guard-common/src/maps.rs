@@ -56,14 +56,6 @@ pub const V6_LENGTHS: &str = "MG_V6_LENGTHS";
 pub const BLOCK_V4: &str = "MG_BLOCK_V4";
 pub const BLOCK_V6: &str = "MG_BLOCK_V6";
 
-/// Program array of the XDP program's stages, by `Stage` (tail calls). Made anew with each
-/// load, never reused from a pin: its entries are the programs of that load. Pinned apart
-/// from the other maps (see guard-userspace's `pins`), since the kernel empties a program array
-/// once no file descriptor or pin holds it.
-pub const STAGES: &str = "MG_STAGES";
-/// Per-CPU `Handover`: what the entry program tells the stage it tail-calls.
-pub const HANDOVER: &str = "MG_HANDOVER";
-
 /// Every map that is pinned and reused across starts, for pinning and inspection.
 pub const ALL: &[&str] = &[
     COUNTERS,
@@ -97,11 +89,5 @@ pub const ALL: &[&str] = &[
 
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "mailguard_xdp";
-/// Name of the XDP program's TCP stage (tail-called by `XDP_PROGRAM`) in the object file.
-pub const TCP_PROGRAM: &str = "mailguard_xdp_tcp";
-/// Name of the XDP program's UDP stage (tail-called by `XDP_PROGRAM`) in the object file.
-pub const UDP_PROGRAM: &str = "mailguard_xdp_udp";
-/// Name of the XDP program's budget stage (tail-called by `TCP_PROGRAM`) in the object file.
-pub const BUDGET_PROGRAM: &str = "mailguard_xdp_budget";
 /// Name of the sock_ops program in the object file.
 pub const SOCKOPS_PROGRAM: &str = "mailguard_sockops";

@@ -148,8 +148,8 @@ reasons! {
         "from a source on the block list";
     MxOnlyDenied = 32, Drop, "mx_only_denied",
         "to port 25 in MX-only mode from a source outside the MX allowlist";
-    StageMissing = 33, Pass, "stage_missing",
-        "passed unjudged: a stage of the XDP program was not in place (a fault of mailguard's loading; never expected)";
+    Internal = 33, Pass, "internal",
+        "passed unjudged: the XDP program could not read its own per-CPU scratch slot (never expected)";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in
@@ -221,7 +221,7 @@ mod tests {
                 "echo_reply",
                 "ndp",
                 "trusted_source",
-                "stage_missing"
+                "internal"
             ]
         );
     }

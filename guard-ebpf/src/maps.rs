@@ -1,19 +1,22 @@
 //! Every BPF map of the XDP program. Userspace finds them by the names in
-//! `guard_common::maps`; the types of keys and values come from guard-common.
+//! `guard_common::maps`; the types of keys and values come from guard-common (but for the
+//! settle points' scratch slot, which only this program reads).
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use guard_common::{
     ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
-    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, Handover, LIST_MAP_CAPACITY,
-    OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, STAGE_SLOTS,
-    Settings, SourceBucket, SourceKey, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES,
-    V4_INDEX_32_ENTRIES, V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket, V6Lengths,
-    VERIFIED_ENTRIES, maps as names, source_buckets,
+    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
+    OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
+    SourceBucket, SourceKey, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
+    V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket, V6Lengths, VERIFIED_ENTRIES, maps as names,
+    source_buckets,
 };
+
+use crate::settle::Scratch;
 
 /// Packets counted by reason.
 /// key: `u32` counter slot = `Reason as u32` (host order);
@@ -190,17 +193,11 @@ pub static V6_TABLE: Array<V6Bucket> = Array::with_max_entries(V6_DEFAULT_BUCKET
 #[map(name = "MG_V6_LENGTHS")]
 pub static V6_LENGTHS: Array<V6Lengths> = Array::with_max_entries(V6_LENGTH_TABLES, 0);
 
-/// The stages of the XDP program (guard-common's `stages`), tail-called by the entry program.
-/// key: `u32` `Stage`; value: program (userspace writes each stage's fd at load);
-/// capacity: `STAGE_SLOTS` (4). A new array with every load; pinned by userspace apart from
-/// the other maps, because the kernel empties a program array nothing holds open.
-#[map(name = "MG_STAGES")]
-pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGE_SLOTS, 0);
-
-/// What the entry program hands to a stage, written just before the tail call on this CPU.
-/// key: `u32` 0; value: `Handover` (offsets and index host order), one per CPU; capacity 1.
-#[map(name = "MG_HANDOVER")]
-pub static HANDOVER: PerCpuArray<Handover> = PerCpuArray::with_max_entries(1, 0);
+/// The settle points' slot (`settle.rs`): a packet's layout, written and read back at once.
+/// key: `u32` 0; value: `u64` layout (`settle::Scratch`), one per CPU; capacity 1.
+/// Never pinned: it holds nothing between packets.
+#[map(name = "MG_SCRATCH")]
+pub static SCRATCH: Scratch = PerCpuArray::with_max_entries(1, 0);
 
 // The names above must be the ones userspace looks up.
 const _: () = {
@@ -231,8 +228,6 @@ const _: () = {
     assert!(const_str_eq(names::V4_INDEX_32, "MG_V4_INDEX_32"));
     assert!(const_str_eq(names::V6_TABLE, "MG_V6_TABLE"));
     assert!(const_str_eq(names::V6_LENGTHS, "MG_V6_LENGTHS"));
-    assert!(const_str_eq(names::STAGES, "MG_STAGES"));
-    assert!(const_str_eq(names::HANDOVER, "MG_HANDOVER"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

@@ -137,7 +137,7 @@ pub const IPV6_SRC: usize = 8;
 /// The IP header starts within the first 22 bytes (Ethernet and two VLAN tags): a mask that
 /// keeps every such offset, and tells the verifier the bound in subprograms, where it no longer
 /// follows the caller's exact value.
-const L3_OFF_MASK: usize = 0x1f;
+pub const L3_OFF_MASK: usize = 0x1f;
 
 impl Ip {
     /// Offset of the source address.

@@ -1,11 +1,10 @@
-//! The packet policy of DESIGN.md, in its order. `decide` (the entry program), `tcp` and `udp`
-//! (the TCP and UDP stages) return the `Reason` a packet is counted under; the reason fixes the verdict
-//! (`Reason::verdict`).
+//! The packet policy of DESIGN.md, in its order. `decide` returns the `Reason` a packet is
+//! counted under; the reason fixes the verdict (`Reason::verdict`).
 //!
 //! 1. Non-IP passes; up to two VLAN tags are looked through.
 //! 2. The block list drops everything from a blocked source (`lists.rs`).
 //! 3. Mail ports: impossible TCP flags and fragments are dropped; MX-only mode holds port 25 to
-//!    the MX allowlist; new connections go to the budget stage (`budget.rs`), the rest passes.
+//!    the MX allowlist; new connections are charged to budgets (`budget.rs`), the rest passes.
 //! 4. Ports opened on purpose pass, optionally only from given CIDRs.
 //! 5. Everything else is dropped unless it is a reply to something the host started; essential
 //!    ICMP/ICMPv6 always passes, echo requests follow the setting.
@@ -13,21 +12,31 @@
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
     MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
-    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Stage, Transport,
+    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
     port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    lists,
+    budget, lists,
     maps::{OPEN_SOURCES_V4, OPEN_SOURCES_V6, PORT_RULES, SETTINGS},
     parse::{self, Fragment, Ip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, bytes},
-    sockets, stages,
+    settle::Slot,
+    sockets,
 };
 
+/// Decides a packet: the reason it is counted under. A packet that cannot be parsed gets the
+/// reason the parser gave. `slot`: this CPU's settle slot (settle.rs).
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
+pub fn decide(ctx: &XdpContext, settings: &Settings, slot: Slot) -> Reason {
+    match judge(ctx, settings, slot) {
+        Ok(reason) | Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn judge(ctx: &XdpContext, settings: &Settings, slot: Slot) -> Result<Reason, Reason> {
     let (ethertype, l3_off) = parse::ethernet(ctx)?;
     let v6 = match ethertype {
         parse::ETH_P_IPV4 => false,
@@ -40,23 +49,29 @@ pub fn decide(ctx: &XdpContext, settings: &Settings) -> Result<Reason, Reason> {
     if lists::blocked(ctx, l3_off, v6, settings)? {
         return Ok(Reason::Blocked);
     }
-    let ip = if v6 {
+    // The IP header is parsed from a settle point (settle.rs): one layout for the Ethernet
+    // header with zero, one or two VLAN tags, for the verifier.
+    let (l3_off, v6) = slot.settle_l3(l3_off, v6);
+    let parsed = if v6 {
         parse::ipv6(ctx, l3_off)?
     } else {
         parse::ipv4(ctx, l3_off)?
     };
-    if ip.fragment == Fragment::Later {
+    if parsed.fragment == Fragment::Later {
         // No transport header to judge. The first fragment carried the verdict: if it was
         // dropped, reassembly fails and the kernel discards the rest.
-        return Ok(if ip.proto == parse::IPPROTO_TCP {
+        return Ok(if parsed.proto == parse::IPPROTO_TCP {
             Reason::TcpFragment
         } else {
             Reason::LaterFragment
         });
     }
+    // The transport header is judged from a settle point: one layout for every way through
+    // the IP header (options, extension headers), for the verifier.
+    let (ip, _) = slot.settle(&parsed, 0);
     match ip.proto {
-        parse::IPPROTO_TCP => Ok(stages::hand_over(ctx, Stage::Tcp, &ip, 0)),
-        parse::IPPROTO_UDP => Ok(stages::hand_over(ctx, Stage::Udp, &ip, 0)),
+        parse::IPPROTO_TCP => tcp(ctx, &ip, settings, slot),
+        parse::IPPROTO_UDP => udp(ctx, &ip),
         parse::IPPROTO_ICMP if !ip.v6 => icmp(ctx, &ip, settings),
         parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
         _ => Ok(Reason::OtherProtocol),
@@ -108,9 +123,8 @@ fn port_rule(transport: Transport, port: [u8; 2]) -> &'static PortRule {
     }
 }
 
-/// The TCP stage's decision (`mailguard_xdp_tcp`), for a segment the entry handed over.
 #[inline(always)]
-pub fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Reason> {
+fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings, slot: Slot) -> Result<Reason, Reason> {
     let t = parse::tcp(ctx, ip.l4_off)?;
     if ip.fragment == Fragment::First {
         return Ok(Reason::TcpFragment);
@@ -127,13 +141,14 @@ pub fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Rea
         {
             return Ok(Reason::MxOnlyDenied);
         }
-        // New connections are charged to the source's budget for the port's class, by the
-        // budget stage.
-        return if bare_syn(&t) {
-            Ok(stages::hand_over(ctx, Stage::Budget, ip, rule.class))
-        } else {
-            Ok(Reason::MailOther)
-        };
+        if !bare_syn(&t) {
+            return Ok(Reason::MailOther);
+        }
+        // A new connection is charged to the source's budget for the port's class, from a
+        // settle point: one state for every TCP decision above, for the verifier. (A RST
+        // answering it is made from the layout this settle point left, `Slot::last`.)
+        let (syn, class) = slot.settle(ip, rule.class);
+        return budget::charge(ctx, &syn, class, settings.index);
     }
     if rule.kind == PortKind::Open as u8 {
         return open_port(ctx, ip, Transport::Tcp, t.dport(), rule);
@@ -142,11 +157,13 @@ pub fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings) -> Result<Reason, Rea
         // A new connection to a port nobody opened: no socket lookup needed.
         return Ok(Reason::TcpNotAllowed);
     }
-    if sockets::tcp_connection_exists(ctx, ip, t.sport(), t.dport())? {
-        Ok(Reason::TcpReply)
-    } else {
-        Ok(Reason::TcpNotAllowed)
-    }
+    Ok(
+        if sockets::tcp_connection_exists(ctx, ip, t.sport(), t.dport())? {
+            Reason::TcpReply
+        } else {
+            Reason::TcpNotAllowed
+        },
+    )
 }
 
 const DHCP_SERVER_PORT: [u8; 2] = 67u16.to_be_bytes();
@@ -154,9 +171,8 @@ const DHCP_CLIENT_PORT: [u8; 2] = 68u16.to_be_bytes();
 const DHCPV6_SERVER_PORT: [u8; 2] = 547u16.to_be_bytes();
 const DHCPV6_CLIENT_PORT: [u8; 2] = 546u16.to_be_bytes();
 
-/// The UDP stage's decision (`mailguard_xdp_udp`), for a datagram the entry handed over.
 #[inline(always)]
-pub fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
+fn udp(ctx: &XdpContext, ip: &Ip) -> Result<Reason, Reason> {
     let (sport, dport) = parse::udp(ctx, ip.l4_off)?;
     // DHCP clients often read replies on packet sockets, which see packets only after XDP:
     // without this the host would lose its address lease.

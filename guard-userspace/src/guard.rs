@@ -5,7 +5,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, ProgramArray},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, SockOps, Xdp, XdpMode,
         links::{CgroupAttachMode, FdLink, LinkError, PinnedLink},
@@ -14,7 +14,7 @@ use aya::{
     },
 };
 use guard_common::{
-    COUNTER_SLOTS, FEATURES_GLOBAL, Reason, SourceBucket, SourceKey, Stage, V6_INDEX_ACTIVE_BITS,
+    COUNTER_SLOTS, FEATURES_GLOBAL, Reason, SourceBucket, SourceKey, V6_INDEX_ACTIVE_BITS,
     maps as names, source_bucket, source_buckets, v6_buckets_for,
 };
 
@@ -300,7 +300,6 @@ impl Guard {
             program: names::XDP_PROGRAM,
             source,
         })?;
-        load_stages(&mut ebpf)?;
         let sockops = sockops_program_mut(&mut ebpf)?;
         sockops.load().map_err(|source| GuardError::Load {
             program: names::SOCKOPS_PROGRAM,
@@ -309,54 +308,10 @@ impl Guard {
         Ok(Guard { ebpf })
     }
 
-    /// Pins the stages array of this load at `pins.stages(id)` (id: the entry program's), so
-    /// that it keeps its programs when this process is gone: the kernel empties a program
-    /// array once no file descriptor or pin holds it, and the entry program's own reference
-    /// does not count.
-    fn pin_stages(&self, pins: &Pins) -> Result<PathBuf, GuardError> {
-        let path = pins.stages(self.program_id()?);
-        let dir = pins.stages_dir();
-        std::fs::create_dir_all(&dir).map_err(|source| GuardError::PinDir { path: dir, source })?;
-        if path.exists() {
-            // A load cannot reuse another's program id while that program lives: this pin is
-            // one a crashed start left behind.
-            let _ = std::fs::remove_file(&path);
-        }
-        let map = self
-            .ebpf
-            .map(names::STAGES)
-            .ok_or(GuardError::MissingMap(names::STAGES))?;
-        map.pin(&path).map_err(|source| GuardError::Pin {
-            map: names::STAGES,
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
-    }
-
     /// Attaches XDP to `iface` through a link pinned at `pins.xdp_link()`, which outlives this
     /// process. When that link already exists (an earlier run), the program inside it is
     /// replaced atomically instead, and the mode stays the one it was attached with.
     pub fn attach_xdp_pinned(
-        &mut self,
-        iface: &str,
-        mode: AttachMode,
-        pins: &Pins,
-    ) -> Result<Attachment, GuardError> {
-        let stages = self.pin_stages(pins)?;
-        let attached = self.attach_or_replace(iface, mode, pins);
-        match &attached {
-            // Only this load's stages are in use now.
-            Ok(_) => pins.remove_stages_except(&stages)?,
-            // The program in force keeps its own stages.
-            Err(_) => {
-                let _ = std::fs::remove_file(&stages);
-            }
-        }
-        attached
-    }
-
-    fn attach_or_replace(
         &mut self,
         iface: &str,
         mode: AttachMode,
@@ -459,26 +414,16 @@ impl Guard {
         })
     }
 
-    /// Instructions the verifier processed for the XDP program, its stages included (kernel
-    /// 5.16+ reports them).
+    /// Instructions the verifier processed for the XDP program (kernel 5.16+ reports them).
     pub fn verified_instructions(&self) -> Result<Option<u32>, GuardError> {
-        let mut total = 0;
-        for (_, n) in self.verified_by_program()? {
-            match n {
-                Some(n) => total += n,
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(total))
+        let info = self.xdp()?.info().map_err(GuardError::Info)?;
+        Ok(info.verified_instruction_count())
     }
 
-    /// Instructions the verifier processed for each program (kernel 5.16+ reports them):
-    /// the XDP entry, its stages, and sock_ops.
+    /// Instructions the verifier processed for each program, XDP and sock_ops (kernel 5.16+
+    /// reports them).
     pub fn verified_by_program(&self) -> Result<Vec<(&'static str, Option<u32>)>, GuardError> {
-        let names = [names::XDP_PROGRAM]
-            .into_iter()
-            .chain(Stage::ALL.map(Stage::program))
-            .chain([names::SOCKOPS_PROGRAM]);
+        let names = [names::XDP_PROGRAM, names::SOCKOPS_PROGRAM];
         let mut counts = Vec::new();
         for name in names {
             let program = self
@@ -656,42 +601,6 @@ impl Guard {
             PerCpuArray::try_from(map).map_err(GuardError::map(names::COUNTERS))?;
         Counters::read(&array)
     }
-}
-
-/// Loads each stage of the XDP program and writes it into the entry program's `STAGES`
-/// array, at its slot.
-fn load_stages(ebpf: &mut Ebpf) -> Result<(), GuardError> {
-    for stage in Stage::ALL {
-        let name = stage.program();
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(GuardError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| GuardError::Load {
-                program: name,
-                source,
-            })?;
-        program.load().map_err(|source| GuardError::Load {
-            program: name,
-            source,
-        })?;
-        let fd = program
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(Into::into))
-            .map_err(|source| GuardError::Load {
-                program: name,
-                source,
-            })?;
-        let map = ebpf
-            .map_mut(names::STAGES)
-            .ok_or(GuardError::MissingMap(names::STAGES))?;
-        let mut stages: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(map).map_err(GuardError::map(names::STAGES))?;
-        stages
-            .set(stage as u32, &fd, 0)
-            .map_err(GuardError::map(names::STAGES))?;
-    }
-    Ok(())
 }
 
 fn sockops_program_mut(ebpf: &mut Ebpf) -> Result<&mut SockOps, GuardError> {

@@ -5,8 +5,6 @@
 //! <pin dir>/xdp_link        the XDP attachment (bpf_link)
 //! <pin dir>/sockops_link    the sock_ops attachment on the cgroup v2 root (bpf_link)
 //! <pin dir>/maps/<MAP>      every map, reused by the next start
-//! <pin dir>/stages/<ID>     the stages array of the XDP program with id ID (a new one with
-//!                           each load: the kernel empties a program array nothing holds)
 //! ```
 //!
 //! A starting daemon reuses pinned maps whose type, key and value sizes, capacity and flags
@@ -72,27 +70,6 @@ impl Pins {
 
     pub fn sockops_link(&self) -> PathBuf {
         self.dir.join("sockops_link")
-    }
-
-    pub fn stages_dir(&self) -> PathBuf {
-        self.dir.join("stages")
-    }
-
-    /// The pinned stages array of the XDP program with kernel id `program_id`.
-    pub fn stages(&self, program_id: u32) -> PathBuf {
-        self.stages_dir().join(program_id.to_string())
-    }
-
-    /// Unpins every stages array but `keep` (those of programs no longer attached).
-    pub fn remove_stages_except(&self, keep: &Path) -> Result<(), PinError> {
-        if let Ok(entries) = fs::read_dir(self.stages_dir()) {
-            for e in entries.flatten() {
-                if e.path() != keep {
-                    remove(&e.path())?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Whether a previous run left an XDP attachment.
@@ -170,14 +147,12 @@ impl Pins {
         for link in [self.xdp_link(), self.sockops_link()] {
             found |= remove(&link)?;
         }
-        for dir in [self.maps_dir(), self.stages_dir()] {
-            if let Ok(entries) = fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    found |= remove(&e.path())?;
-                }
+        if let Ok(entries) = fs::read_dir(self.maps_dir()) {
+            for e in entries.flatten() {
+                found |= remove(&e.path())?;
             }
         }
-        for dir in [self.maps_dir(), self.stages_dir(), self.dir.clone()] {
+        for dir in [self.maps_dir(), self.dir.clone()] {
             match fs::remove_dir(&dir) {
                 Ok(()) => found = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -250,6 +250,8 @@ fn start(
         started: now(),
         mx_only: config.mx_only,
         lists: Vec::new(),
+        kernel: KernelFeatures::probed().release.clone(),
+        kernel_degraded: KernelFeatures::probed().degraded.clone(),
     };
     state.write(&opts.dirs)?;
     log::info!(

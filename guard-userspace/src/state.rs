@@ -47,6 +47,13 @@ pub struct RunState {
     /// The lists in force (sizes, refresh status), updated whenever they change.
     #[serde(default)]
     pub lists: Vec<crate::lists::ListSummary>,
+    /// The running kernel's release (`uname -r`).
+    #[serde(default)]
+    pub kernel: String,
+    /// What this kernel lacks that mailguard does without, and what is lost (one line each;
+    /// `kernel_features`).
+    #[serde(default)]
+    pub kernel_degraded: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

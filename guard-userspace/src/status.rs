@@ -23,6 +23,10 @@ pub struct Status {
     pub icmp_echo: &'static str,
     pub program_id: u32,
     pub verified_instructions: Option<u32>,
+    /// The running kernel's release.
+    pub kernel: String,
+    /// What this kernel lacks that mailguard does without, and what is lost.
+    pub kernel_degraded: Vec<String>,
     pub uptime_seconds: u64,
     /// Every reason, in counter order.
     pub counters: Vec<ReasonCount>,
@@ -98,6 +102,8 @@ impl Status {
             },
             program_id: state.program_id,
             verified_instructions: state.verified_instructions,
+            kernel: state.kernel,
+            kernel_degraded: state.kernel_degraded,
             uptime_seconds: now.saturating_sub(state.started),
             passed: sum(Verdict::Pass),
             dropped: sum(Verdict::Drop),
@@ -129,6 +135,9 @@ impl Status {
             human_duration(self.uptime_seconds),
             self.icmp_echo,
         );
+        for lost in &self.kernel_degraded {
+            let _ = writeln!(out, "kernel {} has {lost}", self.kernel);
+        }
         let drop_label = if self.monitor { "would drop" } else { "drop" };
         let _ = writeln!(
             out,

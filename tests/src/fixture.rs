@@ -3,11 +3,11 @@
 //! move exactly the expected counter by exactly one.
 
 use aya::{
-    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TestRun, TestRunOptions},
 };
 use guard_common::{
-    AccountingEvent, Reason, SourceBucket, SourceKey, SourceState, Stage, Verdict, maps as names,
+    AccountingEvent, Reason, SourceBucket, SourceKey, SourceState, Verdict, maps as names,
     source_bucket, source_buckets,
 };
 use mailguard::{
@@ -168,16 +168,6 @@ impl Harness {
     pub fn set_connections(&mut self, key: SourceKey, count: u32) {
         let tracked = self.config.budgets.tracked_sources;
         set_connections(&mut self.guard, tracked, key, count).expect("set connections");
-    }
-
-    /// Empties the slot of `stage` in the XDP program's stages array (a fault a correct load
-    /// never leaves).
-    pub fn clear_stage(&mut self, stage: Stage) {
-        let map = self.guard.map_mut(names::STAGES).expect("stages map");
-        let mut stages: ProgramArray<_> = ProgramArray::try_from(map).expect("program array");
-        stages
-            .clear_index(&(stage as u32))
-            .expect("clear the stage's slot");
     }
 
     /// The connection count of a source's bucket, as sock_ops keeps it.

@@ -158,11 +158,6 @@ fn sigkill_keeps_protection_and_a_restart_adopts_the_state() {
         old_program,
         "the restart replaced the program"
     );
-    assert_eq!(
-        mg.count("stage_missing"),
-        0,
-        "the XDP program's stages stayed in place without the daemon"
-    );
 }
 
 #[test]
@@ -193,18 +188,6 @@ fn program_replaced_100_times_under_traffic() {
     assert!(
         last >= first + probes / 2,
         "the counters carried over the replacements"
-    );
-    assert_eq!(
-        lab.mailguard().count("stage_missing"),
-        0,
-        "a packet met a replacement's stages missing"
-    );
-    let stages = std::fs::read_dir(lab.mailguard().pin_dir.join("stages"))
-        .expect("the stages pin directory")
-        .count();
-    assert_eq!(
-        stages, 1,
-        "only the program in force keeps its stages pinned"
     );
 }
 
