@@ -112,6 +112,12 @@ const REQUIRED: &[Requirement] = &[
         BpfHelper::BPF_FUNC_jiffies64,
     ),
     helper(
+        "bpf_csum_diff in XDP",
+        "4.6",
+        ProgramType::Xdp,
+        BpfHelper::BPF_FUNC_csum_diff,
+    ),
+    helper(
         "bpf_xdp_adjust_tail in XDP",
         "4.18",
         ProgramType::Xdp,

@@ -97,7 +97,23 @@ fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) 
 
 pub fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    let exists = unsafe { libc::kill(pid as i32, 0) == 0 };
+    // A zombie has ended; only its parent has not collected its exit status yet.
+    exists && !zombie(pid)
+}
+
+/// Whether `pid` is a zombie (state `Z` in /proc/PID/stat, after the command name's `)`).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 impl RunState {

@@ -1,7 +1,10 @@
-//! mailguard's task runner: `cargo xtask <setup|build|test|demo|bench>`.
+//! mailguard's task runner: `cargo xtask <setup|build|test|demo|bench|lint|dist>`.
 
 mod cmd;
+mod dist;
+mod kernels;
 mod setup;
+mod systemd_check;
 mod tiers;
 
 use std::{fmt, process::ExitCode};
@@ -37,7 +40,10 @@ commands:
   setup   install what the build and tests need (idempotent; every command below runs it)
   build   set up, then build mailguard and the test binaries
   test    set up, build, and run every test tier (unit, BPF_PROG_TEST_RUN fixtures,
-          network-namespace end to end); prints what each tier executed
+          network-namespace end to end, Debian's kernels under QEMU and the package under a
+          real systemd); prints what each tier executed. MAILGUARD_KERNELS=6.1,6.12 boots
+          only those kernels (none: skips them)
+  kernels set up, build, and run only the kernels tier of `test`
   demo    set up, build, and run the lab: a real Postfix, a client and an attacker in
           network namespaces, with mailguard attached to the mail host
   bench   set up, build, and measure mailguard against the floor, xdp-filter and the
@@ -45,6 +51,9 @@ commands:
           docs/BENCHMARKS.md and its plots in docs/bench/ (about 25 minutes)
   lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
           with nightly for its target
+  dist    set up, then build the Debian package (target/dist/mailguard_VERSION_amd64.deb: the
+          binary with its eBPF object, the systemd unit, the man page, completions, the
+          configuration as a conffile) and run lintian on it
 ";
 
 /// Builds the `mailguard` binary and the test-support binaries (demo, bench).
@@ -182,6 +191,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench(),
         Some("lint") => lint(),
+        Some("kernels") => tiers::kernels_only(),
+        Some("dist") => setup::setup().and_then(|()| dist::dist().map(|_| ())),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

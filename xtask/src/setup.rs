@@ -37,6 +37,23 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("gnuplot-nox", "the benchmark report's PNG plots"),
     (
+        "qemu-system-x86",
+        "booting Debian's kernels for the kernels tier (virtme-ng)",
+    ),
+    ("busybox-static", "virtme-ng's initramfs"),
+    (
+        "kmod",
+        "depmod for the kernel packages the kernels tier boots",
+    ),
+    (
+        "lintian",
+        "checking the Debian package `cargo xtask dist` builds",
+    ),
+    (
+        "mmdebstrap",
+        "the clean Debian root the package is installed into, under a real systemd",
+    ),
+    (
         "prometheus",
         "a real Prometheus server scraping /metrics, and promtool",
     ),
@@ -51,6 +68,8 @@ pub fn setup() -> Result<()> {
     debian_packages()?;
     bpffs()?;
     cgroup2()?;
+    crate::kernels::fetch()?;
+    crate::systemd_check::fetch()?;
     println!("== setup complete");
     Ok(())
 }

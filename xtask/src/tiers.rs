@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use crate::{Result, TaskError};
+use crate::{Result, TaskError, kernels};
 
 /// One `cargo test` invocation of a tier.
 struct Run {
@@ -104,16 +104,16 @@ const RUNS: &[Run] = &[
 ];
 
 #[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    suites: u64,
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub suites: u64,
 }
 
 impl Tally {
     /// Adds a libtest summary line: "test result: ok. 8 passed; 0 failed; 0 ignored; ...".
-    fn add(&mut self, line: &str) {
+    pub fn add(&mut self, line: &str) {
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
         };
@@ -130,6 +130,23 @@ impl Tally {
                 }
             }
         }
+    }
+}
+
+/// Only the kernels tier (`cargo xtask kernels`).
+pub fn kernels_only() -> Result<()> {
+    crate::setup::setup()?;
+    crate::build_binaries()?;
+    let (mut report, mut failed) = (Vec::new(), Vec::new());
+    kernels_tier(&mut report, &mut failed)?;
+    println!("\n== test summary");
+    for line in &report {
+        println!("{line}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(TaskError::step("test", failed.join("\n")))
     }
 }
 
@@ -189,6 +206,7 @@ pub fn test() -> Result<()> {
             ));
         }
     }
+    kernels_tier(&mut report, &mut failed)?;
     println!("\n== test summary");
     for line in &report {
         println!("{line}");
@@ -199,6 +217,84 @@ pub fn test() -> Result<()> {
     } else {
         Err(TaskError::step("test", failed.join("\n")))
     }
+}
+
+/// Tier 4: the fixtures and the smoke test on this machine's kernel and on each of Debian's
+/// kernels under QEMU, with a table of what each kernel's verifier did.
+pub fn kernels_tier(report: &mut Vec<String>, failed: &mut Vec<String>) -> Result<()> {
+    let what = "Debian's kernels under QEMU: fixtures, smoke test, verifier table";
+    let Some(series) = kernels::selected()? else {
+        println!("\n== tier 4 kernels: SKIPPED because MAILGUARD_KERNELS=none");
+        report.push(format!(
+            "  tier {:<13} SKIPPED (MAILGUARD_KERNELS=none)  {what}",
+            "4 kernels"
+        ));
+        return Ok(());
+    };
+    let started = Instant::now();
+    let list = kernels::kernels(&series)?;
+    let bins = kernels::GuestBinaries::build()?;
+    let mut outcomes = vec![kernels::run_one(None, &bins)?];
+    for k in &list {
+        outcomes.push(kernels::run_one(Some(k), &bins)?);
+    }
+    let table = kernels::table(&outcomes);
+    println!(
+        "\n== kernels tier: what each kernel's verifier did, and the tests inside it\n\n{table}"
+    );
+    let path = kernels::cache().join("kernels.md");
+    std::fs::write(&path, &table)
+        .map_err(|e| TaskError::step("kernels", format!("{}: {e}", path.display())))?;
+    println!("(written to {})", path.display());
+    let mut bad: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o.problems.iter().map(move |p| format!("{}: {p}", o.kernel)))
+        .collect();
+    let good = outcomes.len() - outcomes.iter().filter(|o| !o.problems.is_empty()).count();
+    report.push(format!(
+        "  tier {:<13} {:>4} kernels green or cleanly refused of {}  {:>6.1}s  {what}",
+        "4 kernels",
+        good,
+        outcomes.len(),
+        started.elapsed().as_secs_f64()
+    ));
+
+    // The package under a real systemd, on the first kernel chosen (Debian 12's by default).
+    if let Some(kernel) = list.first() {
+        let started = Instant::now();
+        let steps = crate::dist::dist().and_then(|deb| crate::systemd_check::check(kernel, &deb));
+        let what = "the package in a clean Debian 12 root under systemd: start, reload, stop, adopt, failures";
+        match steps {
+            Ok(steps) => {
+                let passed = steps.iter().filter(|s| s.ok).count();
+                report.push(format!(
+                    "  tier {:<13} {:>4} passed {:>3} failed {:>3} ignored  {:>6.1}s  {what}",
+                    "4 systemd",
+                    passed,
+                    steps.len() - passed,
+                    0,
+                    started.elapsed().as_secs_f64()
+                ));
+                bad.extend(
+                    steps
+                        .iter()
+                        .filter(|s| !s.ok)
+                        .map(|s| format!("systemd: {}", s.line)),
+                );
+                if steps.is_empty() {
+                    bad.push("systemd: no step reported".to_string());
+                }
+            }
+            Err(e) => {
+                report.push(format!("  tier {:<13} FAILED  {what}", "4 systemd"));
+                bad.push(format!("systemd: {e}"));
+            }
+        }
+    }
+    if !bad.is_empty() {
+        failed.push(format!("tier 4 kernels: {}", bad.join("\n  ")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
