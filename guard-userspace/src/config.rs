@@ -133,6 +133,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{} holds no setting{}: a file still being written, or cut short? Write it whole, then \
+         try again",
+        path.display(),
+        if *bytes == 0 { " (0 bytes)".to_string() } else { format!(" ({bytes} bytes of comments and blanks)") }
+    )]
+    Empty { path: PathBuf, bytes: u64 },
+    #[error(
+        "{} kept changing while it was read: try again once it is written whole",
+        path.display()
+    )]
+    Unstable { path: PathBuf },
     #[error("{}", Located(self))]
     Invalid {
         /// File name (or `<input>`).
@@ -210,12 +222,20 @@ struct RawOpenPort {
 
 impl Config {
     /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. A file without a single setting is refused
+    /// (a truncated file, or one read while an editor rewrites it, would otherwise mean "every
+    /// default"), and so is one that changes while it is read.
     pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, &path.display().to_string())
+        let text = read_stable(path)?;
+        let (config, warnings) = Config::parse(&text, &path.display().to_string())?;
+        let has_setting = toml::from_str::<toml::Table>(&text).is_ok_and(|t| !t.is_empty());
+        if !has_setting {
+            return Err(ConfigError::Empty {
+                path: path.to_path_buf(),
+                bytes: text.len() as u64,
+            });
+        }
+        Ok((config, warnings))
     }
 
     /// Parses and validates configuration text; `origin` names it in errors.
@@ -457,6 +477,30 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
 
 /// Parses a CIDR (`198.18.0.0/15`, `2001:db8::/32`) or a bare address (a host route).
 /// Host bits set after the prefix are an error that shows the network meant.
+/// The text of `path`, read again when its size or modification time changed during the
+/// read (a writer in progress); `Unstable` after a few tries.
+fn read_stable(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stamp = |m: std::fs::Metadata| (m.len(), m.modified().ok());
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let before = std::fs::metadata(path).map(stamp).map_err(read_error)?;
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let after = std::fs::metadata(path).map(stamp).map_err(read_error)?;
+        if before == after && after.0 == text.len() as u64 {
+            return Ok(text);
+        }
+    }
+    Err(ConfigError::Unstable {
+        path: path.to_path_buf(),
+    })
+}
+
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(addr) = t.parse::<IpAddr>() {

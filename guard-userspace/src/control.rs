@@ -3,7 +3,7 @@
 //! (checked with SO_PEERCRED). One JSON request line, one JSON response line.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -34,6 +34,39 @@ pub enum Request {
     ListShow { list: Option<ListName> },
     /// Refresh the lists' files and SPF records now; answered when done.
     ListRefresh { force: bool },
+}
+
+/// The longest confirmation window a change may ask for: a day.
+pub const MAX_CONFIRM_SECONDS: u64 = 86_400;
+/// The longest a timed list entry may last: ten years (longer is "for ever": no `--for`).
+pub const MAX_ENTRY_SECONDS: u64 = 10 * 365 * 86_400;
+/// The most entries one list edit may carry (larger sets belong in a list file).
+pub const MAX_EDIT_ENTRIES: usize = 100_000;
+/// The longest request line the daemon reads; the rest of a longer one is not read.
+pub const MAX_REQUEST_BYTES: u64 = 8 << 20;
+
+impl Request {
+    /// Checks the request's values against what the daemon accepts, before it acts on any.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Request::Reload {
+                confirm_within: Some(s),
+            } if !(1..=MAX_CONFIRM_SECONDS).contains(s) => Err(format!(
+                "confirm_within {s}: a confirmation window is 1 to {MAX_CONFIRM_SECONDS} seconds"
+            )),
+            Request::ListEdit {
+                seconds: Some(s), ..
+            } if !(1..=MAX_ENTRY_SECONDS).contains(s) => Err(format!(
+                "seconds {s}: a timed entry lasts 1 to {MAX_ENTRY_SECONDS} seconds (ten years); \
+                 without a duration it lasts until removed"
+            )),
+            Request::ListEdit { entries, .. } if entries.len() > MAX_EDIT_ENTRIES => Err(format!(
+                "{} entries in one edit: at most {MAX_EDIT_ENTRIES}; use a list file",
+                entries.len()
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -155,9 +188,14 @@ impl ControlServer {
             return None;
         }
         let mut line = String::new();
-        let req = match BufReader::new(&stream).read_line(&mut line) {
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad request: {e}")),
-            Err(e) => Err(e.to_string()),
+        let req = match BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line) {
+            Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES => Err(
+                format!("bad request: longer than {MAX_REQUEST_BYTES} bytes"),
+            ),
+            Ok(_) => serde_json::from_str::<Request>(&line)
+                .map_err(|e| format!("bad request: {e}"))
+                .and_then(|r| r.check().map(|()| r)),
+            Err(e) => Err(format!("bad request: {e}")),
         };
         Some((req, stream))
     }
@@ -272,5 +310,44 @@ mod tests {
             "the socket goes with the server"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn values_the_daemon_cannot_hold_are_refused_before_anything_happens() {
+        let edit = |seconds: Option<u64>, entries: usize| Request::ListEdit {
+            list: ListName::Block,
+            add: true,
+            entries: vec!["198.19.0.1".to_string(); entries],
+            seconds,
+        };
+        // Near 2^64 seconds: a Duration added to now would overflow (the daemon died of it).
+        let err = edit(Some(u64::MAX - 1), 1).check().unwrap_err();
+        assert!(err.contains("1 to 315360000 seconds"), "{err}");
+        assert!(edit(Some(0), 1).check().is_err());
+        assert!(edit(Some(3600), 1).check().is_ok());
+        assert!(edit(None, MAX_EDIT_ENTRIES).check().is_ok());
+        assert!(edit(None, MAX_EDIT_ENTRIES + 1).check().is_err());
+        let reload = |s| Request::Reload {
+            confirm_within: Some(s),
+        };
+        assert!(reload(u64::MAX).check().is_err());
+        assert!(reload(0).check().is_err());
+        assert!(reload(30).check().is_ok());
+        assert!(
+            Request::Reload {
+                confirm_within: None
+            }
+            .check()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_huge_timed_entry_is_an_error_not_a_panic() {
+        let mut state = crate::lists::ListState::default();
+        let net: ipnet::IpNet = "198.19.0.1/32".parse().unwrap();
+        let lists = crate::lists::Lists::default();
+        let r = state.edit(&lists, ListName::Block, true, &[net], Some(u64::MAX));
+        assert!(r.is_err(), "{r:?}");
     }
 }

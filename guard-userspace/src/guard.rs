@@ -133,6 +133,25 @@ pub enum GuardError {
     Mapped(#[from] crate::mapped::MappedError),
     #[error(transparent)]
     Kernel(#[from] crate::kernel_features::Unsupported),
+    #[error("interface `{iface}` (`ip link` lists the interfaces)")]
+    Interface {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The index of interface `name` in this network namespace.
+pub fn interface_index(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string; the call only reads it.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such interface here",
+        )),
+        index => Ok(index),
+    }
 }
 
 impl GuardError {
@@ -318,6 +337,20 @@ impl Guard {
         pins: &Pins,
     ) -> Result<Attachment, GuardError> {
         let path = pins.xdp_link();
+        if path.exists() {
+            let ifindex = interface_index(iface).map_err(|source| GuardError::Interface {
+                iface: iface.to_string(),
+                source,
+            })?;
+            let pinned_on =
+                crate::pins::xdp_link_ifindex(&path).map_err(|source| GuardError::PinDir {
+                    path: path.clone(),
+                    source,
+                })?;
+            if pinned_on != ifindex {
+                return self.move_xdp(iface, mode, pins, pinned_on);
+            }
+        }
         let program = xdp_program_mut(&mut self.ebpf)?;
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|source| GuardError::Link {
@@ -345,6 +378,52 @@ impl Guard {
             source,
         })?;
         pin_link(link, &path)?;
+        Ok(Attachment::New(mode))
+    }
+
+    /// Attaches XDP to `iface` where the pinned link is on another interface (`pinned_on`), or
+    /// on none (0: its interface went away, the link is severed). Make before break: the new
+    /// attachment is made and pinned beside the old one first; only then does the old pin go,
+    /// which detaches the old interface. A failure at any step leaves the old one in force.
+    fn move_xdp(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        pins: &Pins,
+        pinned_on: u32,
+    ) -> Result<Attachment, GuardError> {
+        let path = pins.xdp_link();
+        // bpffs refuses names with a dot.
+        let fresh = path.with_file_name("xdp_link_new");
+        let _ = std::fs::remove_file(&fresh);
+        let (mode, id) = self.attach_xdp(iface, mode)?;
+        let program = xdp_program_mut(&mut self.ebpf)?;
+        let link = program.take_link(id).map_err(|source| GuardError::Attach {
+            iface: iface.to_string(),
+            mode: mode.name(),
+            source,
+        })?;
+        pin_link(link, &fresh)?;
+        // Renaming over the old pin drops it (detaching the old interface) as it installs the
+        // new one: there is no moment without a pinned attachment.
+        std::fs::rename(&fresh, &path).map_err(|source| {
+            let _ = std::fs::remove_file(&fresh);
+            GuardError::PinDir {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        if pinned_on == 0 {
+            log::warn!(
+                "the pinned XDP attachment had lost its interface (it went away); attached to \
+                 {iface} anew"
+            );
+        } else {
+            log::warn!(
+                "protection moved to {iface} from the interface with index {pinned_on} (attached \
+                 here first, then detached there)"
+            );
+        }
         Ok(Attachment::New(mode))
     }
 

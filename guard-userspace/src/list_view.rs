@@ -224,7 +224,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         return Err(format!("`{text}`: a duration must be at least one second"));
     }
     // Ten years: anything longer is a mistake (leave `--for` out for a permanent entry).
-    if total > 10 * 365 * 86400 {
+    if total > crate::control::MAX_ENTRY_SECONDS {
         return Err(format!(
             "`{text}` is longer than ten years; leave out --for for a permanent entry"
         ));

@@ -643,14 +643,17 @@ impl ListState {
         nets: &[IpNet],
         seconds: Option<u64>,
     ) -> Result<String, String> {
-        let until = seconds.map_or(0, |s| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            (now + std::time::Duration::from_secs(s.max(1)))
-                .as_secs_f64()
-                .ceil() as u64
-        });
+        let until = match seconds {
+            None => 0,
+            Some(s) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.checked_add(std::time::Duration::from_secs(s.max(1)))
+                    .map(|end| end.as_secs_f64().ceil() as u64)
+                    .ok_or_else(|| format!("{s} seconds from now is past the end of time"))?
+            }
+        };
         let entries = self.runtime.entry(list).or_default();
         if add {
             let total = entries.len() + nets.len();

@@ -71,14 +71,14 @@ enum Command {
         monitor: bool,
         /// Unload again unless `mailguard confirm` arrives within this many seconds (to try a
         /// configuration on a remote host without risking a lock-out).
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=control::MAX_CONFIRM_SECONDS))]
         confirm_within: Option<u64>,
     },
     /// Make the running daemon re-read its configuration file (as SIGHUP does). A bad file is
     /// refused with its error and the configuration in force stays.
     Reload {
         /// Roll the change back unless `mailguard confirm` arrives within this many seconds.
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=control::MAX_CONFIRM_SECONDS))]
         confirm_within: Option<u64>,
         /// Print JSON.
         #[arg(long)]

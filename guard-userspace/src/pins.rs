@@ -35,6 +35,19 @@ pub enum PinError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{} is not on bpffs, where mailguard pins its programs and maps: mount it with \
+         `mount -t bpf bpf /sys/fs/bpf` (inside `ip netns exec`, which remounts /sys, use \
+         `nsenter --net=/run/netns/NAME` instead)",
+        path.display()
+    )]
+    NotBpffs { path: PathBuf },
+    #[error(
+        "another mailguard holds the pins in {} (two daemons must not share them): stop it, or \
+         give this one another --pin-dir",
+        path.display()
+    )]
+    Locked { path: PathBuf },
     #[error("pinned map {}: {source}", path.display())]
     Map {
         path: PathBuf,
@@ -70,6 +83,37 @@ impl Pins {
 
     pub fn sockops_link(&self) -> PathBuf {
         self.dir.join("sockops_link")
+    }
+
+    /// Takes the lock that lives with the pins: the pin directory itself, locked with flock, so
+    /// that two daemons never share pins whatever their run directories. Creates the directory
+    /// (which needs bpffs mounted above it).
+    pub fn lock(&self) -> Result<PinLock, PinError> {
+        use std::os::fd::AsRawFd;
+        if let Some(parent) = self.dir.parent()
+            && !on_bpffs(parent)
+        {
+            return Err(PinError::NotBpffs {
+                path: parent.to_path_buf(),
+            });
+        }
+        fs::create_dir_all(&self.dir).map_err(|source| PinError::Io {
+            action: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let dir = fs::File::open(&self.dir).map_err(|source| PinError::Io {
+            action: "open",
+            path: self.dir.clone(),
+            source,
+        })?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(PinError::Locked {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(PinLock { _dir: dir })
     }
 
     /// Whether a previous run left an XDP attachment.
@@ -170,6 +214,24 @@ impl Pins {
     }
 }
 
+/// The pin directory's lock, held while the daemon runs.
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+/// Whether `path` is on a bpffs mount (BPF_FS_MAGIC).
+pub fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the struct we pass; `c` is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
 fn remove(path: &Path) -> Result<bool, PinError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
@@ -196,6 +258,7 @@ pub fn configured_capacity(map: &str, config: &Config) -> Option<u32> {
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
 fn bpf(cmd: libc::c_long, attr: &[u64]) -> io::Result<libc::c_long> {
@@ -223,6 +286,21 @@ pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &attr)?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface index of the pinned XDP link at `path`: 0 once its interface went away (the
+/// kernel then calls the link severed; its program no longer runs anywhere).
+pub fn xdp_link_ifindex(path: &Path) -> io::Result<u32> {
+    let link = open_pinned(path)?;
+    // struct bpf_link_info: type, id, prog_id (u32 each), then (8-byte aligned) the union whose
+    // `xdp` member is `ifindex` (u32).
+    let mut info = [0u64; 8];
+    let attr = [
+        (link.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+    ];
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    Ok(info[2] as u32)
 }
 
 /// Replaces the program of a link, atomically (`BPF_LINK_UPDATE`).

@@ -46,6 +46,15 @@ pub enum RunError {
     NoInterface,
     #[error("--iface: {0}")]
     BadInterface(String),
+    #[error(
+        "interface `{iface}` does not exist here (`ip link` lists the interfaces): nothing was \
+         changed{}",
+        in_force.as_ref().map_or(String::new(), |i| format!("; the protection in force on {i} stays"))
+    )]
+    NoSuchInterface {
+        iface: String,
+        in_force: Option<String>,
+    },
     #[error(transparent)]
     Guard(#[from] GuardError),
     #[error(transparent)]
@@ -122,18 +131,18 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         log::warn!("this kernel (Linux {}) has {lost}", kernel.release);
     }
 
-    let _lock = state::lock(&opts.dirs)?;
     let pins = Pins::new(&opts.dirs.pin);
     let previous = RunState::read(&opts.dirs).ok();
-    let moved = previous.as_ref().filter(|p| p.interface != iface);
-    if let Some(prev) = moved.filter(|_| pins.attached()) {
-        // The protection moves: the old interface's attachment goes.
-        log::warn!("moving protection from {} to {iface}", prev.interface);
-        std::fs::remove_file(pins.xdp_link()).map_err(|source| RunError::Unpin {
-            path: pins.xdp_link(),
-            source,
-        })?;
+    // A typo or a renamed NIC: refused before anything is touched.
+    if crate::guard::interface_index(&iface).is_err() {
+        return Err(RunError::NoSuchInterface {
+            iface,
+            in_force: previous.filter(|_| pins.attached()).map(|p| p.interface),
+        });
     }
+
+    let _lock = state::lock(&opts.dirs)?;
+    let _pin_lock = pins.lock()?;
     let adopting = pins.attached();
     match start(&opts, config, &iface, &pins, previous.as_ref(), adopting) {
         Ok(Started {

@@ -114,7 +114,7 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(code, Some(2));
     assert!(err.contains("turbo") && err.contains("native"), "{err}");
     let scratch = Scratch::new("args");
-    let config = scratch.file("ok.toml", "");
+    let config = scratch.file("ok.toml", "icmp_echo = \"allow\"\n");
     let (code, _, err) = mailguard(&[
         "run",
         "--iface",
@@ -124,6 +124,22 @@ fn bad_arguments_are_usage_errors() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("`a/b` is not a valid interface name"), "{err}");
+}
+
+/// A file without a setting (cut short, or read while an editor rewrites it) would mean "every
+/// default": refused, naming the file.
+#[test]
+fn a_file_without_a_setting_is_refused() {
+    let scratch = Scratch::new("empty");
+    for (name, text) in [("zero.toml", ""), ("comments.toml", "# only a comment\n\n")] {
+        let config = scratch.file(name, text);
+        let (code, _, err) = mailguard(&["check-config", "--config", config.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains(name) && err.contains("holds no setting"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -143,7 +159,7 @@ fn attach_to_a_missing_interface_fails_cleanly() {
     let pins = format!("/sys/fs/bpf/mailguard-cli-{}", std::process::id());
     let scratch = Scratch::new("attach");
     let run = scratch.0.join("run");
-    let config = scratch.file("ok2.toml", "");
+    let config = scratch.file("ok2.toml", "icmp_echo = \"allow\"\n");
     let (code, _, err) = mailguard(&[
         "--pin-dir",
         &pins,

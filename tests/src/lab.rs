@@ -113,38 +113,7 @@ impl Lab {
         switch.run(&["ip", "link", "set", "br0", "up"]);
         let host = |name: &str, short: &str, v4: &'static str, v6: &'static str| {
             let ns = Netns::create(name);
-            let iface = format!("{name}0");
-            let port = format!("sw-{short}");
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                &iface,
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &switch.name,
-            ]);
-            switch.run(&["ip", "link", "set", &port, "master", "br0", "up"]);
-            // Native XDP on veth sees the traffic it is sent when GRO is on at both ends.
-            switch.run(&["ethtool", "-K", &port, "gro", "on"]);
-            ns.run(&["ethtool", "-K", &iface, "gro", "on"]);
-            ns.run(&["ip", "addr", "add", &format!("{v4}/24"), "dev", &iface]);
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                &iface,
-                "nodad",
-            ]);
-            ns.run(&["ip", "link", "set", &iface, "up"]);
+            let iface = link_host(&switch, &ns, short, v4, v6);
             Host { ns, iface, v4, v6 }
         };
         let mail = host(mail_ns, "mail", MAIL4, MAIL6);
@@ -164,6 +133,58 @@ impl Lab {
             dir,
             _lock: lock,
         }
+    }
+
+    /// Deletes the mail host's interface and makes it again, with the same name and addresses:
+    /// what a network restart (ifdown/ifup, a re-created VLAN or bond) does to an XDP
+    /// attachment, which goes with the old device.
+    /// The new device keeps the old one's MAC address, so that the peers' neighbour entries
+    /// stay right.
+    pub fn recreate_mail_link(&self) {
+        let mac = crate::netns::link_info(Some(&self.mail.ns), MAIL_IFACE)["address"]
+            .as_str()
+            .expect("MAC address")
+            .to_string();
+        self.mail.ns.run(&["ip", "link", "del", MAIL_IFACE]);
+        let iface = link_host(&self.switch, &self.mail.ns, "mail", MAIL4, MAIL6);
+        assert_eq!(iface, MAIL_IFACE);
+        self.mail
+            .ns
+            .run(&["ip", "link", "set", MAIL_IFACE, "address", &mac]);
+    }
+
+    /// Runs `mailguard run` with the lab mailguard's directories and `config`, for a start that
+    /// must fail: returns its output once it exits (panics if it is still running after 30 s).
+    pub fn run_mailguard_to_exit(&self, config: &str, args: &[&str]) -> std::process::Output {
+        let path = self.dir.path.join("mailguard-failing.toml");
+        fs::write(&path, config).expect("write mailguard config");
+        let mut cmd = self
+            .mail
+            .ns
+            .command(mailguard_bin().to_str().expect("UTF-8 path"));
+        cmd.arg("--pin-dir")
+            .arg(leftovers::pin_dir_of(std::process::id()))
+            .arg("--run-dir")
+            .arg(self.dir.path.join("run"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start mailguard");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "mailguard run was meant to fail but still runs after 30 s:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
     }
 
     /// Postfix on the mail host (25 and 587, IPv4 and IPv6), and plain listeners on 22, 993 and
@@ -211,6 +232,44 @@ impl Lab {
     pub fn mailguard(&self) -> &Mailguard {
         self.mailguard.as_ref().expect("mailguard is running")
     }
+}
+
+/// A veth pair from a host's namespace `ns` (`<ns name>0`, with `v4`/24 and `v6`/64, DAD off)
+/// to the switch's bridge (`sw-<short>`), up, with GRO on at both ends (native XDP on veth sees
+/// the traffic it is sent then). Returns the host's interface name.
+fn link_host(switch: &Netns, ns: &Netns, short: &str, v4: &str, v6: &str) -> String {
+    let iface = format!("{}0", ns.name);
+    let port = format!("sw-{short}");
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &iface,
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        &switch.name,
+    ]);
+    switch.run(&["ip", "link", "set", &port, "master", "br0", "up"]);
+    switch.run(&["ethtool", "-K", &port, "gro", "on"]);
+    ns.run(&["ethtool", "-K", &iface, "gro", "on"]);
+    ns.run(&["ip", "addr", "add", &format!("{v4}/24"), "dev", &iface]);
+    ns.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        &iface,
+        "nodad",
+    ]);
+    ns.run(&["ip", "link", "set", &iface, "up"]);
+    iface
 }
 
 /// Attaches an XDP_PASS program (native mode) to the switch's ports, so that frames a host's
@@ -298,9 +357,12 @@ impl Mailguard {
             .arg(&pin_dir)
             .arg("--run-dir")
             .arg(&run_dir);
-        cmd.args(["run", "--iface", MAIL_IFACE, "--config"])
-            .arg(config)
-            .args(extra_args);
+        cmd.arg("run");
+        // The lab's mail interface unless the caller names another.
+        if !extra_args.contains(&"--iface") {
+            cmd.args(["--iface", MAIL_IFACE]);
+        }
+        cmd.arg("--config").arg(config).args(extra_args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start mailguard");
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -101,6 +101,20 @@ const RUNS: &[Run] = &[
             "--show-output",
         ],
     },
+    Run {
+        tier: "3 end-to-end",
+        what: "faults: a missing interface, a move, a re-created interface, two daemons on one pin directory, an empty reload, requests the daemon cannot hold",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "faults_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
 ];
 
 #[derive(Default)]

@@ -1,0 +1,214 @@
+//! Tier 3, faults: an operator's mistakes and the network's events, each reproduced with real
+//! traffic, must never leave the host open while mailguard says it guards it: a start on a
+//! missing interface, an interface that went away and came back, two daemons on one pin
+//! directory, a reload of an empty file, a control request the daemon cannot hold.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+use guard_tests::lab::{Lab, MAIL4, SSH_PORT, addr, tcp_connects};
+
+const CONFIG: &str = "interface = \"mg-mail0\"\n";
+const PRIVATE: u16 = 3306;
+
+fn lab() -> Lab {
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab
+}
+
+fn reachable(lab: &Lab, port: u16) -> bool {
+    tcp_connects(&lab.client.ns, addr(MAIL4, port), Duration::from_secs(2))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_start_on_a_missing_interface_keeps_the_protection_in_force() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let first = lab.mailguard().status()["program_id"].clone();
+    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
+
+    let out = lab.run_mailguard_to_exit(CONFIG, &["--iface", "mg-typo0"]);
+    let err = stderr(&out);
+    println!("faults: a start on mg-typo0: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interface `mg-typo0`")
+            && err.contains("nothing was changed")
+            && err.contains("the protection in force on mg-mail0 stays"),
+        "{err}"
+    );
+    assert!(
+        !reachable(&lab, PRIVATE),
+        "port {PRIVATE} open after the failed start"
+    );
+    assert!(reachable(&lab, 25), "mail refused after the failed start");
+
+    // The next good start adopts what stayed.
+    lab.start_mailguard(CONFIG, &[]);
+    let mg = lab.mailguard();
+    assert_ne!(mg.status()["program_id"], first, "the program was replaced");
+    assert!(!reachable(&lab, PRIVATE));
+}
+
+#[test]
+fn moving_the_protection_attaches_the_new_interface_before_the_old_one_goes() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
+    // A second interface, with an MTU too large for native XDP on veth (9000).
+    lab.mail.ns.run(&[
+        "ip",
+        "link",
+        "add",
+        "mg-dummy0",
+        "mtu",
+        "9000",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mg-dummy1",
+        "mtu",
+        "9000",
+    ]);
+    for dev in ["mg-dummy0", "mg-dummy1"] {
+        lab.mail.ns.run(&["ip", "link", "set", dev, "up"]);
+    }
+
+    // The new attachment fails (native XDP refuses the MTU): the old one stays.
+    let out = lab.run_mailguard_to_exit(CONFIG, &["--iface", "mg-dummy0", "--mode", "native"]);
+    let err = stderr(&out);
+    println!("faults: a move whose attach fails: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("mg-dummy0"), "{err}");
+    assert!(
+        !reachable(&lab, PRIVATE),
+        "port {PRIVATE} open after the failed move"
+    );
+
+    // A move that works: the new interface is guarded, the old one let go.
+    lab.start_mailguard(CONFIG, &["--iface", "mg-dummy0", "--mode", "skb"]);
+    let log = lab.mailguard().log().join("\n");
+    assert!(log.contains("protection moved to mg-dummy0"), "{log}");
+    let dummy = lab.mail.ns.run(&["ip", "-d", "link", "show", "mg-dummy0"]);
+    assert!(
+        String::from_utf8_lossy(&dummy.stdout).contains("xdp"),
+        "no XDP on mg-dummy0"
+    );
+    assert!(
+        reachable(&lab, PRIVATE),
+        "mg-mail0 still guarded after the move"
+    );
+    println!("faults: moved to mg-dummy0 after attaching there; mg-mail0 let go");
+}
+
+#[test]
+fn a_restart_over_an_interface_that_was_re_created_attaches_anew() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
+    assert!(!reachable(&lab, PRIVATE));
+
+    // A network restart: the device goes, and its XDP attachment with it (the pinned link is
+    // severed), then a device of the same name comes back.
+    lab.recreate_mail_link();
+    assert!(
+        reachable(&lab, PRIVATE),
+        "the re-created interface carried the old attachment over (the lab is wrong)"
+    );
+    println!("faults: interface re-created, port {PRIVATE} reachable with no daemon running");
+
+    lab.start_mailguard(CONFIG, &[]);
+    let log = lab.mailguard().log().join("\n");
+    assert!(log.contains("lost its interface"), "{log}");
+    assert!(
+        !reachable(&lab, PRIVATE),
+        "port {PRIVATE} open after the restart"
+    );
+    assert!(reachable(&lab, 25), "mail refused after the restart");
+    println!("faults: the restart attached anew without `unload`; port {PRIVATE} dropped again");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_pins_is_refused() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let pins = lab.mailguard().pin_dir.clone();
+    let other_run = lab.dir.path.join("other-run");
+    let out = lab
+        .mail
+        .ns
+        .command(guard_tests::lab::mailguard_bin().to_str().expect("UTF-8"))
+        .arg("--pin-dir")
+        .arg(&pins)
+        .arg("--run-dir")
+        .arg(&other_run)
+        .args(["run", "--iface", "mg-mail0"])
+        .output()
+        .expect("run a second mailguard");
+    let err = stderr(&out);
+    println!("faults: a second daemon: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another mailguard holds the pins"), "{err}");
+    let status = lab.mailguard().status();
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["pid"], lab.mailguard().pid(), "{status}");
+    assert!(!reachable(&lab, PRIVATE));
+}
+
+#[test]
+fn a_reload_of_an_empty_file_is_refused() {
+    let mut lab = lab();
+    let config = format!("{CONFIG}[[open_ports]]\nport = 22\n\n[[open_ports]]\nport = 8080\n");
+    lab.start_mailguard(&config, &[]);
+    assert!(reachable(&lab, 8080), "8080 opened by the configuration");
+    lab.rewrite_mailguard_config("");
+    let out = lab.mailguard().cli(&["reload"]);
+    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    println!("faults: reload of an empty file: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("holds no setting") && err.contains("the configuration in force stays"),
+        "{err}"
+    );
+    assert!(reachable(&lab, 8080), "the opened port was closed");
+    assert!(reachable(&lab, SSH_PORT), "SSH was closed");
+    assert!(!reachable(&lab, PRIVATE));
+}
+
+#[test]
+fn control_requests_the_daemon_cannot_hold_are_refused() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let socket = lab.mailguard().run_dir.join("control.sock");
+    let ask = |line: &str| {
+        let mut s = UnixStream::connect(&socket).expect("control socket");
+        s.write_all(line.as_bytes()).expect("send");
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).expect("answer");
+        serde_json::from_str::<serde_json::Value>(&answer).expect("JSON answer")
+    };
+    // Near 2^64 seconds: the deadline overflowed, and the daemon died of it.
+    let answer = ask(
+        "{\"command\":\"list_edit\",\"list\":\"block\",\"add\":true,\"entries\":[\"198.19.0.1\"],\"seconds\":18446744073709551000}\n",
+    );
+    println!("faults: a block for 2^64 s: {answer}");
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap_or("").contains("seconds"),
+        "{answer}"
+    );
+    let answer = ask("{\"command\":\"reload\",\"confirm_within\":18446744073709551000}\n");
+    assert_eq!(answer["ok"], false, "{answer}");
+    let status = lab.mailguard().status();
+    assert_eq!(status["running"], true, "the daemon died: {status}");
+    assert!(!reachable(&lab, PRIVATE));
+}
