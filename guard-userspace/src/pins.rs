@@ -90,11 +90,12 @@ impl Pins {
     /// (which needs bpffs mounted above it).
     pub fn lock(&self) -> Result<PinLock, PinError> {
         use std::os::fd::AsRawFd;
-        if let Some(parent) = self.dir.parent()
-            && !on_bpffs(parent)
+        // The nearest directory that exists must be on bpffs (the rest is created on it).
+        if let Some(existing) = self.dir.ancestors().find(|a| a.exists())
+            && !on_bpffs(existing)
         {
             return Err(PinError::NotBpffs {
-                path: parent.to_path_buf(),
+                path: existing.to_path_buf(),
             });
         }
         fs::create_dir_all(&self.dir).map_err(|source| PinError::Io {
