@@ -5,6 +5,7 @@
 //! - `control`: the control socket (`mailguard reload`, `confirm`)
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `kernel_features`: what the running kernel offers (probed), what it lacks
+//! - `link_watch`: interfaces coming and going (rtnetlink), for the daemon to follow its own
 //! - `policy`: a `Config` turned into map contents
 //! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
 //! - `lists`: the source lists (mx_allow, trusted, block), their sources and saved state
@@ -26,6 +27,7 @@ pub mod control;
 pub mod dns;
 pub mod guard;
 pub mod kernel_features;
+pub mod link_watch;
 pub mod list_index;
 pub mod list_index_v6;
 pub mod list_keeper;

@@ -25,6 +25,7 @@ pub(crate) mod exit {
     pub const INVALID_CONFIG: u8 = 2;
     pub const NOT_RUNNING: u8 = 3;
     pub const ROLLED_BACK: u8 = 4;
+    pub const NOT_ATTACHED: u8 = 5;
 }
 
 /// XDP connection guard for mail servers.
@@ -36,7 +37,8 @@ pub(crate) mod exit {
 #[command(name = "mailguard", version, propagate_version = true)]
 #[command(
     after_help = "Exit codes: 0 success, 1 failure, 2 invalid configuration or arguments, 3 mailguard not \
-                  loaded or not running, 4 a change was not confirmed in time and was rolled back."
+                  loaded or not running, 4 a change was not confirmed in time and was rolled back, 5 (status) \
+                  loaded but not attached: its interface went away."
 )]
 struct Cli {
     /// bpffs directory for mailguard's pinned maps.
@@ -267,13 +269,26 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let status = Status::new(state, settings, &counters, budgets, now);
+            // Whether the program is on its interface, from the kernel itself (the daemon, when
+            // it runs, records since when it is not).
+            let pinned_on = mailguard::pins::xdp_link_ifindex(
+                &mailguard::pins::Pins::new(&dirs.pin).xdp_link(),
+            )
+            .ok();
+            let on_iface = mailguard::guard::interface_index(&state.interface).ok();
+            let attached = on_iface.is_some() && on_iface == pinned_on;
+            let mut status = Status::new(state, settings, &counters, budgets, now);
+            status.attached = attached;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.render(all));
             }
-            Ok(exit::OK)
+            Ok(if attached {
+                exit::OK
+            } else {
+                exit::NOT_ATTACHED
+            })
         }
         Command::Top { json, limit } => {
             RunState::read(&dirs)?;

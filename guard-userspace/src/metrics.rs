@@ -138,6 +138,28 @@ impl Collector for MapCollector {
                 "where the XDP program is attached (the value is 1)",
                 info,
             )?;
+            let attached: [(Labels, f64); 1] = [(
+                Vec::new(),
+                if state.detached_since.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
+            )];
+            gauge(
+                &mut enc,
+                "mailguard_attached",
+                "1 while the XDP program is on its interface; 0 once the interface went away (nothing is guarded until it is back)",
+                attached,
+            )?;
+            gauge(
+                &mut enc,
+                "mailguard_detached_since_timestamp_seconds",
+                "since when the XDP program is not on its interface (only while it is not)",
+                state
+                    .detached_since
+                    .map(|since| (Labels::new(), since as f64)),
+            )?;
             let monitor: [(Labels, f64); 1] = [(Vec::new(), if state.monitor { 1.0 } else { 0.0 })];
             gauge(
                 &mut enc,

@@ -18,6 +18,7 @@ use crate::{
     control::{ControlServer, Request, Response, answer},
     guard::{AttachMode, Attachment, Guard, GuardError},
     kernel_features::KernelFeatures,
+    link_watch::LinkWatch,
     list_keeper::ListKeeper,
     lists::{ListName, ListSummary, now_unix},
     metrics::{self, DaemonFacts},
@@ -171,6 +172,16 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 pending: None,
                 keeper,
                 contents,
+                links: match LinkWatch::open() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        log::warn!(
+                            "cannot watch interfaces over rtnetlink ({e}): checked twice a second instead"
+                        );
+                        None
+                    }
+                },
+                attach_error: None,
             };
             daemon.publish();
             if let Some(within) = opts.confirm_within {
@@ -261,6 +272,7 @@ fn start(
         lists: Vec::new(),
         kernel: KernelFeatures::probed().release.clone(),
         kernel_degraded: KernelFeatures::probed().degraded.clone(),
+        detached_since: None,
     };
     state.write(&opts.dirs)?;
     log::info!(
@@ -308,6 +320,10 @@ struct Daemon<'a> {
     keeper: ListKeeper,
     /// What the policy maps hold.
     contents: Contents,
+    /// Interfaces coming and going (rtnetlink), when it could be opened.
+    links: Option<LinkWatch>,
+    /// The last attach failure logged while the interface is back but not attached.
+    attach_error: Option<String>,
 }
 
 impl Daemon<'_> {
@@ -328,7 +344,11 @@ impl Daemon<'_> {
             // Woken at once by a signal or a control request; polled quicker while a refresh
             // runs, so that its outcome is applied (and answered) promptly.
             let timeout = Duration::from_millis(if self.keeper.fetching() { 10 } else { 500 });
-            let wake: Vec<_> = control.iter().map(ControlServer::fd).collect();
+            let wake: Vec<_> = control
+                .iter()
+                .map(ControlServer::fd)
+                .chain(self.links.as_ref().map(LinkWatch::fd))
+                .collect();
             if let Some(sig) = signals.wait(timeout, &wake).map_err(RunError::Signals)? {
                 if sig == libc::SIGHUP {
                     sd_notify("RELOADING=1");
@@ -357,6 +377,7 @@ impl Daemon<'_> {
                     None => self.keeper.wait(stream),
                 }
             }
+            self.follow_interface();
             self.keep_lists()?;
             if self
                 .pending
@@ -384,6 +405,63 @@ impl Daemon<'_> {
                         return Err(RunError::RolledBack);
                     }
                 }
+            }
+        }
+    }
+
+    /// Keeps the XDP program on the interface: when the interface goes away (a network
+    /// restart, a re-created VLAN or bond), its attachment goes with it; this notices (on a
+    /// link event, or at the latest on the loop's next turn), says so in the log, `status` and
+    /// the metrics, and attaches again, with the same maps, as soon as an interface of that name
+    /// is back.
+    fn follow_interface(&mut self) {
+        if let Some(links) = &self.links {
+            links.drain();
+        }
+        let iface = self.state.interface.clone();
+        let index = crate::guard::interface_index(&iface).ok();
+        let pinned_on = crate::pins::xdp_link_ifindex(&self.pins.xdp_link()).ok();
+        if index.is_some() && index == pinned_on {
+            return;
+        }
+        let since = *self.state.detached_since.get_or_insert_with(|| {
+            log::warn!(
+                "{iface} is NOT guarded: {}; mailguard attaches again as soon as it is back",
+                if index.is_none() {
+                    "the interface went away"
+                } else {
+                    "its XDP attachment went away"
+                }
+            );
+            now()
+        });
+        if index.is_none() {
+            self.publish();
+            return;
+        }
+        match self
+            .guard
+            .attach_xdp_pinned(&iface, self.config.attach_mode, self.pins)
+        {
+            Ok(attachment) => {
+                if let Attachment::New(mode) = attachment {
+                    self.state.mode = mode.name().to_string();
+                }
+                log::warn!(
+                    "{iface} is back: guarded again, with the same maps, after {} s unguarded",
+                    now().saturating_sub(since)
+                );
+                self.state.detached_since = None;
+                self.attach_error = None;
+                self.publish();
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.attach_error.as_ref() != Some(&message) {
+                    log::error!("{iface} is back but attaching failed (trying again): {message}");
+                    self.attach_error = Some(message);
+                }
+                self.publish();
             }
         }
     }
@@ -644,6 +722,13 @@ impl Daemon<'_> {
         self.publish();
         self.facts.reloads_ok.fetch_add(1, Ordering::Relaxed);
         let mut message = "configuration reloaded".to_string();
+        if let Some(since) = self.state.detached_since {
+            message.push_str(&format!(
+                "; NOTE: {} is NOT guarded since {} s ago (its interface went away)",
+                self.state.interface,
+                now().saturating_sub(since)
+            ));
+        }
         if let Some(within) = confirm_within {
             // Several unconfirmed reloads roll back to the last confirmed configuration.
             let undo = match self.pending.take() {

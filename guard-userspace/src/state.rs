@@ -54,6 +54,10 @@ pub struct RunState {
     /// `kernel_features`).
     #[serde(default)]
     pub kernel_degraded: Vec<String>,
+    /// Since when (Unix seconds) the XDP program is not on the interface, because the
+    /// interface went away; `None` while it guards it.
+    #[serde(default)]
+    pub detached_since: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

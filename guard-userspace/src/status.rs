@@ -23,6 +23,11 @@ pub struct Status {
     pub icmp_echo: &'static str,
     pub program_id: u32,
     pub verified_instructions: Option<u32>,
+    /// Whether the XDP program is on the interface. False when the interface went away: then
+    /// nothing is guarded until it is back (the daemon attaches again then).
+    pub attached: bool,
+    /// Since when (Unix seconds) it is not attached.
+    pub detached_since: Option<u64>,
     /// The running kernel's release.
     pub kernel: String,
     /// What this kernel lacks that mailguard does without, and what is lost.
@@ -102,6 +107,8 @@ impl Status {
             },
             program_id: state.program_id,
             verified_instructions: state.verified_instructions,
+            attached: state.detached_since.is_none(),
+            detached_since: state.detached_since,
             kernel: state.kernel,
             kernel_degraded: state.kernel_degraded,
             uptime_seconds: now.saturating_sub(state.started),
@@ -135,6 +142,22 @@ impl Status {
             human_duration(self.uptime_seconds),
             self.icmp_echo,
         );
+        if !self.attached {
+            let _ = writeln!(
+                out,
+                "NOT ATTACHED{}: {} went away and nothing is guarded; {}",
+                self.detached_since.map_or(String::new(), |since| format!(
+                    " since {} ago",
+                    human_duration(self.now.saturating_sub(since))
+                )),
+                self.interface,
+                if self.running {
+                    "the daemon attaches again when it is back"
+                } else {
+                    "start the daemon (`mailguard run`) to attach again"
+                }
+            );
+        }
         for lost in &self.kernel_degraded {
             let _ = writeln!(out, "kernel {} has {lost}", self.kernel);
         }

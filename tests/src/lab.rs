@@ -141,16 +141,28 @@ impl Lab {
     /// The new device keeps the old one's MAC address, so that the peers' neighbour entries
     /// stay right.
     pub fn recreate_mail_link(&self) {
+        let mac = self.delete_mail_link();
+        self.create_mail_link(&mac);
+    }
+
+    /// Deletes the mail host's interface (its peer on the switch goes with it); returns its MAC
+    /// address, for `create_mail_link`.
+    pub fn delete_mail_link(&self) -> String {
         let mac = crate::netns::link_info(Some(&self.mail.ns), MAIL_IFACE)["address"]
             .as_str()
             .expect("MAC address")
             .to_string();
         self.mail.ns.run(&["ip", "link", "del", MAIL_IFACE]);
+        mac
+    }
+
+    /// Makes the mail host's interface again, with `mac` and the lab's addresses.
+    pub fn create_mail_link(&self, mac: &str) {
         let iface = link_host(&self.switch, &self.mail.ns, "mail", MAIL4, MAIL6);
         assert_eq!(iface, MAIL_IFACE);
         self.mail
             .ns
-            .run(&["ip", "link", "set", MAIL_IFACE, "address", &mac]);
+            .run(&["ip", "link", "set", MAIL_IFACE, "address", mac]);
     }
 
     /// Runs `mailguard run` with the lab mailguard's directories and `config`, for a start that
@@ -462,6 +474,18 @@ impl Mailguard {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// `mailguard status --json` whatever its exit code: (exit code, JSON).
+    pub fn status_any(&self) -> (Option<i32>, serde_json::Value) {
+        let out = self.cli(&["status", "--json"]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), json)
     }
 
     /// Packet count of one reason, from `status --json`.

@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use guard_tests::lab::{Lab, MAIL4, SSH_PORT, addr, tcp_connects};
@@ -135,6 +135,75 @@ fn a_restart_over_an_interface_that_was_re_created_attaches_anew() {
     );
     assert!(reachable(&lab, 25), "mail refused after the restart");
     println!("faults: the restart attached anew without `unload`; port {PRIVATE} dropped again");
+}
+
+#[test]
+fn the_daemon_follows_its_interface_away_and_back() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    assert!(!reachable(&lab, PRIVATE));
+
+    let mac = lab.delete_mail_link();
+    let mg = lab.mailguard();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        let s = mg.status_any();
+        if s.1["attached"] == false && !s.1["detached_since"].is_null() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status still says attached: {}",
+            s.1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.0, Some(5), "status exit code while not attached");
+    let text = mg.cli(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("NOT ATTACHED since"), "{text}");
+    let reload = mg.cli(&["reload"]);
+    let reload = String::from_utf8_lossy(&reload.stdout).into_owned();
+    assert!(reload.contains("is NOT guarded since"), "{reload}");
+    println!(
+        "faults: interface deleted: status exit 5, `{}`",
+        text.lines()
+            .find(|l| l.contains("NOT ATTACHED"))
+            .unwrap_or("")
+    );
+
+    let back = Instant::now();
+    lab.create_mail_link(&mac);
+    let mut guarded = false;
+    while back.elapsed() < Duration::from_secs(2) {
+        let s = mg.status_any();
+        if s.1["attached"] == true {
+            guarded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = back.elapsed();
+    assert!(
+        guarded,
+        "not attached again 2 s after the interface came back"
+    );
+    assert!(
+        !reachable(&lab, PRIVATE),
+        "port {PRIVATE} open after the interface came back"
+    );
+    assert!(
+        reachable(&lab, 25),
+        "mail refused after the interface came back"
+    );
+    let log = mg.log().join("\n");
+    assert!(
+        log.contains("is NOT guarded") && log.contains("is back: guarded again"),
+        "{log}"
+    );
+    println!(
+        "faults: interface re-created: guarded again after {took:.2?}, port {PRIVATE} dropped"
+    );
 }
 
 #[test]
