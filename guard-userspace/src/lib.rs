@@ -14,7 +14,7 @@
 //! - `list_view`: how the lists are shown
 //! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `mapped`: mmapable array maps as memory
-//! - `metrics`: the Prometheus endpoint
+//! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
 //! - `run`: the daemon (`signals`: how it waits for signals and requests)
 //! - `source_table`: the per-source rate table as memory (for `status` and `top`)
 //! - `state`: pins and the state file other commands read
@@ -35,6 +35,7 @@ pub mod list_view;
 pub mod lists;
 pub mod mapped;
 pub mod metrics;
+pub mod metrics_server;
 pub mod pins;
 pub mod policy;
 pub mod run;

@@ -4,14 +4,12 @@
 //! (reason, verdict, class, outcome, event, map, interface, mode): never a source address.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
 };
 
 use guard_common::Reason;
@@ -350,38 +348,25 @@ pub fn serve(
     thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = answer(conn, &dirs, cpus, &facts) {
-                    log::debug!("metrics: {e}");
-                }
+            let respond = |request: &[u8]| respond(request, &dirs, cpus, &facts);
+            if let Err(e) = crate::metrics_server::serve(listener, respond) {
+                log::error!("metrics endpoint stopped: {e}");
             }
         })?;
     Ok(())
 }
 
-fn answer(
-    mut conn: TcpStream,
-    dirs: &Dirs,
-    cpus: u32,
-    facts: &Arc<DaemonFacts>,
-) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The headers (bounded): only Accept matters.
-    let mut openmetrics = false;
-    for _ in 0..100 {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
+/// The response to one request (its request line and headers).
+fn respond(request: &[u8], dirs: &Dirs, cpus: u32, facts: &Arc<DaemonFacts>) -> Vec<u8> {
+    let request = String::from_utf8_lossy(request);
+    let mut lines = request.lines();
+    let first = lines.next().unwrap_or("");
+    // Only Accept matters among the headers.
+    let openmetrics = lines.any(|line| {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with("accept:") && lower.contains("application/openmetrics-text") {
-            openmetrics = true;
-        }
-    }
-    let mut parts = request.split_whitespace();
+        lower.starts_with("accept:") && lower.contains("application/openmetrics-text")
+    });
+    let mut parts = first.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body, ctype) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET", "/metrics") if openmetrics => (
@@ -405,11 +390,11 @@ fn answer(
             "text/plain",
         ),
     };
-    write!(
-        conn,
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+    .into_bytes()
 }
 
 #[cfg(test)]

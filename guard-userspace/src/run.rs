@@ -154,6 +154,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             contents,
         }) => {
             let facts = Arc::new(DaemonFacts::default());
+            raise_open_files_limit();
             if let Some(listen) = config.metrics_listen {
                 let cpus = crate::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
                 match metrics::serve(listen, opts.dirs.clone(), cpus, facts.clone()) {
@@ -749,6 +750,23 @@ impl Daemon<'_> {
         }
         log::info!("{message}");
         Ok(message)
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (at most 65536): the metrics endpoint
+/// holds a descriptor per connection, and a crowd of idle clients must not starve a scrape of
+/// them (it also closes the oldest connection when out of descriptors).
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let wanted = limit.rlim_max.min(65536);
+            if limit.rlim_cur < wanted {
+                limit.rlim_cur = wanted;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::lab::{Lab, MAIL4, SSH_PORT, addr, tcp_connects};
+use guard_tests::lab::{Lab, MAIL4, SSH_PORT, addr, tcp_connects, try_http_get};
 
 const CONFIG: &str = "interface = \"mg-mail0\"\n";
 const PRIVATE: u16 = 3306;
@@ -280,4 +280,83 @@ fn control_requests_the_daemon_cannot_hold_are_refused() {
     let status = lab.mailguard().status();
     assert_eq!(status["running"], true, "the daemon died: {status}");
     assert!(!reachable(&lab, PRIVATE));
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("daemon status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn the_metrics_endpoint_cannot_be_starved_or_bloated_by_clients() {
+    // The endpoint listens on loopback (the default): its clients are local processes.
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let metrics = "127.0.0.1:9477";
+    let pid = lab.mailguard().pid();
+    let to = addr("127.0.0.1", 9477);
+    // 1000 idle connections and 10 that send a byte now and then, all held open.
+    let crowd = lab.mail.ns.spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            held.push(std::net::TcpStream::connect(to).expect("idle client"));
+        }
+        let mut slow = Vec::new();
+        for _ in 0..10 {
+            slow.push(std::net::TcpStream::connect(to).expect("slow client"));
+        }
+        for round in 0..20 {
+            for s in &mut slow {
+                let _ = s.write_all(&[b"GET /metrics"[round % 12]]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        held.len() + slow.len()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let scrape = try_http_get(&lab.mail.ns, metrics, "/metrics", "text/plain");
+    let took = started.elapsed();
+    let held = crowd.join().expect("crowd");
+    println!("faults: a scrape among {held} idle and slow clients answered in {took:.2?}");
+    let scrape = scrape.expect("scrape");
+    assert!(scrape.contains("mailguard_packets_total"), "{scrape}");
+    assert!(took < Duration::from_secs(1), "the scrape took {took:?}");
+
+    // A request header of 256 MiB without a newline.
+    let before = rss_kib(pid);
+    let sender = lab.mail.ns.spawn(move || {
+        let mut s = std::net::TcpStream::connect(to).expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nX-Filler: ")
+            .expect("request line");
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0usize;
+        while sent < 256 << 20 {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let mut peak = before;
+    while !sender.is_finished() {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = sender.join().expect("sender");
+    peak = peak.max(rss_kib(pid));
+    let grew = peak.saturating_sub(before);
+    println!(
+        "faults: a 256 MiB header: {} KiB went out before the daemon closed the connection; its RSS went from {before} to at most {peak} KiB (+{grew} KiB)",
+        sent / 1024
+    );
+    assert!(grew < 64 * 1024, "the daemon grew by {grew} KiB");
+    let again = try_http_get(&lab.mail.ns, metrics, "/metrics", "text/plain");
+    assert!(again.is_ok(), "no scrape after the huge header: {again:?}");
 }
