@@ -240,6 +240,8 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+        // A byte order mark some editors write first is not part of the first key.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let place = Place { text, origin };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -286,6 +288,13 @@ impl Config {
                  what `mailguard allow add` adds"
                     .to_string(),
             ));
+        }
+        let block = &self.lists.sources(crate::lists::ListName::Block).cidrs;
+        for everyone in block.iter().filter(|n| n.prefix_len() == 0) {
+            warnings.push(Warning(format!(
+                "{everyone} in [lists.block] cidrs blocks every source, SSH included: `run` and \
+                 `reload` refuse it unless --force"
+            )));
         }
         if self.mx_only && !self.mail_ports.contains(&25) {
             warnings.push(Warning(
@@ -501,7 +510,28 @@ fn read_stable(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// A CIDR or an address (a /32 or /128). An IPv4-mapped IPv6 address or prefix
+/// (`::ffff:198.51.100.7`, `::ffff:198.51.100.0/120`) is taken as the IPv4 one it maps, the
+/// way the kernel and XDP see those sources.
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    parse_cidr_as_written(text).and_then(|net| unmap(net, text))
+}
+
+/// An IPv4-mapped prefix (inside `::ffff:0:0/96`) as its IPv4 prefix. (A shorter prefix with
+/// its host bits clear cannot have a mapped network: it stays IPv6.)
+fn unmap(net: IpNet, text: &str) -> Result<IpNet, String> {
+    let IpNet::V6(v6) = net else {
+        return Ok(net);
+    };
+    match v6.network().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).map_err(|e| format!("`{text}`: {e}"))
+        }
+        _ => Ok(net),
+    }
+}
+
+fn parse_cidr_as_written(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
     if let Ok(addr) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
@@ -513,10 +543,12 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .parse()
         .map_err(|_| format!("`{addr}` in `{text}` is not an IPv4 or IPv6 address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
+    // Digits only, without a leading zero: `/+24` and `/024` are not prefix lengths.
+    let written = len.chars().all(|c| c.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
     let len: u8 = len
         .parse()
         .ok()
-        .filter(|&l| l <= max)
+        .filter(|&l| written && l <= max)
         .ok_or_else(|| format!("prefix length `/{len}` in `{text}` is not 0 to {max}"))?;
     let net = IpNet::new(addr, len).map_err(|e| format!("`{text}`: {e}"))?;
     if net.trunc() != net {
@@ -750,5 +782,37 @@ protocol = "udp"
         )
         .unwrap();
         assert!(w[0].0.contains("only accepts 198.18.0.0/15"), "{}", w[0]);
+    }
+
+    #[test]
+    fn ipv4_mapped_sources_are_taken_as_ipv4() {
+        assert_eq!(
+            parse_cidr("::ffff:198.51.100.7").unwrap(),
+            "198.51.100.7/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_cidr("::ffff:198.51.100.0/120").unwrap(),
+            "198.51.100.0/24".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_cidr("::ffff:0:0/96").unwrap(),
+            "0.0.0.0/0".parse::<IpNet>().unwrap()
+        );
+        // Not mapped: stays IPv6.
+        assert!(parse_cidr("2001:db8::/32").unwrap().addr().is_ipv6());
+    }
+
+    #[test]
+    fn prefix_lengths_are_plain_numbers() {
+        for bad in [
+            "198.18.0.0/+24",
+            "198.18.0.0/024",
+            "198.18.0.0/ 24",
+            "2001:db8::/064",
+        ] {
+            let err = parse_cidr(bad).unwrap_err();
+            assert!(err.contains("prefix length"), "{bad}: {err}");
+        }
+        assert!(parse_cidr("0.0.0.0/0").is_ok());
     }
 }

@@ -20,7 +20,12 @@ use crate::{lists::ListName, state::Dirs};
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     /// Re-read the configuration file; with `confirm_within`, roll it back unless confirmed.
-    Reload { confirm_within: Option<u64> },
+    Reload {
+        confirm_within: Option<u64>,
+        /// Apply it even if it would cut a live session or block every source.
+        #[serde(default)]
+        force: bool,
+    },
     /// Keep the change waiting for confirmation.
     Confirm,
     /// Add entries to a list (until `seconds` from now, if given), or remove them.
@@ -29,6 +34,9 @@ pub enum Request {
         add: bool,
         entries: Vec<String>,
         seconds: Option<u64>,
+        /// Apply it even if it would cut a live session or block every source.
+        #[serde(default)]
+        force: bool,
     },
     /// The lists at a glance; with `list`, that list's entries too.
     ListShow { list: Option<ListName> },
@@ -51,6 +59,7 @@ impl Request {
         match self {
             Request::Reload {
                 confirm_within: Some(s),
+                ..
             } if !(1..=MAX_CONFIRM_SECONDS).contains(s) => Err(format!(
                 "confirm_within {s}: a confirmation window is 1 to {MAX_CONFIRM_SECONDS} seconds"
             )),
@@ -252,9 +261,13 @@ mod tests {
     fn requests_are_one_json_line() {
         let r = Request::Reload {
             confirm_within: Some(30),
+            force: false,
         };
         let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(text, r#"{"command":"reload","confirm_within":30}"#);
+        assert_eq!(
+            text,
+            r#"{"command":"reload","confirm_within":30,"force":false}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"command":"confirm"}"#).unwrap(),
@@ -267,7 +280,8 @@ mod tests {
                 list: ListName::Block,
                 add: true,
                 entries: vec!["198.19.0.1".into()],
-                seconds: Some(3600)
+                seconds: Some(3600),
+                force: false,
             }
         );
         assert_eq!(
@@ -319,6 +333,7 @@ mod tests {
             add: true,
             entries: vec!["198.19.0.1".to_string(); entries],
             seconds,
+            force: false,
         };
         // Near 2^64 seconds: a Duration added to now would overflow (the daemon died of it).
         let err = edit(Some(u64::MAX - 1), 1).check().unwrap_err();
@@ -329,13 +344,15 @@ mod tests {
         assert!(edit(None, MAX_EDIT_ENTRIES + 1).check().is_err());
         let reload = |s| Request::Reload {
             confirm_within: Some(s),
+            force: false,
         };
         assert!(reload(u64::MAX).check().is_err());
         assert!(reload(0).check().is_err());
         assert!(reload(30).check().is_ok());
         assert!(
             Request::Reload {
-                confirm_within: None
+                confirm_within: None,
+                force: false,
             }
             .check()
             .is_ok()

@@ -12,6 +12,7 @@
 //! - `list_index`: the IPv4 lists expanded into the index XDP reads in constant time
 //! - `list_keeper`: the daemon's side of the lists (refreshes, run-time edits)
 //! - `list_view`: how the lists are shown
+//! - `lockout`: the live sessions a change would cut (refused unless forced)
 //! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `mapped`: mmapable array maps as memory
 //! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
@@ -33,6 +34,7 @@ pub mod list_index_v6;
 pub mod list_keeper;
 pub mod list_view;
 pub mod lists;
+pub mod lockout;
 pub mod mapped;
 pub mod metrics;
 pub mod metrics_server;

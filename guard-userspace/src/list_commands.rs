@@ -24,7 +24,8 @@ pub enum ListAction {
         /// Remove the entries again after this long (`90s`, `10m`, `1h`, `2d`, `1h30m`).
         #[arg(long = "for", value_name = "DURATION", value_parser = list_view::parse_duration)]
         duration: Option<u64>,
-        /// Block even the address this SSH session comes from.
+        /// Add them even if that cuts a live session into this host (the daemon reads its socket
+        /// table) or blocks every source (0.0.0.0/0, ::/0).
         #[arg(long)]
         force: bool,
         /// Print JSON.
@@ -71,45 +72,25 @@ fn parse_entry(text: &str) -> Result<IpNet, String> {
     config::parse_cidr(text)
 }
 
-/// The address this SSH session comes from, if any.
-fn ssh_client() -> Option<std::net::IpAddr> {
-    std::env::var("SSH_CONNECTION")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 pub fn edit(dirs: &Dirs, list: ListName, action: ListAction) -> anyhow::Result<u8> {
-    let (add, entries, seconds, json) = match action {
+    let (add, entries, seconds, force, json) = match action {
         ListAction::List { json } => return show_list(dirs, list, json),
+        // The daemon refuses a block that would cut a live session (from its socket table)
+        // or block every source, unless forced.
         ListAction::Add {
             entries,
             duration,
             force,
             json,
-        } => {
-            if list == ListName::Block
-                && !force
-                && let Some(me) = ssh_client()
-                && let Some(net) = entries.iter().find(|n| n.contains(&me))
-            {
-                eprintln!(
-                    "mailguard: refusing to block {net}: it holds {me}, where this SSH session comes from \
-                     (--force blocks it anyway); nothing changed"
-                );
-                return Ok(exit::INVALID_CONFIG);
-            }
-            (true, entries, duration, json)
-        }
-        ListAction::Del { entries, json } => (false, entries, None, json),
+        } => (true, entries, duration, force, json),
+        ListAction::Del { entries, json } => (false, entries, None, false, json),
     };
     let request = Request::ListEdit {
         list,
         add,
         entries: entries.iter().map(|n| n.to_string()).collect(),
         seconds,
+        force,
     };
     let response = control::request(dirs, &request)?;
     crate::print_response(&response, json)

@@ -291,6 +291,8 @@ pub(crate) fn validate(raw: Option<RawLists>, place: &Place) -> Result<Lists, Co
 /// skipped. An error names the file and the line.
 pub fn parse_list_file(path: &Path, text: &str) -> Result<Vec<IpNet>, String> {
     let mut out = Vec::new();
+    // A byte order mark some editors write first is not part of the first entry.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();
         if entry.is_empty() {

@@ -75,13 +75,21 @@ enum Command {
         /// configuration on a remote host without risking a lock-out).
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=control::MAX_CONFIRM_SECONDS))]
         confirm_within: Option<u64>,
+        /// Start even if the configuration would cut a live session into this host (found in
+        /// the socket table) or block every source.
+        #[arg(long)]
+        force: bool,
     },
     /// Make the running daemon re-read its configuration file (as SIGHUP does). A bad file is
-    /// refused with its error and the configuration in force stays.
+    /// refused with its error and the configuration in force stays; so is one that would cut a
+    /// live session into this host or block every source, unless --force.
     Reload {
         /// Roll the change back unless `mailguard confirm` arrives within this many seconds.
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=control::MAX_CONFIRM_SECONDS))]
         confirm_within: Option<u64>,
+        /// Apply it even if it would cut a live session or block every source.
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -241,6 +249,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             mode,
             monitor,
             confirm_within,
+            force,
         } => {
             raise_memlock_limit();
             let opts = RunOptions {
@@ -249,6 +258,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
                 mode: mode.map(Into::into),
                 monitor,
                 confirm_within: confirm_within.map(std::time::Duration::from_secs),
+                force,
                 dirs,
             };
             run::run(opts).context("mailguard run")?;
@@ -302,9 +312,16 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
         }
         Command::Reload {
             confirm_within,
+            force,
             json,
         } => {
-            let response = control::request(&dirs, &control::Request::Reload { confirm_within })?;
+            let response = control::request(
+                &dirs,
+                &control::Request::Reload {
+                    confirm_within,
+                    force,
+                },
+            )?;
             print_response(&response, json)
         }
         Command::Confirm { json } => {

@@ -21,6 +21,7 @@ use crate::{
     link_watch::LinkWatch,
     list_keeper::ListKeeper,
     lists::{ListName, ListSummary, now_unix},
+    lockout,
     metrics::{self, DaemonFacts},
     pins::Pins,
     policy::Contents,
@@ -36,6 +37,8 @@ pub struct RunOptions {
     pub monitor: bool,
     /// Undo the start (unload) unless `mailguard confirm` arrives within this time.
     pub confirm_within: Option<Duration>,
+    /// Start even if the configuration would cut a live session or block every source.
+    pub force: bool,
     pub dirs: Dirs,
 }
 
@@ -66,6 +69,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    LockOut(String),
     #[error("not confirmed in time: mailguard unloaded itself (the host is unprotected)")]
     RolledBack,
     #[error(transparent)]
@@ -228,12 +233,26 @@ fn start(
     previous: Option<&RunState>,
     adopting: bool,
 ) -> Result<Started, RunError> {
+    let keeper = ListKeeper::open(&config.lists);
+    let contents = Contents::of(&config, &keeper.extra(&config.lists));
+    // Before anything is loaded: a configuration that would lock someone out.
+    let dangers = lockout::check(
+        &lockout::Policy {
+            config: &config,
+            block: &contents.block,
+        },
+        None,
+    );
+    if !dangers.is_empty() {
+        if !opts.force {
+            return Err(RunError::LockOut(lockout::refusal(&dangers)));
+        }
+        log::warn!("--force: starting although {}", dangers.join("; "));
+    }
     let (mut guard, recreated) = Guard::load_pinned(&config, pins)?;
     for r in &recreated {
         log::warn!("{r}");
     }
-    let keeper = ListKeeper::open(&config.lists);
-    let contents = Contents::of(&config, &keeper.extra(&config.lists));
     {
         let mut maps = guard.policy_maps()?;
         let current = maps.read_contents()?;
@@ -353,7 +372,7 @@ impl Daemon<'_> {
             if let Some(sig) = signals.wait(timeout, &wake).map_err(RunError::Signals)? {
                 if sig == libc::SIGHUP {
                     sd_notify("RELOADING=1");
-                    let _ = self.reload(None);
+                    let _ = self.reload(None, false);
                     sd_notify("READY=1");
                 } else {
                     sd_notify("STOPPING=1");
@@ -470,9 +489,12 @@ impl Daemon<'_> {
     /// Answers a control request; `None` when the answer comes later (a list refresh).
     fn handle(&mut self, request: Request) -> Option<Response> {
         Some(match request {
-            Request::Reload { confirm_within } => {
+            Request::Reload {
+                confirm_within,
+                force,
+            } => {
                 sd_notify("RELOADING=1");
-                let r = self.reload(confirm_within.map(Duration::from_secs));
+                let r = self.reload(confirm_within.map(Duration::from_secs), force);
                 sd_notify("READY=1");
                 match r {
                     Ok(message) => Response::ok(message),
@@ -491,7 +513,8 @@ impl Daemon<'_> {
                 add,
                 entries,
                 seconds,
-            } => self.edit_list(list, add, &entries, seconds),
+                force,
+            } => self.edit_list(list, add, &entries, seconds, force),
             Request::ListShow { list } => {
                 let mut data = serde_json::json!({ "lists": self.summaries(), "mx_only": self.config.mx_only });
                 if let Some(list) = list {
@@ -529,6 +552,7 @@ impl Daemon<'_> {
         add: bool,
         entries: &[String],
         seconds: Option<u64>,
+        force: bool,
     ) -> Response {
         let mut nets = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -548,6 +572,27 @@ impl Daemon<'_> {
             Ok(m) => m,
             Err(m) => return Response::failed(format!("{m}; nothing changed")),
         };
+        if add && list == ListName::Block {
+            let extra = self.keeper.extra(&self.config.lists);
+            let after = Contents::of(&self.config, &extra);
+            let dangers = lockout::check(
+                &lockout::Policy {
+                    config: &self.config,
+                    block: &after.block,
+                },
+                Some(&lockout::Policy {
+                    config: &self.config,
+                    block: &self.contents.block,
+                }),
+            );
+            if !dangers.is_empty() {
+                if !force {
+                    self.keeper.state = before;
+                    return Response::failed(lockout::refusal(&dangers));
+                }
+                log::warn!("--force: blocking although {}", dangers.join("; "));
+            }
+        }
         if let Err(e) = self.keeper.state.save(&self.config.lists.state_dir) {
             self.keeper.state = before;
             return Response::failed(format!("{e}; nothing changed"));
@@ -659,13 +704,13 @@ impl Daemon<'_> {
     /// Re-reads the configuration. A bad file is refused (the configuration in force stays)
     /// and the answer says why. With `confirm_within`, the change is rolled back unless
     /// confirmed in time.
-    fn reload(&mut self, confirm_within: Option<Duration>) -> Result<String, String> {
-        let new = match effective_config(self.opts) {
+    fn reload(&mut self, confirm_within: Option<Duration>, force: bool) -> Result<String, String> {
+        let (new, warnings) = match effective_config(self.opts) {
             Ok((new, warnings)) => {
                 for w in &warnings {
                     log::warn!("{w}");
                 }
-                new
+                (new, warnings)
             }
             Err(e) => {
                 log::error!("reload refused, the configuration in force stays: {e}");
@@ -700,6 +745,27 @@ impl Daemon<'_> {
         applied.budgets.tracked_sources = old.budgets.tracked_sources;
         applied.budgets.tracked_connections = old.budgets.tracked_connections;
         applied.metrics_listen = old.metrics_listen;
+        // A change that would lock someone out, unless forced.
+        let after = Contents::of(&applied, &self.keeper.extra(&applied.lists));
+        let dangers = lockout::check(
+            &lockout::Policy {
+                config: &applied,
+                block: &after.block,
+            },
+            Some(&lockout::Policy {
+                config: old,
+                block: &self.contents.block,
+            }),
+        );
+        if !dangers.is_empty() {
+            if !force {
+                let message = lockout::refusal(&dangers);
+                log::error!("reload {message}");
+                self.facts.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(message);
+            }
+            log::warn!("--force: reloading although {}", dangers.join("; "));
+        }
         let sources_changed = ListName::ALL
             .iter()
             .any(|l| applied.lists.sources(*l).external() != old.lists.sources(*l).external());
@@ -749,6 +815,10 @@ impl Daemon<'_> {
             message.push_str(&format!(" ({})", notes.join(", ")));
         }
         log::info!("{message}");
+        // The warnings reach whoever asked, not only the daemon's log.
+        for w in &warnings {
+            message.push_str(&format!("\nwarning: {w}"));
+        }
         Ok(message)
     }
 }

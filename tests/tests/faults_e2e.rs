@@ -360,3 +360,107 @@ fn the_metrics_endpoint_cannot_be_starved_or_bloated_by_clients() {
     let again = try_http_get(&lab.mail.ns, metrics, "/metrics", "text/plain");
     assert!(again.is_ok(), "no scrape after the huge header: {again:?}");
 }
+
+/// A TCP session from the client to the mail host's port `port`, held open on both ends until
+/// the returned sender is dropped.
+fn hold_session(lab: &Lab, port: u16) -> std::sync::mpsc::Sender<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    lab.mail.ns.spawn(move || {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("listen");
+        ready_tx.send(()).expect("ready");
+        let (held, _) = listener.accept().expect("accept");
+        let _ = stop_rx.recv();
+        drop(held);
+    });
+    ready_rx.recv().expect("listener ready");
+    let to = addr(MAIL4, port);
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (stop2_tx, stop2_rx) = std::sync::mpsc::channel::<()>();
+    lab.client.ns.spawn(move || {
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        up_tx.send(()).expect("up");
+        let _ = stop2_rx.recv();
+        drop(s);
+    });
+    up_rx.recv().expect("session up");
+    std::thread::sleep(Duration::from_millis(200));
+    // One sender ends both ends: the listener side when this one drops too.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = rx.recv();
+        let _ = stop_tx.send(());
+        let _ = stop2_tx.send(());
+    });
+    tx
+}
+
+fn answer_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn changes_that_would_cut_a_live_session_are_refused_unless_forced() {
+    let mut lab = lab();
+    let config = format!("{CONFIG}[[open_ports]]\nport = 22\n\n[[open_ports]]\nport = 2222\n");
+    lab.start_mailguard(&config, &[]);
+    let _session = hold_session(&lab, 2222);
+    let mg = lab.mailguard();
+
+    // A block holding the session's source: refused, naming the session.
+    let out = mg.cli(&["block", "add", "198.18.0.0/24"]);
+    let text = answer_text(&out);
+    println!("faults: block add over a live session: {}", text.trim());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("live session 198.18.0.2:") && text.contains("-> port 2222"),
+        "{text}"
+    );
+    assert_eq!(mg.count("blocked"), 0);
+
+    // Every source: refused even without a session.
+    let out = mg.cli(&["block", "add", "0.0.0.0/0"]);
+    let text = answer_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("0.0.0.0/0 on the block list blocks every source"),
+        "{text}"
+    );
+
+    // A reload restricting the session's port to other sources: refused; the answer carries
+    // the configuration's warnings too.
+    lab.rewrite_mailguard_config(&format!(
+        "{CONFIG}[[open_ports]]\nport = 2222\nfrom = [\"198.18.9.0/24\"]\n"
+    ));
+    let out = mg.cli(&["reload"]);
+    let text = answer_text(&out);
+    println!("faults: reload over a live session: {}", text.trim());
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("port 2222 would accept only 198.18.9.0/24"),
+        "{text}"
+    );
+    assert!(reachable(&lab, SSH_PORT), "SSH closed by a refused reload");
+    let out = mg.cli(&["reload", "--force"]);
+    let text = answer_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        mg.log().join("\n")
+    );
+    assert!(
+        text.contains("warning: SSH (22/tcp) is not in open_ports"),
+        "{text}"
+    );
+
+    // An IPv4-mapped address is the IPv4 source it maps.
+    let out = mg.cli(&["block", "add", "::ffff:198.18.0.66"]);
+    assert_eq!(out.status.code(), Some(0), "{}", answer_text(&out));
+    let listed = answer_text(&mg.cli(&["block", "list"]));
+    assert!(listed.contains("198.18.0.66/32"), "{listed}");
+}
