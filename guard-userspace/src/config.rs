@@ -226,6 +226,11 @@ impl Config {
     /// (a truncated file, or one read while an editor rewrites it, would otherwise mean "every
     /// default"), and so is one that changes while it is read.
     pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+        Config::load_with_text(path).map(|(config, warnings, _)| (config, warnings))
+    }
+
+    /// As `load`, with the text it was read from.
+    pub fn load_with_text(path: &Path) -> Result<(Config, Vec<Warning>, String), ConfigError> {
         let text = read_stable(path)?;
         let (config, warnings) = Config::parse(&text, &path.display().to_string())?;
         let has_setting = toml::from_str::<toml::Table>(&text).is_ok_and(|t| !t.is_empty());
@@ -235,7 +240,7 @@ impl Config {
                 bytes: text.len() as u64,
             });
         }
-        Ok((config, warnings))
+        Ok((config, warnings, text))
     }
 
     /// Parses and validates configuration text; `origin` names it in errors.

@@ -240,6 +240,12 @@ impl Guard {
         Ok((guard, recreated))
     }
 
+    /// Loads the programs over the pinned maps as they are, none checked or recreated: for
+    /// writing a policy into the maps in force (the confirm window's watchdog), never attached.
+    pub fn over_pinned_maps(config: &Config, pins: &Pins) -> Result<Guard, GuardError> {
+        Guard::load_with(config, Some(pins))
+    }
+
     /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
     fn forget_v6_index(&mut self) -> Result<(), GuardError> {
         let map = self

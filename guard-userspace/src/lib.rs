@@ -3,6 +3,7 @@
 //!
 //! - `config`: the TOML file and its validation (`budgets`: its `[budgets]` section)
 //! - `control`: the control socket (`mailguard reload`, `confirm`)
+//! - `confirm`: the confirm window that outlives the daemon (its watchdog process)
 //! - `guard`: the loaded eBPF object (load, attach, maps, counters)
 //! - `kernel_features`: what the running kernel offers (probed), what it lacks
 //! - `link_watch`: interfaces coming and going (rtnetlink), for the daemon to follow its own
@@ -24,6 +25,7 @@
 pub mod budget_view;
 pub mod budgets;
 pub mod config;
+pub mod confirm;
 pub mod control;
 pub mod dns;
 pub mod guard;

@@ -104,6 +104,12 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff) generated from this command line.
     Man,
+    /// The watchdog of a confirm window (started by the daemon; not for direct use).
+    #[command(hide = true)]
+    ConfirmWatch {
+        #[arg(long)]
+        token: u64,
+    },
     /// Show where mailguard is attached and its packet counters by reason.
     Status {
         /// Print JSON (all reasons, zero counts included).
@@ -223,7 +229,11 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         }
         // RunError's variants are transparent: the ConfigError inside is not in the chain.
         if let Some(
-            run::RunError::Config(_) | run::RunError::NoInterface | run::RunError::BadInterface(_),
+            run::RunError::Config(_)
+            | run::RunError::NoInterface
+            | run::RunError::BadInterface(_)
+            | run::RunError::LockOut(_)
+            | run::RunError::Unconfirmed(_),
         ) = cause.downcast_ref()
         {
             return exit::INVALID_CONFIG;
@@ -262,6 +272,11 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
                 dirs,
             };
             run::run(opts).context("mailguard run")?;
+            Ok(exit::OK)
+        }
+        Command::ConfirmWatch { token } => {
+            raise_memlock_limit();
+            run::confirm_watch(&dirs, token).context("mailguard confirm-watch")?;
             Ok(exit::OK)
         }
         Command::Status { json, all } => {
@@ -360,6 +375,8 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             }
             let removed = mailguard::pins::Pins::new(&dirs.pin).remove_all()?;
             state::forget(&dirs)?;
+            // Nothing is on trial any more (its watchdog sees that and ends).
+            mailguard::confirm::disarm(&dirs);
             let interface = previous.as_ref().map(|s| s.interface.clone());
             if json {
                 println!(

@@ -15,6 +15,7 @@ use std::{
 
 use crate::{
     config::{self, Config, ConfigError, Warning},
+    confirm::{self, AtStart, UndoKind},
     control::{ControlServer, Request, Response, answer},
     guard::{AttachMode, Attachment, Guard, GuardError},
     kernel_features::KernelFeatures,
@@ -71,6 +72,12 @@ pub enum RunError {
     },
     #[error("{0}")]
     LockOut(String),
+    #[error(
+        "{} holds a start that was never confirmed (its confirm window ran out and mailguard \
+         unloaded itself): refused; `mailguard run --confirm-within SECONDS` tries it again",
+        .0.display()
+    )]
+    Unconfirmed(PathBuf),
     #[error("not confirmed in time: mailguard unloaded itself (the host is unprotected)")]
     RolledBack,
     #[error(transparent)]
@@ -90,18 +97,34 @@ fn config_path(explicit: &Option<PathBuf>) -> Option<PathBuf> {
     }
 }
 
-/// Reads the configuration and applies the command-line overrides.
-pub fn effective_config(opts: &RunOptions) -> Result<(Config, Vec<Warning>), RunError> {
-    let (mut config, _) = match config_path(&opts.config) {
-        Some(path) => Config::load(&path)?,
+/// Reads the configuration and applies the command-line overrides; with the file's text
+/// (`None`: the built-in defaults).
+pub fn effective_config(
+    opts: &RunOptions,
+) -> Result<(Config, Vec<Warning>, Option<String>), RunError> {
+    let (config, text) = match config_path(&opts.config) {
+        Some(path) => {
+            let (config, _, text) = Config::load_with_text(&path)?;
+            (config, Some(text))
+        }
         None => {
             log::info!(
                 "no {} and no --config: using the built-in defaults",
                 config::DEFAULT_PATH
             );
-            (Config::default(), Vec::new())
+            (Config::default(), None)
         }
     };
+    let (config, warnings) = with_overrides(opts, config)?;
+    Ok((config, warnings, text))
+}
+
+/// `config` with the command line's overrides (`--iface`, `--mode`, `--monitor`), and its
+/// warnings.
+fn with_overrides(
+    opts: &RunOptions,
+    mut config: Config,
+) -> Result<(Config, Vec<Warning>), RunError> {
     if let Some(iface) = &opts.iface {
         config::validate_interface_name(iface).map_err(RunError::BadInterface)?;
         config.interface = Some(iface.clone());
@@ -125,7 +148,30 @@ fn now() -> u64 {
 pub fn run(opts: RunOptions) -> Result<(), RunError> {
     // Block the signals first: one that arrives during set-up is handled once attached.
     let signals = Signals::block().map_err(RunError::Signals)?;
-    let (config, warnings) = effective_config(&opts)?;
+    let (mut config, mut warnings, mut text) = effective_config(&opts)?;
+    // A file still holding a change whose confirm window ran out is not applied silently.
+    match confirm::at_start(&opts.dirs, text.as_deref(), opts.confirm_within.is_some()) {
+        AtStart::Proceed => {}
+        AtStart::Refuse => {
+            return Err(RunError::Unconfirmed(
+                config_path(&opts.config).unwrap_or_default(),
+            ));
+        }
+        AtStart::UseConfirmed(confirmed) => {
+            let (c, _) = Config::parse(
+                &confirmed,
+                &confirm::confirmed_path(&opts.dirs).display().to_string(),
+            )?;
+            (config, warnings) = with_overrides(&opts, c)?;
+            log::warn!(
+                "{} holds a change that was never confirmed (its confirm window ran out): starting \
+                 with the last confirmed configuration instead; `mailguard reload` applies the \
+                 file when you mean it",
+                config_path(&opts.config).unwrap_or_default().display()
+            );
+            text = Some(confirmed);
+        }
+    }
     for w in &warnings {
         log::warn!("{w}");
     }
@@ -178,6 +224,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 pending: None,
                 keeper,
                 contents,
+                config_text: None,
                 links: match LinkWatch::open() {
                     Ok(w) => Some(w),
                     Err(e) => {
@@ -189,15 +236,27 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 },
                 attach_error: None,
             };
+            daemon.config_text = text;
             daemon.publish();
             if let Some(within) = opts.confirm_within {
                 log::warn!(
-                    "unconfirmed: mailguard unloads itself in {within:?} unless `mailguard confirm` arrives"
+                    "unconfirmed: mailguard unloads itself in {within:?} unless `mailguard confirm` arrives \
+                     (also if this daemon dies before)"
                 );
                 daemon.pending = Some(Pending {
                     deadline: Instant::now() + within,
                     undo: Undo::Unload,
                 });
+                if let Err(e) = confirm::arm(
+                    &opts.dirs,
+                    within,
+                    UndoKind::Unload,
+                    config_path(&opts.config),
+                    daemon.config_text.clone(),
+                    None,
+                ) {
+                    log::error!("the confirm window holds only while this daemon runs: {e}");
+                }
             }
             daemon.serve(&signals)
         }
@@ -317,8 +376,8 @@ fn start(
 
 /// What undoes an unconfirmed change.
 enum Undo {
-    /// Go back to this configuration (an unconfirmed reload).
-    Restore(Box<Config>),
+    /// Go back to this configuration, and the text of its file (an unconfirmed reload).
+    Restore(Box<(Config, Option<String>)>),
     /// Remove mailguard (an unconfirmed start).
     Unload,
 }
@@ -340,6 +399,8 @@ struct Daemon<'a> {
     keeper: ListKeeper,
     /// What the policy maps hold.
     contents: Contents,
+    /// The text of the configuration file in force (`None`: the built-in defaults).
+    config_text: Option<String>,
     /// Interfaces coming and going (rtnetlink), when it could be opened.
     links: Option<LinkWatch>,
     /// The last attach failure logged while the interface is back but not attached.
@@ -410,8 +471,11 @@ impl Daemon<'_> {
                         log::warn!(
                             "reload not confirmed in time: rolling back to the previous configuration"
                         );
-                        self.config = *previous;
+                        let (config, text) = *previous;
+                        self.config = config;
+                        self.config_text = text;
                         self.sync_maps()?;
+                        confirm::mark_rolled_back(&self.opts.dirs);
                         self.facts.rollbacks.fetch_add(1, Ordering::Relaxed);
                         self.state.monitor = self.config.monitor;
                         self.state.mx_only = self.config.mx_only;
@@ -422,6 +486,7 @@ impl Daemon<'_> {
                         sd_notify("STOPPING=1");
                         self.pins.remove_all()?;
                         state::forget(&self.opts.dirs)?;
+                        confirm::mark_rolled_back(&self.opts.dirs);
                         return Err(RunError::RolledBack);
                     }
                 }
@@ -503,6 +568,7 @@ impl Daemon<'_> {
             }
             Request::Confirm => match self.pending.take() {
                 Some(_) => {
+                    confirm::disarm(&self.opts.dirs);
                     log::info!("change confirmed");
                     Response::ok("confirmed: the change stays")
                 }
@@ -705,12 +771,12 @@ impl Daemon<'_> {
     /// and the answer says why. With `confirm_within`, the change is rolled back unless
     /// confirmed in time.
     fn reload(&mut self, confirm_within: Option<Duration>, force: bool) -> Result<String, String> {
-        let (new, warnings) = match effective_config(self.opts) {
-            Ok((new, warnings)) => {
+        let (new, warnings, text) = match effective_config(self.opts) {
+            Ok((new, warnings, text)) => {
                 for w in &warnings {
                     log::warn!("{w}");
                 }
-                (new, warnings)
+                (new, warnings, text)
             }
             Err(e) => {
                 log::error!("reload refused, the configuration in force stays: {e}");
@@ -796,12 +862,34 @@ impl Daemon<'_> {
                 now().saturating_sub(since)
             ));
         }
+        let previous_text = std::mem::replace(&mut self.config_text, text);
         if let Some(within) = confirm_within {
             // Several unconfirmed reloads roll back to the last confirmed configuration.
-            let undo = match self.pending.take() {
-                Some(Pending { undo, .. }) => undo,
-                None => Undo::Restore(Box::new(previous)),
+            let (undo, confirmed) = match self.pending.take() {
+                Some(Pending { undo, .. }) => (undo, None),
+                None => {
+                    let confirmed = previous_text.clone();
+                    (
+                        Undo::Restore(Box::new((previous, previous_text))),
+                        confirmed,
+                    )
+                }
             };
+            // The window outlives this daemon (confirm.rs); an unconfirmed start stays one.
+            let kind = match undo {
+                Undo::Unload => UndoKind::Unload,
+                Undo::Restore(_) => UndoKind::Restore,
+            };
+            if let Err(e) = confirm::arm(
+                &self.opts.dirs,
+                within,
+                kind,
+                config_path(&self.opts.config),
+                self.config_text.clone(),
+                confirmed.as_deref(),
+            ) {
+                log::error!("the confirm window holds only while this daemon runs: {e}");
+            }
             self.pending = Some(Pending {
                 deadline: Instant::now() + within,
                 undo,
@@ -821,6 +909,68 @@ impl Daemon<'_> {
         }
         Ok(message)
     }
+}
+
+/// `mailguard confirm-watch`: the watchdog of confirm window `token` (confirm.rs). Sleeps
+/// until the deadline, and undoes the change unless it was confirmed or the daemon rolled it
+/// back itself.
+pub fn confirm_watch(dirs: &Dirs, token: u64) -> Result<(), RunError> {
+    loop {
+        let pending = confirm::Pending::read(dirs);
+        let alive = pending
+            .as_ref()
+            .is_some_and(|p| state::process_alive(p.daemon));
+        match confirm::decide(pending.as_ref(), token, confirm::now_ms(), alive) {
+            confirm::Watch::Wait => std::thread::sleep(Duration::from_millis(100)),
+            confirm::Watch::Done => return Ok(()),
+            confirm::Watch::Undo(UndoKind::Unload) => {
+                log::warn!(
+                    "confirm window over, the start unconfirmed and its daemon gone: unloading mailguard"
+                );
+                Pins::new(&dirs.pin).remove_all()?;
+                state::forget(dirs)?;
+                confirm::mark_rolled_back(dirs);
+                return Ok(());
+            }
+            confirm::Watch::Undo(UndoKind::Restore) => {
+                log::warn!(
+                    "confirm window over, the reload unconfirmed and its daemon gone: writing the \
+                     last confirmed configuration back"
+                );
+                restore_confirmed(dirs)?;
+                confirm::mark_rolled_back(dirs);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Writes the last confirmed configuration (`confirmed.toml`) into the pinned maps, as a
+/// start would (the programs are loaded for their maps, not attached).
+fn restore_confirmed(dirs: &Dirs) -> Result<(), RunError> {
+    let path = confirm::confirmed_path(dirs);
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        RunError::Config(ConfigError::Read {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    let (config, _) = Config::parse(&text, &path.display().to_string())?;
+    let pins = Pins::new(&dirs.pin);
+    let previous = RunState::read(dirs).ok();
+    let mut guard = Guard::over_pinned_maps(&config, &pins)?;
+    let keeper = ListKeeper::open(&config.lists);
+    let contents = Contents::of(&config, &keeper.extra(&config.lists));
+    let mut maps = guard.policy_maps()?;
+    let current = maps.read_contents()?;
+    maps.apply_over(&current, &contents, &config)?;
+    if let Some(mut state) = previous {
+        state.monitor = config.monitor;
+        state.mx_only = config.mx_only;
+        state.write(dirs)?;
+    }
+    log::warn!("the last confirmed configuration is in force again");
+    Ok(())
 }
 
 /// Raises the soft limit of open files to the hard one (at most 65536): the metrics endpoint

@@ -464,3 +464,96 @@ fn changes_that_would_cut_a_live_session_are_refused_unless_forced() {
     let listed = answer_text(&mg.cli(&["block", "list"]));
     assert!(listed.contains("198.18.0.66/32"), "{listed}");
 }
+
+/// Whether XDP is on the mail host's interface.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab.mail.ns.run(&["ip", "-d", "link", "show", "mg-mail0"]);
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passes; the time it took.
+fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if f() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn an_unconfirmed_reload_is_rolled_back_although_the_daemon_died() {
+    let mut lab = lab();
+    let confirmed = format!("{CONFIG}[[open_ports]]\nport = 22\n");
+    lab.start_mailguard(&confirmed, &[]);
+    assert!(!reachable(&lab, 8080));
+    lab.rewrite_mailguard_config(&format!("{confirmed}\n[[open_ports]]\nport = 8080\n"));
+    let out = lab.mailguard().cli(&["reload", "--confirm-within", "3"]);
+    assert!(out.status.success(), "{}", answer_text(&out));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    assert!(reachable(&lab, 8080), "the reload on trial opened 8080");
+
+    lab.mailguard.take().expect("mailguard").end(libc::SIGKILL);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    // Probes with a short timeout: a dropped SYN shows as a probe that times out.
+    let quick = |port| {
+        tcp_connects(
+            &lab.client.ns,
+            addr(MAIL4, port),
+            Duration::from_millis(150),
+        )
+    };
+    let took = within(Duration::from_secs(3), || !quick(8080));
+    println!(
+        "faults: SIGKILL inside a reload's confirm window: the confirmed policy back {took:?} after the deadline"
+    );
+    let took = took.expect("8080 still open 3 s after the deadline");
+    assert!(
+        took < Duration::from_secs(1),
+        "rolled back {took:?} after the deadline"
+    );
+
+    // A later start does not apply the unconfirmed file silently.
+    lab.start_mailguard(&format!("{confirmed}\n[[open_ports]]\nport = 8080\n"), &[]);
+    let log = lab.mailguard().log().join("\n");
+    assert!(log.contains("never confirmed"), "{log}");
+    assert!(
+        !reachable(&lab, 8080),
+        "the start applied the unconfirmed file"
+    );
+    println!("faults: the next start kept the last confirmed configuration and said why");
+}
+
+#[test]
+fn an_unconfirmed_start_is_unloaded_although_the_daemon_died() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &["--confirm-within", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let pins = lab.mailguard().pin_dir.clone();
+    assert!(xdp_attached(&lab));
+    lab.mailguard.take().expect("mailguard").end(libc::SIGKILL);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    let took = within(Duration::from_secs(3), || {
+        !xdp_attached(&lab) && !pins.exists()
+    });
+    println!(
+        "faults: SIGKILL inside a start's confirm window: unloaded {took:?} after the deadline"
+    );
+    let took = took.expect("still attached 3 s after the deadline");
+    assert!(
+        took < Duration::from_secs(1),
+        "unloaded {took:?} after the deadline"
+    );
+
+    // The same file again, without a new window: refused.
+    let out = lab.run_mailguard_to_exit(CONFIG, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("never confirmed"), "{err}");
+    // Tried again on purpose: it starts.
+    lab.start_mailguard(CONFIG, &["--confirm-within", "60"]);
+    assert!(lab.mailguard().cli(&["confirm"]).status.success());
+    assert!(!reachable(&lab, PRIVATE));
+}
