@@ -491,6 +491,25 @@ pub fn validate_interface_name(name: &str) -> Result<(), String> {
 
 /// Parses a CIDR (`198.18.0.0/15`, `2001:db8::/32`) or a bare address (a host route).
 /// Host bits set after the prefix are an error that shows the network meant.
+/// `text` cut to `max` characters, saying how much was left out: what an error quotes of
+/// what it refuses (a 50 MB value is not echoed into the log and the answer).
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}... ({} more bytes)", &text[..at], text.len() - at),
+    }
+}
+
+/// Bytes as UTF-8 text, or an error naming the line and column of the first invalid byte.
+pub fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        format!("{line}:{column}: not UTF-8 text (an invalid byte here)")
+    })
+}
+
 /// The text of `path`, read again when its size or modification time changed during the
 /// read (a writer in progress); `Unstable` after a few tries.
 fn read_stable(path: &Path) -> Result<String, ConfigError> {
@@ -504,8 +523,23 @@ fn read_stable(path: &Path) -> Result<String, ConfigError> {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let before = std::fs::metadata(path).map(stamp).map_err(read_error)?;
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        let bytes = std::fs::read(path).map_err(read_error)?;
         let after = std::fs::metadata(path).map(stamp).map_err(read_error)?;
+        let text = utf8_text(bytes).map_err(|m| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            line: m
+                .split(':')
+                .next()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1),
+            column: m
+                .split(':')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
+            key: None,
+            message: "not UTF-8 text (an invalid byte here)".to_string(),
+        })?;
         if before == after && after.0 == text.len() as u64 {
             return Ok(text);
         }
@@ -541,12 +575,16 @@ fn parse_cidr_as_written(text: &str) -> Result<IpNet, String> {
     if let Ok(addr) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
     }
+    let shown = clip(text, 60);
     let Some((addr, len)) = t.split_once('/') else {
-        return Err(format!("`{text}` is not an IP address or CIDR"));
+        return Err(format!("`{shown}` is not an IP address or CIDR"));
     };
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` in `{text}` is not an IPv4 or IPv6 address"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| {
+        format!(
+            "`{}` in `{shown}` is not an IPv4 or IPv6 address",
+            clip(addr, 60)
+        )
+    })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     // Digits only, without a leading zero: `/+24` and `/024` are not prefix lengths.
     let written = len.chars().all(|c| c.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
@@ -554,7 +592,12 @@ fn parse_cidr_as_written(text: &str) -> Result<IpNet, String> {
         .parse()
         .ok()
         .filter(|&l| written && l <= max)
-        .ok_or_else(|| format!("prefix length `/{len}` in `{text}` is not 0 to {max}"))?;
+        .ok_or_else(|| {
+            format!(
+                "prefix length `/{}` in `{shown}` is not 0 to {max}",
+                clip(len, 20)
+            )
+        })?;
     let net = IpNet::new(addr, len).map_err(|e| format!("`{text}`: {e}"))?;
     if net.trunc() != net {
         return Err(format!(
@@ -819,5 +862,16 @@ protocol = "udp"
             assert!(err.contains("prefix length"), "{bad}: {err}");
         }
         assert!(parse_cidr("0.0.0.0/0").is_ok());
+    }
+
+    #[test]
+    fn invalid_utf8_is_placed_and_huge_values_are_not_echoed() {
+        let err =
+            utf8_text(b"interface = \"eth0\"\nicmp_echo = \"al\xfflow\"\n".to_vec()).unwrap_err();
+        assert_eq!(err, "2:16: not UTF-8 text (an invalid byte here)");
+        let huge = "9".repeat(50 << 20);
+        let err = parse_cidr(&huge).unwrap_err();
+        assert!(err.len() < 200, "{} bytes of error", err.len());
+        assert!(err.contains("more bytes"), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{lists::ListName, state::Dirs};
+use crate::{config::clip, lists::ListName, state::Dirs};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -123,6 +123,14 @@ pub enum ControlError {
     Protocol { path: PathBuf, message: String },
 }
 
+/// A request line as the daemon takes it: JSON, then the values checked (`Request::check`).
+/// An error quotes at most the first 200 characters of what it could not use.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str::<Request>(line)
+        .map_err(|e| format!("bad request: {}", clip(&e.to_string(), 200)))
+        .and_then(|r| r.check().map(|()| r))
+}
+
 pub fn socket_path(dirs: &Dirs) -> PathBuf {
     dirs.run.join("control.sock")
 }
@@ -152,9 +160,17 @@ pub fn request(dirs: &Dirs, req: &Request) -> Result<Response, ControlError> {
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    if answer.is_empty() {
+        return Err(ControlError::Protocol {
+            path: path.clone(),
+            message: "the daemon closed the connection without answering (did it stop? its log \
+                      says why)"
+                .to_string(),
+        });
+    }
     serde_json::from_str(&answer).map_err(|e| ControlError::Protocol {
         path: path.clone(),
-        message: e.to_string(),
+        message: format!("{e}: {}", clip(answer.trim_end(), 200)),
     })
 }
 
@@ -201,9 +217,7 @@ impl ControlServer {
             Ok(_) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST_BYTES => Err(
                 format!("bad request: longer than {MAX_REQUEST_BYTES} bytes"),
             ),
-            Ok(_) => serde_json::from_str::<Request>(&line)
-                .map_err(|e| format!("bad request: {e}"))
-                .and_then(|r| r.check().map(|()| r)),
+            Ok(_) => parse_request(&line),
             Err(e) => Err(format!("bad request: {e}")),
         };
         Some((req, stream))

@@ -748,8 +748,10 @@ pub fn fetch(
 ) -> Result<std::collections::BTreeSet<IpNet>, String> {
     let mut out = std::collections::BTreeSet::new();
     for path in &sources.files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            crate::config::utf8_text(bytes).map_err(|m| format!("{}:{m}", path.display()))?;
         out.extend(parse_list_file(path, &text)?);
     }
     for domain in &sources.spf {

@@ -51,6 +51,9 @@ commands:
           docs/BENCHMARKS.md and its plots in docs/bench/ (about 25 minutes)
   lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
           with nightly for its target
+  fuzz    the property tests of everything mailguard reads from outside (control requests,
+          configuration, list files, CIDRs, durations) on MAILGUARD_FUZZ_CASES inputs each
+          (default 200000; `test` runs 256); a failing input is kept as a regression case
   dist    set up, then build the Debian package (target/dist/mailguard_VERSION_amd64.deb: the
           binary with its eBPF object, the systemd unit, the man page, completions, the
           configuration as a conffile) and run lintian on it
@@ -147,6 +150,24 @@ fn lint() -> Result<()> {
     }
 }
 
+fn fuzz() -> Result<()> {
+    let cases = std::env::var("MAILGUARD_FUZZ_CASES").unwrap_or_else(|_| "200000".to_string());
+    println!("== fuzz: {cases} generated inputs for each property (guard-userspace/tests/fuzz.rs)");
+    cmd::run(
+        "fuzz",
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "-p",
+            "guard-userspace",
+            "--test",
+            "fuzz",
+        ],
+        &[("PROPTEST_CASES", &cases)],
+    )
+}
+
 fn bench() -> Result<()> {
     setup::setup()?;
     // Optimised builds: the driver's own work between single runs (and the daemon's, during
@@ -191,6 +212,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench(),
         Some("lint") => lint(),
+        Some("fuzz") => fuzz(),
         Some("kernels") => tiers::kernels_only(),
         Some("dist") => setup::setup().and_then(|()| dist::dist().map(|_| ())),
         Some("help" | "-h" | "--help") => {
