@@ -133,12 +133,32 @@ pub enum GuardError {
     Mapped(#[from] crate::mapped::MappedError),
     #[error(transparent)]
     Kernel(#[from] crate::kernel_features::Unsupported),
+    #[error(
+        "cannot attach XDP to interface `{iface}` in {mode} mode: another XDP program is attached \
+         there (id {id}{}): detach it first (`ip link set dev {iface} xdp off`, or \
+         `xdp-loader unload {iface} --all` for a program of xdp-tools); nothing was changed",
+        name.as_ref().map_or(String::new(), |n| format!(", `{n}`"))
+    )]
+    Occupied {
+        iface: String,
+        mode: &'static str,
+        id: u32,
+        name: Option<String>,
+    },
     #[error("interface `{iface}` (`ip link` lists the interfaces)")]
     Interface {
         iface: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The name of loaded program `id`, if it can be read.
+fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
 /// The index of interface `name` in this network namespace.
@@ -552,6 +572,18 @@ impl Guard {
         mode: AttachMode,
     ) -> Result<(AttachedMode, XdpLinkId), GuardError> {
         let program = xdp_program_mut(&mut self.ebpf)?;
+        // An XDP program someone else attached (xdp-filter, a firewall) is in the way: named.
+        // (mailguard's own attachment is never in the way: that one is replaced, not attached.)
+        let in_the_way = |mode: AttachedMode| -> Option<GuardError> {
+            let index = interface_index(iface).ok()?;
+            let id = crate::link_watch::xdp_program_on(index).ok()??;
+            Some(GuardError::Occupied {
+                iface: iface.to_string(),
+                mode: mode.name(),
+                id,
+                name: program_name(id),
+            })
+        };
         let try_mode = |program: &mut Xdp, mode: AttachedMode| {
             let flags = match mode {
                 AttachedMode::Native => XdpMode::Driver,
@@ -560,10 +592,12 @@ impl Guard {
             program
                 .attach(iface, flags)
                 .map(|id| (mode, id))
-                .map_err(|source| GuardError::Attach {
-                    iface: iface.to_string(),
-                    mode: mode.name(),
-                    source,
+                .map_err(|source| {
+                    in_the_way(mode).unwrap_or(GuardError::Attach {
+                        iface: iface.to_string(),
+                        mode: mode.name(),
+                        source,
+                    })
                 })
         };
         match mode {
@@ -571,6 +605,8 @@ impl Guard {
             AttachMode::Skb => try_mode(program, AttachedMode::Skb),
             AttachMode::Auto => match try_mode(program, AttachedMode::Native) {
                 Ok(m) => Ok(m),
+                // Generic mode cannot share the interface either.
+                Err(e @ GuardError::Occupied { .. }) => Err(e),
                 Err(GuardError::Attach {
                     source: ProgramError::UnknownInterface { name },
                     ..

@@ -557,3 +557,29 @@ fn an_unconfirmed_start_is_unloaded_although_the_daemon_died() {
     assert!(lab.mailguard().cli(&["confirm"]).status.success());
     assert!(!reachable(&lab, PRIVATE));
 }
+
+#[test]
+fn another_xdp_program_in_the_way_is_named() {
+    let lab = lab();
+    lab.mail
+        .ns
+        .run(&["xdp-filter", "load", "mg-mail0", "--mode", "skb"]);
+    let out = lab.run_mailguard_to_exit(CONFIG, &[]);
+    let _ = lab
+        .mail
+        .ns
+        .command("xdp-filter")
+        .args(["unload", "mg-mail0", "--all"])
+        .output();
+    let err = stderr(&out);
+    println!(
+        "faults: another XDP program on the interface: {}",
+        err.trim()
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another XDP program is attached there (id ")
+            && err.contains("ip link set dev mg-mail0 xdp off"),
+        "{err}"
+    );
+}
