@@ -145,6 +145,17 @@ pub enum GuardError {
         id: u32,
         name: Option<String>,
     },
+    #[error(
+        "list `{list}`: {entries} {family} entries do not fit: a list holds at most {max} per \
+         family (its configuration, files, SPF records and run-time entries together); nothing \
+         was changed"
+    )]
+    ListTooLarge {
+        list: &'static str,
+        family: &'static str,
+        entries: usize,
+        max: usize,
+    },
     #[error("interface `{iface}` (`ip link` lists the interfaces)")]
     Interface {
         iface: String,

@@ -349,6 +349,20 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         new: &Contents,
         config: &Config,
     ) -> Result<(), GuardError> {
+        // Before anything is written: a list its maps cannot hold beside the version in force.
+        for list in ListName::ALL {
+            let l = new.list(list);
+            for (family, entries) in [("IPv4", l.v4.len()), ("IPv6", l.v6.len())] {
+                if entries > guard_common::LIST_MAX_ENTRIES as usize {
+                    return Err(GuardError::ListTooLarge {
+                        list: list.name(),
+                        family,
+                        entries,
+                        max: guard_common::LIST_MAX_ENTRIES as usize,
+                    });
+                }
+            }
+        }
         let (mono, unix) = clocks();
         let in_force = self
             .settings

@@ -169,7 +169,7 @@ impl Lab {
     /// must fail: returns its output once it exits (panics if it is still running after 30 s).
     pub fn run_mailguard_to_exit(&self, config: &str, args: &[&str]) -> std::process::Output {
         let path = self.dir.path.join("mailguard-failing.toml");
-        fs::write(&path, config).expect("write mailguard config");
+        fs::write(&path, self.with_lab_state_dir(config)).expect("write mailguard config");
         let mut cmd = self
             .mail
             .ns
@@ -223,18 +223,43 @@ impl Lab {
         self.listeners.push(l);
     }
 
+    /// `config` with the lists' state kept in the lab's directory, unless it says where: a
+    /// lab's run-time list edits must never reach the host's own `/var/lib/mailguard`.
+    fn with_lab_state_dir(&self, config: &str) -> String {
+        if config.contains("state_dir") {
+            return config.to_string();
+        }
+        let line = format!(
+            "state_dir = \"{}\"\n",
+            self.dir.path.join("state").display()
+        );
+        match config.find("[lists]\n") {
+            Some(at) => {
+                let after = at + "[lists]\n".len();
+                format!("{}{line}{}", &config[..after], &config[after..])
+            }
+            None => format!("{config}\n[lists]\n{line}"),
+        }
+    }
+
     /// Writes `config` to the lab directory and starts mailguard on the mail host with it.
     pub fn start_mailguard(&mut self, config: &str, extra_args: &[&str]) -> &Mailguard {
         let path = self.dir.path.join("mailguard.toml");
-        fs::write(&path, config).expect("write mailguard config");
+        fs::write(&path, self.with_lab_state_dir(config)).expect("write mailguard config");
         let mg = Mailguard::start(&self.mail.ns, &self.dir.path, &path, extra_args);
         self.mailguard = Some(mg);
         self.mailguard.as_ref().expect("just set")
     }
 
-    /// Rewrites the configuration file mailguard was started with (for reloads).
+    /// Rewrites the configuration file mailguard was started with (for reloads). An empty
+    /// `config` is written as it is.
     pub fn rewrite_mailguard_config(&self, config: &str) {
-        fs::write(self.dir.path.join("mailguard.toml"), config).expect("rewrite mailguard config");
+        let text = if config.is_empty() {
+            String::new()
+        } else {
+            self.with_lab_state_dir(config)
+        };
+        fs::write(self.dir.path.join("mailguard.toml"), text).expect("rewrite mailguard config");
     }
 
     pub fn stop_mailguard(&mut self) {
