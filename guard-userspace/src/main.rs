@@ -228,13 +228,9 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
             return exit::INVALID_CONFIG;
         }
         // RunError's variants are transparent: the ConfigError inside is not in the chain.
-        if let Some(
-            run::RunError::Config(_)
-            | run::RunError::NoInterface
-            | run::RunError::BadInterface(_)
-            | run::RunError::LockOut(_)
-            | run::RunError::Unconfirmed(_),
-        ) = cause.downcast_ref()
+        if cause
+            .downcast_ref::<run::RunError>()
+            .is_some_and(run::RunError::refused_input)
         {
             return exit::INVALID_CONFIG;
         }

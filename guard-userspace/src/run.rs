@@ -72,6 +72,12 @@ pub enum RunError {
     },
     #[error("{0}")]
     LockOut(String),
+    #[error("the start failed, and the protection in force on {on} stays as it was")]
+    Kept {
+        on: String,
+        #[source]
+        source: Box<RunError>,
+    },
     #[error(
         "{} holds a start that was never confirmed (its confirm window ran out and mailguard \
          unloaded itself): refused; `mailguard run --confirm-within SECONDS` tries it again",
@@ -84,6 +90,22 @@ pub enum RunError {
     Pins(#[from] crate::pins::PinError),
     #[error("cannot wait for signals: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Whether the start was refused for its configuration or arguments (exit code 2: systemd
+    /// does not restart it in a loop).
+    pub fn refused_input(&self) -> bool {
+        match self {
+            RunError::Config(_)
+            | RunError::NoInterface
+            | RunError::BadInterface(_)
+            | RunError::LockOut(_)
+            | RunError::Unconfirmed(_) => true,
+            RunError::Kept { source, .. } => source.refused_input(),
+            _ => false,
+        }
+    }
 }
 
 /// The configuration file to use: `--config`, else the default path when it exists.
@@ -266,8 +288,14 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 if let Err(cleanup) = pins.remove_all() {
                     log::error!("{cleanup}");
                 }
+                return Err(e);
             }
-            Err(e)
+            // Nothing in force was unpinned or replaced before the failing step: it stays.
+            let on = previous.map_or_else(|| "its interface".to_string(), |p| p.interface);
+            Err(RunError::Kept {
+                on,
+                source: Box::new(e),
+            })
         }
     }
 }
