@@ -243,20 +243,25 @@ impl Guard {
     /// reused when they match what the program expects, and recreated (reported) otherwise.
     pub fn load_pinned(config: &Config, pins: &Pins) -> Result<(Guard, Vec<String>), GuardError> {
         let budgets = &config.budgets;
-        let mut recreated = pins.check_maps(EBPF_OBJECT, config)?;
+        // New maps of a start that crashed before it committed them.
+        pins.discard_new_maps();
+        let mismatched = pins.check_maps(EBPF_OBJECT, config)?;
+        let fresh: Vec<&str> = mismatched.iter().map(|(name, _)| name.as_str()).collect();
+        let mut recreated: Vec<String> = mismatched.iter().map(|(_, why)| why.clone()).collect();
         std::fs::create_dir_all(pins.maps_dir()).map_err(|source| GuardError::PinDir {
             path: pins.maps_dir(),
             source,
         })?;
+        let is_new = |name: &str| fresh.contains(&name) || !pins.map(name).exists();
         // A source table created beside a reused socket table (`tracked_sources` changed, or a
         // new layout) has no connection counts in its buckets, which would hide the open
         // connections from XDP: rebuild them.
-        let rebuild = !pins.map(names::SOURCES).exists() && pins.map(names::SOCKETS).exists();
+        let rebuild = is_new(names::SOURCES) && !is_new(names::SOCKETS);
         // A new (empty) IPv6 prefix table beside pinned settings that say lists are indexed in
         // it would miss every prefix: those lists go back to their tries until the next update
         // indexes them again.
-        let new_v6_table = !pins.map(names::V6_TABLE).exists();
-        let mut guard = Guard::load_with(config, Some(pins))?;
+        let new_v6_table = is_new(names::V6_TABLE);
+        let mut guard = Guard::load_with(config, Some((pins, &fresh)))?;
         if new_v6_table {
             guard.forget_v6_index()?;
         }
@@ -274,7 +279,7 @@ impl Guard {
     /// Loads the programs over the pinned maps as they are, none checked or recreated: for
     /// writing a policy into the maps in force (the confirm window's watchdog), never attached.
     pub fn over_pinned_maps(config: &Config, pins: &Pins) -> Result<Guard, GuardError> {
-        Guard::load_with(config, Some(pins))
+        Guard::load_with(config, Some((pins, &[])))
     }
 
     /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
@@ -331,7 +336,9 @@ impl Guard {
         Ok(counts.values().sum::<u32>() as usize)
     }
 
-    fn load_with(config: &Config, pins: Option<&Pins>) -> Result<Guard, GuardError> {
+    /// Loads the object; with `pins`, its maps pinned there, those named in the second part
+    /// pinned beside the ones in force (`Pins::map_new`) until the start commits them.
+    fn load_with(config: &Config, pins: Option<(&Pins, &[&str])>) -> Result<Guard, GuardError> {
         let budgets = &config.budgets;
         let kernel = KernelFeatures::probed();
         kernel.check()?;
@@ -345,9 +352,14 @@ impl Guard {
             .map_max_entries(names::SOURCES, source_buckets(budgets.tracked_sources))
             .map_max_entries(names::CONNECTIONS, budgets.tracked_connections)
             .map_max_entries(names::SOCKETS, budgets.tracked_connections);
-        if let Some(pins) = pins {
+        if let Some((pins, fresh)) = pins {
             for name in names::ALL {
-                loader.map_pin_path(name, pins.map(name));
+                let path = if fresh.contains(name) {
+                    pins.map_new(name)
+                } else {
+                    pins.map(name)
+                };
+                loader.map_pin_path(name, path);
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(GuardError::Object)?;

@@ -122,10 +122,56 @@ impl Pins {
         self.xdp_link().exists()
     }
 
+    /// Where a map that replaces the pinned one is pinned until the start that made it has
+    /// succeeded (`commit_new_maps`): the map in force keeps its pin until then. (bpffs allows
+    /// no dot in a name.)
+    pub fn map_new(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(format!("{name}_new"))
+    }
+
+    /// The start succeeded: each new map takes the place of the one it replaces.
+    pub fn commit_new_maps(&self) -> Result<(), PinError> {
+        for (new, name) in self.new_maps() {
+            fs::rename(&new, self.map(&name)).map_err(|source| PinError::Io {
+                action: "rename",
+                path: new.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The start failed (or a crashed one left them): the new maps go, the pinned ones stay.
+    pub fn discard_new_maps(&self) {
+        for (new, _) in self.new_maps() {
+            let _ = fs::remove_file(new);
+        }
+    }
+
+    fn new_maps(&self) -> Vec<(PathBuf, String)> {
+        fs::read_dir(self.maps_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let base = name.strip_suffix("_new")?.to_string();
+                        Some((e.path(), base))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Checks every pinned map against the program's own definition of it (with the
-    /// configured capacities). A map that does not match is unpinned, so that loading creates
-    /// a new one; each such map is reported.
-    pub fn check_maps(&self, object: &[u8], config: &Config) -> Result<Vec<String>, PinError> {
+    /// configured capacities). Returns each map that does not match, with why: the start makes
+    /// a new one beside it (`map_new`), and it replaces the pinned one only once the start has
+    /// succeeded, so that nothing is unpinned before its replacement works.
+    pub fn check_maps(
+        &self,
+        object: &[u8],
+        config: &Config,
+    ) -> Result<Vec<(String, String)>, PinError> {
         let obj = aya_obj::Object::parse(object).map_err(|e| PinError::Object(e.to_string()))?;
         let mut recreated = Vec::new();
         for (name, def) in &obj.maps {
@@ -171,14 +217,12 @@ impl Pins {
                 ));
             }
             if !differences.is_empty() {
-                fs::remove_file(&path).map_err(|source| PinError::Io {
-                    action: "unpin",
-                    path: path.clone(),
-                    source,
-                })?;
-                recreated.push(format!(
-                    "map {name}: the pinned map has {}: recreated empty",
-                    differences.join(", ")
+                recreated.push((
+                    name.clone(),
+                    format!(
+                        "map {name}: the pinned map has {}: a new, empty one replaces it",
+                        differences.join(", ")
+                    ),
                 ));
             }
         }

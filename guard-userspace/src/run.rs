@@ -283,6 +283,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             daemon.serve(&signals)
         }
         Err(e) => {
+            pins.discard_new_maps();
             if !adopting {
                 // A first start that failed leaves nothing pinned behind.
                 if let Err(cleanup) = pins.remove_all() {
@@ -345,7 +346,10 @@ fn start(
         let current = maps.read_contents()?;
         maps.apply_over(&current, &contents, &config)?;
     }
-    let mode = match guard.attach_xdp_pinned(iface, config.attach_mode, pins)? {
+    let attached = guard.attach_xdp_pinned(iface, config.attach_mode, pins)?;
+    // The new program is in force: the maps it made replace the pinned ones it did not reuse.
+    pins.commit_new_maps()?;
+    let mode = match attached {
         Attachment::New(mode) => {
             log::info!("attached to {iface} in {} mode", mode.name());
             mode.name().to_string()

@@ -583,3 +583,67 @@ fn another_xdp_program_in_the_way_is_named() {
         "{err}"
     );
 }
+
+/// The kernel's id of the map pinned at `path`.
+fn pinned_map_id(path: &std::path::Path) -> u32 {
+    aya::maps::MapInfo::from_pin(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .id()
+}
+
+#[test]
+fn a_start_that_fails_keeps_every_pinned_map() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let maps = lab.mailguard().pin_dir.join("maps");
+    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
+    let sources = maps.join("MG_SOURCES");
+    let before = pinned_map_id(&sources);
+    lab.mail.ns.run(&[
+        "ip",
+        "link",
+        "add",
+        "mg-dummy0",
+        "mtu",
+        "9000",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mg-dummy1",
+        "mtu",
+        "9000",
+    ]);
+    for dev in ["mg-dummy0", "mg-dummy1"] {
+        lab.mail.ns.run(&["ip", "link", "set", dev, "up"]);
+    }
+    // A new table size (the source table must be made anew) and an attach that fails.
+    let resized = format!("{CONFIG}[budgets]\ntracked_sources = 1024\n");
+    let out = lab.run_mailguard_to_exit(&resized, &["--iface", "mg-dummy0", "--mode", "native"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        pinned_map_id(&sources),
+        before,
+        "the pinned source table was replaced"
+    );
+    assert!(
+        !maps.join("MG_SOURCES_new").exists(),
+        "the failed start left its new map pinned"
+    );
+    assert!(!reachable(&lab, PRIVATE));
+    println!(
+        "faults: a failed start that needed a new source table kept the pinned one (id {before})"
+    );
+
+    // The same start on the lab's interface: the new table replaces the old once it is in force.
+    lab.start_mailguard(&resized, &[]);
+    let log = lab.mailguard().log().join("\n");
+    assert!(log.contains("a new, empty one replaces it"), "{log}");
+    assert_ne!(
+        pinned_map_id(&sources),
+        before,
+        "the source table was not replaced"
+    );
+    assert!(!maps.join("MG_SOURCES_new").exists());
+    assert!(!reachable(&lab, PRIVATE));
+}
