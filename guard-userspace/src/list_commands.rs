@@ -4,12 +4,14 @@
 use clap::Subcommand;
 use ipnet::IpNet;
 use mailguard::{
-    config, control,
-    control::{Request, Response},
-    list_keeper::ListReport,
-    list_view::{self, ListStatus},
-    lists::{ListEntry, ListName, ListSummary, now_unix},
-    state::Dirs,
+    cli::list_view::{self, ListStatus},
+    config,
+    config::lists::ListName,
+    daemon::control,
+    daemon::control::{Request, Response},
+    daemon::state::Dirs,
+    feeds::keeper::ListReport,
+    feeds::saved::{ListEntry, ListSummary, now_unix},
 };
 
 use crate::exit;
@@ -22,7 +24,7 @@ pub enum ListAction {
         #[arg(required = true, value_parser = parse_entry)]
         entries: Vec<IpNet>,
         /// Remove the entries again after this long (`90s`, `10m`, `1h`, `2d`, `1h30m`).
-        #[arg(long = "for", value_name = "DURATION", value_parser = list_view::parse_duration)]
+        #[arg(long = "for", value_name = "DURATION", value_parser = mailguard::config::durations::parse_duration)]
         duration: Option<u64>,
         /// Add them even if that cuts a live session into this host (the daemon reads its socket
         /// table) or blocks every source (0.0.0.0/0, ::/0).

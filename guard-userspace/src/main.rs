@@ -8,14 +8,13 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 use list_commands::{ListAction, ListsAction};
 use mailguard::{
-    budget_view::{self, BudgetView},
-    config::{self, Config},
-    control,
-    guard::AttachMode,
-    lists::ListName,
-    run::{self, RunOptions},
-    state::{self, Dirs, RunState, StateError},
-    status::Status,
+    cli::status::Status,
+    config::lists::ListName,
+    config::{self, AttachMode, Config},
+    daemon::budget_view::{self, BudgetView},
+    daemon::control,
+    daemon::run::{self, RunOptions},
+    daemon::state::{self, Dirs, RunState, StateError},
 };
 
 /// Exit codes, as documented in README.md.
@@ -234,7 +233,9 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         {
             return exit::INVALID_CONFIG;
         }
-        if let Some(mailguard::control::ControlError::Unreachable { .. }) = cause.downcast_ref() {
+        if let Some(mailguard::daemon::control::ControlError::Unreachable { .. }) =
+            cause.downcast_ref()
+        {
             return exit::NOT_RUNNING;
         }
         if let Some(run::RunError::RolledBack) = cause.downcast_ref() {
@@ -277,7 +278,7 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
         }
         Command::Status { json, all } => {
             let state = RunState::read(&dirs)?;
-            if !mailguard::pins::Pins::new(&dirs.pin).attached() && !state.daemon_alive() {
+            if !mailguard::kernel::pins::Pins::new(&dirs.pin).attached() && !state.daemon_alive() {
                 return Err(StateError::NotRunning {
                     path: dirs.pin.join("xdp_link"),
                 }
@@ -285,18 +286,18 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             }
             let counters = state::pinned_counters(&dirs)?;
             let settings = state::pinned_settings(&dirs)?;
-            let cpus = mailguard::policy::HostFacts::of_this_host()?.cpus;
+            let cpus = mailguard::kernel::policy::HostFacts::of_this_host()?.cpus;
             let budgets = BudgetView::read(&dirs, cpus)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             // Whether the program is on its interface, from the kernel itself (the daemon, when
             // it runs, records since when it is not).
-            let pinned_on = mailguard::pins::xdp_link_ifindex(
-                &mailguard::pins::Pins::new(&dirs.pin).xdp_link(),
+            let pinned_on = mailguard::kernel::pins::xdp_link_ifindex(
+                &mailguard::kernel::pins::Pins::new(&dirs.pin).xdp_link(),
             )
             .ok();
-            let on_iface = mailguard::guard::interface_index(&state.interface).ok();
+            let on_iface = mailguard::kernel::attach::interface_index(&state.interface).ok();
             let attached = on_iface.is_some() && on_iface == pinned_on;
             let mut status = Status::new(state, settings, &counters, budgets, now);
             status.attached = attached;
@@ -369,10 +370,10 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
                     state.pid
                 );
             }
-            let removed = mailguard::pins::Pins::new(&dirs.pin).remove_all()?;
+            let removed = mailguard::kernel::pins::Pins::new(&dirs.pin).remove_all()?;
             state::forget(&dirs)?;
             // Nothing is on trial any more (its watchdog sees that and ends).
-            mailguard::confirm::disarm(&dirs);
+            mailguard::daemon::confirm::disarm(&dirs);
             let interface = previous.as_ref().map(|s| s.interface.clone());
             if json {
                 println!(

@@ -9,10 +9,11 @@
 use std::path::Path;
 
 use mailguard::{
+    config::durations::parse_duration,
+    config::lists::{ListName, Lists, parse_list_file},
     config::{Config, parse_cidr},
-    control::{Request, parse_request},
-    list_view::parse_duration,
-    lists::{ListName, ListState, Lists, parse_list_file},
+    daemon::control::{Request, parse_request},
+    feeds::saved::ListState,
 };
 use proptest::prelude::*;
 

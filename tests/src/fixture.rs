@@ -12,8 +12,8 @@ use guard_common::{
 };
 use mailguard::{
     config::Config,
-    guard::{Counters, Guard},
-    source_table::SourceTable,
+    kernel::guard::{Counters, Guard},
+    kernel::source_table::SourceTable,
 };
 
 /// Pins the calling thread to the first CPU it may run on.

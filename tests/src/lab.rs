@@ -314,8 +314,8 @@ fn link_host(switch: &Netns, ns: &Netns, short: &str, v4: &str, v6: &str) -> Str
 fn pass_on_switch_ports(switch: &Netns, ports: &'static [&'static str]) -> aya::Ebpf {
     switch
         .spawn(move || {
-            let mut ebpf =
-                aya::Ebpf::load(mailguard::guard::BENCH_FLOOR_OBJECT).expect("reference programs");
+            let mut ebpf = aya::Ebpf::load(mailguard::kernel::guard::BENCH_FLOOR_OBJECT)
+                .expect("reference programs");
             let program: &mut aya::programs::Xdp = ebpf
                 .program_mut("xdp_pass")
                 .expect("xdp_pass")

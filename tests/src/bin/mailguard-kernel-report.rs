@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use mailguard::{config::Config, guard::Guard, kernel_features::KernelFeatures};
+use mailguard::{config::Config, kernel::features::KernelFeatures, kernel::guard::Guard};
 use serde_json::{Value, json};
 
 fn main() {

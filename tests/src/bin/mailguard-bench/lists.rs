@@ -15,8 +15,8 @@ use guard_tests::packet::{Packet, SYN, tcp};
 use ipnet::IpNet;
 use mailguard::{
     config::Config,
-    lists::parse_list_file,
-    policy::{AddrList, Contents},
+    config::lists::parse_list_file,
+    kernel::policy::{AddrList, Contents},
 };
 
 use crate::{
@@ -165,7 +165,7 @@ pub fn measure(floor: &Xdp) -> Result<Vec<ListRow>, String> {
 /// empty MX allowlist, swapped for `n` others, then `n` in the block list too. Returns the
 /// (parse, load, swap) milliseconds.
 fn fill(
-    guard: &mut mailguard::guard::Guard,
+    guard: &mut mailguard::kernel::guard::Guard,
     config: &Config,
     family: &str,
     n: usize,
@@ -223,7 +223,7 @@ fn fill(
 
 /// Fails unless the MX allowlist and the block list of the family are read through their
 /// indexes (a row measuring a trie walk would not be the figure it claims).
-fn indexed(guard: &mailguard::guard::Guard, v6: bool) -> Result<(), String> {
+fn indexed(guard: &mailguard::kernel::guard::Guard, v6: bool) -> Result<(), String> {
     use guard_common::{INDEX_BLOCK, INDEX_MX_ALLOW, Settings, index_active_bit, maps, v6_list};
     let map = guard.map(maps::SETTINGS).ok_or("no settings map")?;
     let settings: aya::maps::Array<_, Settings> =

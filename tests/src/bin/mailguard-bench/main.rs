@@ -58,7 +58,7 @@ use guard_tests::{
 };
 use mailguard::{
     config::Config,
-    guard::{BENCH_FLOOR_OBJECT, Guard},
+    kernel::guard::{BENCH_FLOOR_OBJECT, Guard},
 };
 use measure::{
     CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, differences,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use aya::programs::Xdp;
 use guard_common::{AccountingEvent, DEFAULT_TRACKED_SOURCES, SourceBucket, source_buckets};
-use mailguard::{config::Config, guard::Guard};
+use mailguard::{config::Config, kernel::guard::Guard};
 
 use crate::{
     DEFAULT_TABLES_CONFIG, NEW_SOURCES, NEW_TRIALS, NewPath, guard_accounting,

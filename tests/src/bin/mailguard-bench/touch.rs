@@ -8,7 +8,7 @@ use aya::{
     programs::Xdp,
 };
 use guard_common::SourceBucket;
-use mailguard::{guard::BENCH_FLOOR_OBJECT, mapped::MappedArray};
+use mailguard::{kernel::guard::BENCH_FLOOR_OBJECT, kernel::mapped::MappedArray};
 
 use crate::measure::{Run, Timed};
 

@@ -25,7 +25,7 @@ use guard_tests::{
     netns::link_info,
     packet::{Packet, SYN, tcp},
 };
-use mailguard::guard::BENCH_FLOOR_OBJECT;
+use mailguard::kernel::guard::BENCH_FLOOR_OBJECT;
 
 /// Copies of the SYN per test run: a few tens of milliseconds at the rates reached here, so
 /// that a stop is seen promptly.

@@ -14,7 +14,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::clip, lists::ListName, state::Dirs};
+use crate::{
+    config::clip, config::durations::MAX_ENTRY_SECONDS, config::lists::ListName,
+    daemon::state::Dirs,
+};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -46,8 +49,6 @@ pub enum Request {
 
 /// The longest confirmation window a change may ask for: a day.
 pub const MAX_CONFIRM_SECONDS: u64 = 86_400;
-/// The longest a timed list entry may last: ten years (longer is "for ever": no `--for`).
-pub const MAX_ENTRY_SECONDS: u64 = 10 * 365 * 86_400;
 /// The most entries one list edit may carry (larger sets belong in a list file).
 pub const MAX_EDIT_ENTRIES: usize = 100_000;
 /// The longest request line the daemon reads; the rest of a longer one is not read.
@@ -375,9 +376,9 @@ mod tests {
 
     #[test]
     fn a_huge_timed_entry_is_an_error_not_a_panic() {
-        let mut state = crate::lists::ListState::default();
+        let mut state = crate::feeds::saved::ListState::default();
         let net: ipnet::IpNet = "198.19.0.1/32".parse().unwrap();
-        let lists = crate::lists::Lists::default();
+        let lists = crate::config::lists::Lists::default();
         let r = state.edit(&lists, ListName::Block, true, &[net], Some(u64::MAX));
         assert!(r.is_err(), "{r:?}");
     }

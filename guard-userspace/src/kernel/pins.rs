@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn capacities_from_the_configuration() {
-        use crate::budgets::Budgets;
+        use crate::config::budgets::Budgets;
         let mut b = Config {
             budgets: Budgets {
                 tracked_sources: 123,
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_object_defines_every_map() {
-        let obj = aya_obj::Object::parse(crate::guard::EBPF_OBJECT).unwrap();
+        let obj = aya_obj::Object::parse(crate::kernel::guard::EBPF_OBJECT).unwrap();
         for name in names::ALL {
             assert!(obj.maps.contains_key(*name), "object lacks map {name}");
         }

@@ -15,7 +15,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::dns::{Answer, DnsError, RecordType, Resolver};
+use crate::feeds::dns::{Answer, DnsError, RecordType, Resolver};
 
 /// How SPF records are looked up.
 #[derive(Clone, Debug)]
@@ -235,7 +235,7 @@ impl Walk<'_> {
             return Err(self.term_error(term, "SPF macros cannot be turned into ranges"));
         }
         let d = spec.trim_end_matches('.').to_ascii_lowercase();
-        if !crate::lists::valid_domain(&d) {
+        if !crate::config::lists::valid_domain(&d) {
             return Err(self.term_error(term, format!("`{spec}` is not a domain name")));
         }
         Ok(d)

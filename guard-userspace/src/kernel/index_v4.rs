@@ -9,7 +9,7 @@ use guard_common::{
     v4_slot_16, v4_slot_24, v4_slot_32,
 };
 
-use crate::mapped::{MappedArray, MappedError};
+use crate::kernel::mapped::{MappedArray, MappedError};
 
 /// Why a list is left to its trie.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +170,7 @@ impl IndexMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rng::Rng;
+    use crate::kernel::test_rng::Rng;
 
     /// What an LPM lookup answers: whether any prefix covers the address.
     fn covered(prefixes: &[(u32, [u8; 4])], addr: [u8; 4]) -> bool {

@@ -14,9 +14,10 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    lists::{self, ListName, ListState, Lists, now_unix},
-    policy::Extra,
-    spf,
+    config::lists::{ListName, Lists},
+    feeds::saved::{self, ListState, now_unix},
+    feeds::spf,
+    kernel::policy::Extra,
 };
 
 /// What a refresh fetched: per list, its sources and their entries (or the first problem).
@@ -47,7 +48,7 @@ impl ListKeeper {
             Ok(s) => s,
             Err(e) => {
                 log::error!("{e}; starting from the configuration's entries only");
-                if let lists::ListError::Corrupt { path, .. } = &e {
+                if let saved::ListError::Corrupt { path, .. } = &e {
                     let aside = path.with_extension(format!("json.corrupt-{}", now_unix()));
                     match std::fs::rename(path, &aside) {
                         Ok(()) => {
@@ -129,7 +130,7 @@ impl ListKeeper {
                     (
                         *l,
                         config.sources(*l).external(),
-                        lists::fetch(config.sources(*l), &resolve),
+                        saved::fetch(config.sources(*l), &resolve),
                     )
                 })
                 .collect();

@@ -8,9 +8,10 @@ use guard_common::{Reason, index_active_bit, v6_list};
 use serde::Serialize;
 
 use crate::{
-    list_keeper::ListReport,
-    lists::{ListEntry, ListName, ListSummary},
-    status::human_duration,
+    config::durations::human_duration,
+    config::lists::ListName,
+    feeds::keeper::ListReport,
+    feeds::saved::{ListEntry, ListSummary},
 };
 
 /// A list in `status`: its summary and the packets it decided.
@@ -188,70 +189,9 @@ pub fn render_refresh(reports: &[ListReport]) -> String {
     out
 }
 
-/// A duration such as `90s`, `10m`, `1h`, `2d`, `1h30m` (a bare number is seconds), in seconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let bad = || format!("`{text}` is not a duration (examples: 90s, 10m, 1h, 2d, 1h30m)");
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            'w' => 7 * 86400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        number.clear();
-    }
-    if !number.is_empty() {
-        total = number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| total.checked_add(n))
-            .ok_or_else(bad)?;
-    }
-    if total == 0 {
-        return Err(format!("`{text}`: a duration must be at least one second"));
-    }
-    // Ten years: anything longer is a mistake (leave `--for` out for a permanent entry).
-    if total > crate::control::MAX_ENTRY_SECONDS {
-        return Err(format!(
-            "`{text}` is longer than ten years; leave out --for for a permanent entry"
-        ));
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("90"), Ok(90));
-        assert_eq!(parse_duration("90s"), Ok(90));
-        assert_eq!(parse_duration("1h30m"), Ok(5400));
-        assert_eq!(parse_duration("2d"), Ok(172_800));
-        assert!(parse_duration("1x").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("h").is_err());
-        assert!(
-            parse_duration("0s")
-                .unwrap_err()
-                .contains("at least one second")
-        );
-        assert!(parse_duration("99999999999999999999s").is_err());
-        assert!(parse_duration("11000d").unwrap_err().contains("ten years"));
-    }
 
     #[test]
     fn summaries_show_failures() {

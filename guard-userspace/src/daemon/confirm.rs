@@ -26,7 +26,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::Dirs;
+use crate::daemon::state::Dirs;
 
 /// What undoes an unconfirmed change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,20 +1,28 @@
 //! The configuration file (`/etc/mailguard/mailguard.toml`). It is parsed and validated whole
 //! before anything is applied; an error names the file, line, column and key.
+//!
+//! Layer 1: it imports no other layer. `budgets` and `lists` are its sections.
 
 use std::{
     collections::BTreeSet,
     fmt,
-    net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
 };
+
+pub mod budgets;
+pub mod durations;
+pub mod lists;
+mod values;
+
+pub use values::{clip, parse_cidr, utf8_text, validate_interface_name};
 
 use guard_common::Transport;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{budgets::Budgets, guard::AttachMode};
+use crate::config::budgets::Budgets;
 
 /// Where `mailguard` looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/mailguard/mailguard.toml";
@@ -43,7 +51,7 @@ pub struct Config {
     /// MX-only mode: the mx-class ports (25) accept only sources in the `mx_allow` list.
     pub mx_only: bool,
     /// The source lists (`mx_allow`, `trusted`, `block`) and how they are refreshed.
-    pub lists: crate::lists::Lists,
+    pub lists: crate::config::lists::Lists,
     /// Address of the Prometheus endpoint; `None` turns it off.
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -113,7 +121,7 @@ impl Default for Config {
             }],
             budgets: Budgets::default(),
             mx_only: false,
-            lists: crate::lists::Lists::default(),
+            lists: crate::config::lists::Lists::default(),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
         }
     }
@@ -200,9 +208,9 @@ struct RawConfig {
     icmp_echo: Option<EchoPolicy>,
     mail_ports: Option<Vec<Spanned<i64>>>,
     open_ports: Option<Vec<Spanned<RawOpenPort>>>,
-    budgets: Option<crate::budgets::RawBudgets>,
+    budgets: Option<crate::config::budgets::RawBudgets>,
     mx_only: Option<bool>,
-    lists: Option<crate::lists::RawLists>,
+    lists: Option<crate::config::lists::RawLists>,
     metrics: Option<RawMetrics>,
 }
 
@@ -286,7 +294,7 @@ impl Config {
                 "monitor mode: verdicts are counted, but no packet is dropped".to_string(),
             ));
         }
-        let mx_allow = self.lists.sources(crate::lists::ListName::MxAllow);
+        let mx_allow = self.lists.sources(crate::config::lists::ListName::MxAllow);
         if self.mx_only && mx_allow.cidrs.is_empty() && !mx_allow.is_external() {
             warnings.push(Warning(
                 "mx_only = true but [lists.mx_allow] has no cidrs, files or spf: port 25 accepts only \
@@ -294,7 +302,10 @@ impl Config {
                     .to_string(),
             ));
         }
-        let block = &self.lists.sources(crate::lists::ListName::Block).cidrs;
+        let block = &self
+            .lists
+            .sources(crate::config::lists::ListName::Block)
+            .cidrs;
         for everyone in block.iter().filter(|n| n.prefix_len() == 0) {
             warnings.push(Warning(format!(
                 "{everyone} in [lists.block] cidrs blocks every source, SSH included: `run` and \
@@ -449,9 +460,9 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         icmp_echo: raw.icmp_echo.unwrap_or(defaults.icmp_echo),
         mail_ports,
         open_ports,
-        budgets: crate::budgets::validate(raw.budgets, place)?,
+        budgets: crate::config::budgets::validate(raw.budgets, place)?,
         mx_only: raw.mx_only.unwrap_or(false),
-        lists: crate::lists::validate(raw.lists, place)?,
+        lists: crate::config::lists::validate(raw.lists, place)?,
         metrics_listen: match raw.metrics.and_then(|m| m.listen) {
             None => defaults.metrics_listen,
             Some(s) if s.get_ref().is_empty() => None,
@@ -469,45 +480,6 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
     };
     let warnings = config.warnings();
     Ok((config, warnings))
-}
-
-/// Linux interface names: 1 to 15 bytes, no `/`, no whitespace, not `.` or `..`.
-pub fn validate_interface_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "interface name `{name}` must be 1 to 15 characters long"
-        ));
-    }
-    if name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains(char::is_whitespace)
-        || name.contains(':')
-    {
-        return Err(format!("`{name}` is not a valid interface name"));
-    }
-    Ok(())
-}
-
-/// Parses a CIDR (`198.18.0.0/15`, `2001:db8::/32`) or a bare address (a host route).
-/// Host bits set after the prefix are an error that shows the network meant.
-/// `text` cut to `max` characters, saying how much was left out: what an error quotes of
-/// what it refuses (a 50 MB value is not echoed into the log and the answer).
-pub fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((at, _)) => format!("{}... ({} more bytes)", &text[..at], text.len() - at),
-    }
-}
-
-/// Bytes as UTF-8 text, or an error naming the line and column of the first invalid byte.
-pub fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
-    String::from_utf8(bytes).map_err(|e| {
-        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
-        format!("{line}:{column}: not UTF-8 text (an invalid byte here)")
-    })
 }
 
 /// The text of `path`, read again when its size or modification time changed during the
@@ -549,329 +521,25 @@ fn read_stable(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// A CIDR or an address (a /32 or /128). An IPv4-mapped IPv6 address or prefix
-/// (`::ffff:198.51.100.7`, `::ffff:198.51.100.0/120`) is taken as the IPv4 one it maps, the
-/// way the kernel and XDP see those sources.
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    parse_cidr_as_written(text).and_then(|net| unmap(net, text))
+/// How to attach: the config's `attach_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic when the driver has no XDP support.
+    Auto,
+    Native,
+    Skb,
 }
 
-/// An IPv4-mapped prefix (inside `::ffff:0:0/96`) as its IPv4 prefix. (A shorter prefix with
-/// its host bits clear cannot have a mapped network: it stays IPv6.)
-fn unmap(net: IpNet, text: &str) -> Result<IpNet, String> {
-    let IpNet::V6(v6) = net else {
-        return Ok(net);
-    };
-    match v6.network().to_ipv4_mapped() {
-        Some(v4) if v6.prefix_len() >= 96 => {
-            IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).map_err(|e| format!("`{text}`: {e}"))
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
         }
-        _ => Ok(net),
     }
-}
-
-fn parse_cidr_as_written(text: &str) -> Result<IpNet, String> {
-    let t = text.trim();
-    if let Ok(addr) = t.parse::<IpAddr>() {
-        return Ok(IpNet::from(addr));
-    }
-    let shown = clip(text, 60);
-    let Some((addr, len)) = t.split_once('/') else {
-        return Err(format!("`{shown}` is not an IP address or CIDR"));
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| {
-        format!(
-            "`{}` in `{shown}` is not an IPv4 or IPv6 address",
-            clip(addr, 60)
-        )
-    })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    // Digits only, without a leading zero: `/+24` and `/024` are not prefix lengths.
-    let written = len.chars().all(|c| c.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|&l| written && l <= max)
-        .ok_or_else(|| {
-            format!(
-                "prefix length `/{}` in `{shown}` is not 0 to {max}",
-                clip(len, 20)
-            )
-        })?;
-    let net = IpNet::new(addr, len).map_err(|e| format!("`{text}`: {e}"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "`{text}` has host bits set; did you mean `{}`?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, "t.toml")
-            .map(|(c, _)| c)
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn empty_file_gives_safe_defaults() {
-        let c = parse("").unwrap();
-        assert_eq!(c, Config::default());
-        assert_eq!(c.mail_ports, vec![25, 110, 143, 465, 587, 993, 995]);
-        assert_eq!(
-            c.open_ports,
-            vec![OpenPort {
-                port: 22,
-                protocol: Protocol::Tcp,
-                from: vec![]
-            }]
-        );
-        assert_eq!(c.icmp_echo, EchoPolicy::Allow);
-        assert!(!c.monitor);
-        assert!(c.warnings().is_empty());
-    }
-
-    #[test]
-    fn full_file_parses() {
-        let c = parse(
-            r#"
-interface = "eth0"
-attach_mode = "skb"
-monitor = true
-icmp_echo = "drop"
-mail_ports = [25, 587]
-
-[[open_ports]]
-port = 22
-from = ["198.18.0.0/15", "2001:db8::/32", "198.19.0.7"]
-
-[[open_ports]]
-port = 51820
-protocol = "udp"
-"#,
-        )
-        .unwrap();
-        assert_eq!(c.interface.as_deref(), Some("eth0"));
-        assert_eq!(c.attach_mode, AttachMode::Skb);
-        assert!(c.monitor);
-        assert_eq!(c.icmp_echo, EchoPolicy::Drop);
-        assert_eq!(c.mail_ports, vec![25, 587]);
-        assert_eq!(c.open_ports.len(), 2);
-        assert_eq!(c.open_ports[0].from.len(), 3);
-        assert_eq!(c.open_ports[0].from[2].to_string(), "198.19.0.7/32");
-        assert_eq!(c.open_ports[1].protocol, Protocol::Udp);
-    }
-
-    #[test]
-    fn syntax_error_names_line_and_column() {
-        let e = parse("monitor = false\nmail_ports = [25,, 587]\n").unwrap_err();
-        assert!(e.starts_with("t.toml:2:"), "{e}");
-        assert!(e.contains("`mail_ports`"), "{e}");
-    }
-
-    #[test]
-    fn wrong_type_names_key_and_line() {
-        let e = parse("\n\nmonitor = \"yes\"\n").unwrap_err();
-        assert!(e.starts_with("t.toml:3:11:"), "{e}");
-        assert!(e.contains("`monitor`"), "{e}");
-    }
-
-    #[test]
-    fn unknown_key_is_refused_with_its_line() {
-        let e = parse("monitor = false\nmail_port = [25]\n").unwrap_err();
-        assert!(e.starts_with("t.toml:2:1:"), "{e}");
-        assert!(e.contains("mail_port"), "{e}");
-    }
-
-    #[test]
-    fn bad_enum_value_is_refused() {
-        let e = parse("attach_mode = \"fast\"\n").unwrap_err();
-        assert!(e.contains("t.toml:1:15"), "{e}");
-        assert!(
-            e.contains("auto") && e.contains("native") && e.contains("skb"),
-            "{e}"
-        );
-        let e = parse("icmp_echo = \"maybe\"\n").unwrap_err();
-        assert!(e.contains("allow") && e.contains("drop"), "{e}");
-    }
-
-    #[test]
-    fn port_out_of_range_names_element() {
-        let e = parse("mail_ports = [25, 70000]\n").unwrap_err();
-        assert_eq!(
-            e,
-            "t.toml:1:19: `mail_ports[1]`: 70000 is not a port number (1 to 65535)"
-        );
-        let e = parse("mail_ports = [0]\n").unwrap_err();
-        assert!(e.contains("0 is not a port number"), "{e}");
-        let e = parse("[[open_ports]]\nport = -1\n").unwrap_err();
-        assert_eq!(
-            e,
-            "t.toml:2:8: `open_ports[0].port`: -1 is not a port number (1 to 65535)"
-        );
-    }
-
-    #[test]
-    fn duplicate_and_conflicting_ports_are_refused() {
-        let e = parse("mail_ports = [25, 587, 25]\n").unwrap_err();
-        assert_eq!(e, "t.toml:1:24: `mail_ports[2]`: port 25 is listed twice");
-        let e = parse("mail_ports = [25]\n[[open_ports]]\nport = 25\n").unwrap_err();
-        assert!(
-            e.starts_with("t.toml:3:8: `open_ports[0].port`: port 25/tcp is already a mail port"),
-            "{e}"
-        );
-        // UDP 25 is not a mail port: no conflict.
-        parse("mail_ports = [25]\n[[open_ports]]\nport = 25\nprotocol = \"udp\"\n").unwrap();
-        let e = parse("[[open_ports]]\nport = 22\n[[open_ports]]\nport = 22\n").unwrap_err();
-        assert!(
-            e.contains("`open_ports[1]`: port 22/tcp is opened twice"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn bad_cidrs_name_their_place() {
-        let cases = [
-            (
-                "198.18.0.1/24",
-                "`198.18.0.1/24` has host bits set; did you mean `198.18.0.0/24`?",
-            ),
-            (
-                "198.18.0.0/33",
-                "prefix length `/33` in `198.18.0.0/33` is not 0 to 32",
-            ),
-            (
-                "2001:db8::/129",
-                "prefix length `/129` in `2001:db8::/129` is not 0 to 128",
-            ),
-            (
-                "2001:db8::1/32",
-                "`2001:db8::1/32` has host bits set; did you mean `2001:db8::/32`?",
-            ),
-            (
-                "198.18.0/24",
-                "`198.18.0` in `198.18.0/24` is not an IPv4 or IPv6 address",
-            ),
-            (
-                "mail.example",
-                "`mail.example` is not an IP address or CIDR",
-            ),
-            (
-                "198.18.0.0/x",
-                "prefix length `/x` in `198.18.0.0/x` is not 0 to 32",
-            ),
-        ];
-        for (cidr, message) in cases {
-            let text =
-                format!("[[open_ports]]\nport = 22\nfrom = [\"198.19.0.0/16\", \"{cidr}\"]\n");
-            let e = parse(&text).unwrap_err();
-            assert_eq!(
-                e,
-                format!("t.toml:3:26: `open_ports[0].from[1]`: {message}"),
-                "{cidr}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_interface_names_are_refused() {
-        for name in ["", "a/b", "this-name-is-far-too-long", "eth 0"] {
-            let e = parse(&format!("interface = \"{name}\"\n")).unwrap_err();
-            assert!(e.starts_with("t.toml:1:13: `interface`:"), "{e}");
-        }
-    }
-
-    #[test]
-    fn missing_file_is_an_error_naming_it() {
-        let e = Config::load(Path::new("/nonexistent/mailguard.toml")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/mailguard.toml"), "{e}");
-    }
-
-    #[test]
-    fn metrics_listen_address() {
-        assert_eq!(
-            parse("").unwrap().metrics_listen,
-            Some("127.0.0.1:9477".parse().unwrap())
-        );
-        assert_eq!(
-            parse("[metrics]\nlisten = \"\"\n").unwrap().metrics_listen,
-            None
-        );
-        assert_eq!(
-            parse("[metrics]\nlisten = \"[::1]:9100\"\n")
-                .unwrap()
-                .metrics_listen,
-            Some("[::1]:9100".parse().unwrap())
-        );
-        let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
-        assert!(
-            e.starts_with("t.toml:2:10: `metrics.listen`: `localhost` is not an address"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn warns_when_ssh_would_be_dropped() {
-        let (_, w) = Config::parse("open_ports = []\n", "t").unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(
-            w[0].0.contains("SSH (22/tcp) is not in open_ports"),
-            "{}",
-            w[0]
-        );
-        let (_, w) = Config::parse(
-            "[[open_ports]]\nport = 22\nfrom = [\"198.18.0.0/15\"]\n",
-            "t",
-        )
-        .unwrap();
-        assert!(w[0].0.contains("only accepts 198.18.0.0/15"), "{}", w[0]);
-    }
-
-    #[test]
-    fn ipv4_mapped_sources_are_taken_as_ipv4() {
-        assert_eq!(
-            parse_cidr("::ffff:198.51.100.7").unwrap(),
-            "198.51.100.7/32".parse::<IpNet>().unwrap()
-        );
-        assert_eq!(
-            parse_cidr("::ffff:198.51.100.0/120").unwrap(),
-            "198.51.100.0/24".parse::<IpNet>().unwrap()
-        );
-        assert_eq!(
-            parse_cidr("::ffff:0:0/96").unwrap(),
-            "0.0.0.0/0".parse::<IpNet>().unwrap()
-        );
-        // Not mapped: stays IPv6.
-        assert!(parse_cidr("2001:db8::/32").unwrap().addr().is_ipv6());
-    }
-
-    #[test]
-    fn prefix_lengths_are_plain_numbers() {
-        for bad in [
-            "198.18.0.0/+24",
-            "198.18.0.0/024",
-            "198.18.0.0/ 24",
-            "2001:db8::/064",
-        ] {
-            let err = parse_cidr(bad).unwrap_err();
-            assert!(err.contains("prefix length"), "{bad}: {err}");
-        }
-        assert!(parse_cidr("0.0.0.0/0").is_ok());
-    }
-
-    #[test]
-    fn invalid_utf8_is_placed_and_huge_values_are_not_echoed() {
-        let err =
-            utf8_text(b"interface = \"eth0\"\nicmp_echo = \"al\xfflow\"\n".to_vec()).unwrap_err();
-        assert_eq!(err, "2:16: not UTF-8 text (an invalid byte here)");
-        let huge = "9".repeat(50 << 20);
-        let err = parse_cidr(&huge).unwrap_err();
-        assert!(err.len() < 200, "{} bytes of error", err.len());
-        assert!(err.contains("more bytes"), "{err}");
-    }
-}
+mod tests;

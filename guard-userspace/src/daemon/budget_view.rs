@@ -12,9 +12,9 @@ use guard_common::{
 use serde::Serialize;
 
 use crate::{
-    guard::GuardError,
-    source_table::SourceTable,
-    state::{Dirs, StateError, pinned},
+    daemon::state::{Dirs, StateError, pinned},
+    kernel::guard::GuardError,
+    kernel::source_table::SourceTable,
 };
 
 const CLASSES: [(MailClass, &str); 3] = [

@@ -22,7 +22,7 @@ use guard_common::{
     v6_list, v6_mask, v6_masked, v6_slot_tag, v6_tag, v6_words,
 };
 
-use crate::{mapped::MappedArray, policy::Prefixes};
+use crate::{kernel::mapped::MappedArray, kernel::policy::Prefixes};
 
 /// Why an IPv6 list is left to its trie.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,7 +324,7 @@ impl<T: BorrowMut<MapData>> V6IndexMaps<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_rng::Rng;
+    use crate::kernel::test_rng::Rng;
     use guard_common::v6_index_contains;
 
     fn prefixes(list: &[(u32, &str)]) -> Prefixes<[u8; 16]> {

@@ -6,10 +6,11 @@ use guard_common::{Reason, SETTING_ECHO_ALLOW, SETTING_MONITOR, Settings, Verdic
 use serde::Serialize;
 
 use crate::{
-    budget_view::BudgetView,
-    guard::Counters,
-    list_view::{self, ListStatus},
-    state::RunState,
+    cli::list_view::{self, ListStatus},
+    config::durations::human_duration,
+    daemon::budget_view::BudgetView,
+    daemon::state::RunState,
+    kernel::guard::Counters,
 };
 
 #[derive(Serialize)]
@@ -196,27 +197,5 @@ impl Status {
             self.now,
         ));
         out
-    }
-}
-
-pub fn human_duration(s: u64) -> String {
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(125), "2m05s");
-        assert_eq!(human_duration(7260), "2h01m");
-        assert_eq!(human_duration(90000), "1d01h");
     }
 }

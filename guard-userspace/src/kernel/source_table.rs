@@ -7,7 +7,7 @@ use guard_common::{
     SourceBucket, SourceKey, SourceSlot, SourceState, maps as names, source_bucket,
 };
 
-use crate::mapped::{MappedArray, MappedError};
+use crate::kernel::mapped::{MappedArray, MappedError};
 
 /// A read-only view of every bucket.
 pub struct SourceTable {

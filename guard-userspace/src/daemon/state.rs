@@ -10,7 +10,7 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use guard_common::{Settings, maps as names};
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{Counters, GuardError};
+use crate::kernel::guard::{Counters, GuardError};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/mailguard";
 pub const DEFAULT_RUN_DIR: &str = "/run/mailguard";
@@ -46,7 +46,7 @@ pub struct RunState {
     pub mx_only: bool,
     /// The lists in force (sizes, refresh status), updated whenever they change.
     #[serde(default)]
-    pub lists: Vec<crate::lists::ListSummary>,
+    pub lists: Vec<crate::feeds::saved::ListSummary>,
     /// The running kernel's release (`uname -r`).
     #[serde(default)]
     pub kernel: String,
@@ -88,7 +88,7 @@ pub enum StateError {
     #[error(transparent)]
     Guard(#[from] GuardError),
     #[error(transparent)]
-    Mapped(#[from] crate::mapped::MappedError),
+    Mapped(#[from] crate::kernel::mapped::MappedError),
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
@@ -190,7 +190,7 @@ pub fn forget(dirs: &Dirs) -> Result<(), StateError> {
 }
 
 pub(crate) fn pinned(dirs: &Dirs, name: &'static str) -> Result<Map, StateError> {
-    let path = crate::pins::Pins::new(&dirs.pin).map(name);
+    let path = crate::kernel::pins::Pins::new(&dirs.pin).map(name);
     let data = MapData::from_pin(&path).map_err(|source| StateError::Pinned {
         path: path.clone(),
         source,

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use crate::{
     config::{Config, Protocol},
-    policy::AddrList,
+    kernel::policy::AddrList,
 };
 
 /// An established TCP connection into this host.

@@ -21,8 +21,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    budget_view::BudgetView,
-    state::{self, Dirs, RunState},
+    daemon::budget_view::BudgetView,
+    daemon::state::{self, Dirs, RunState},
 };
 
 /// What the daemon counts itself (not in any map).
@@ -349,7 +349,7 @@ pub fn serve(
         .name("metrics".into())
         .spawn(move || {
             let respond = |request: &[u8]| respond(request, &dirs, cpus, &facts);
-            if let Err(e) = crate::metrics_server::serve(listener, respond) {
+            if let Err(e) = crate::daemon::metrics_server::serve(listener, respond) {
                 log::error!("metrics endpoint stopped: {e}");
             }
         })?;

@@ -1,0 +1,21 @@
+//! Layer 4, the daemon (`mailguard run`) and what other commands read of it.
+//!
+//! - `run`: starting (make-before-break over the pins), serving, stopping
+//! - `control`: the control socket (`mailguard reload`, `confirm`, list edits)
+//! - `confirm`: the confirm window that outlives the daemon (its watchdog process)
+//! - `signals`: how the daemon waits for signals, requests and link events
+//! - `state`: the run directory and the state file other commands read
+//! - `lockout`: the live sessions a change would cut (refused unless forced)
+//! - `budget_view`: the budgets as they stand in the pinned maps
+//! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
+
+pub mod budget_view;
+pub mod confirm;
+pub mod control;
+pub mod lockout;
+pub mod metrics;
+pub mod metrics_server;
+pub mod run;
+mod serve;
+pub mod signals;
+pub mod state;

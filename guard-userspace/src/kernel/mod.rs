@@ -1,0 +1,24 @@
+//! Layer 2, the kernel side: the embedded eBPF object and everything that touches it.
+//!
+//! - `features`: what the running kernel offers (probed), and what mailguard needs of it
+//! - `guard`: the loaded object: load, maps, counters; `attach`: attaching it (XDP, sock_ops)
+//! - `pins`: what stays pinned in bpffs when the daemon is gone, and its reuse
+//! - `policy`: a `Config` and the lists turned into map contents; `policy_maps`: written
+//!   into the maps
+//! - `index_v4`, `index_v6`: the lists expanded into the indexes XDP reads in constant time
+//! - `mapped`: mmapable array maps as memory; `source_table`: the per-source rate table
+//! - `link_watch`: rtnetlink: interfaces coming and going, the XDP program on one
+
+pub mod attach;
+pub mod features;
+pub mod guard;
+pub mod index_v4;
+pub mod index_v6;
+pub mod link_watch;
+pub mod mapped;
+pub mod pins;
+pub mod policy;
+pub mod policy_maps;
+pub mod source_table;
+#[cfg(test)]
+mod test_rng;
