@@ -62,7 +62,7 @@ impl Settings {
 pub enum PortKind {
     /// Not opened: only replies to the host's own connections pass.
     Closed = 0,
-    /// A mail service port (TCP only): new connections pass, later through budgets.
+    /// A mail service port (TCP only): new connections are charged to its class's budget.
     Mail = 1,
     /// Opened on purpose (for example SSH), optionally only from some sources.
     Open = 2,

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
-    Gcra, INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, SourceKey, SourceSlot,
+    Gcra, INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, Settings, SourceKey, SourceSlot,
     SourceState, TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count, v6_words,
 };
 
@@ -37,14 +37,13 @@ use crate::{
         TRUSTED_V6, VERIFIED,
     },
     parse::{Ip, bytes},
-    policy::settings,
     sources::Bucket,
 };
 
-/// Charges a new connection to `class` from the packet's source; returns its reason (`index`:
-/// `Settings::index`, for the trusted list's index).
+/// Charges a new connection to `class` from the packet's source; returns its reason. `settings`
+/// are the ones the caller read for this packet (the trusted list's index, monitor mode).
 #[inline(always)]
-pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason, Reason> {
+pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, settings: &Settings) -> Result<Reason, Reason> {
     let Some(budget) = BUDGETS.get(class as u32) else {
         return Ok(Reason::MailNew);
     };
@@ -54,7 +53,7 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
     let Some(cfg) = BUDGET_SETTINGS.get(0) else {
         return Ok(Reason::MailNew);
     };
-    let (key, trusted) = source(ctx, ip, cfg, class, index)?;
+    let (key, trusted) = source(ctx, ip, cfg, class, settings.index)?;
     if trusted {
         return Ok(counted(
             class,
@@ -93,7 +92,14 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
     {
         // SAFETY: a map value pointer, valid while the program runs.
         if effective_count(unsafe { *count }) >= budget.max_connections {
-            return Ok(refuse(ip, class, budget, state, BudgetOutcome::Cap));
+            return Ok(refuse_counted(
+                state,
+                ip,
+                class,
+                budget,
+                settings,
+                BudgetOutcome::Cap,
+            ));
         }
     }
 
@@ -102,7 +108,16 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, index: u32) -> Result<Reason
         let tat = unsafe { (*state).tat_ns };
         match budget.rate.admit(tat, now) {
             Some(next) => unsafe { (*state).tat_ns = next },
-            None => return Ok(refuse(ip, class, budget, state, BudgetOutcome::Rate)),
+            None => {
+                return Ok(refuse_counted(
+                    state,
+                    ip,
+                    class,
+                    budget,
+                    settings,
+                    BudgetOutcome::Rate,
+                ));
+            }
         }
     }
     Ok(counted(class, BudgetOutcome::Within, Reason::MailNew))
@@ -247,18 +262,32 @@ impl Limit {
     }
 }
 
+/// A refused new connection, counted in its source's state: see `refuse`.
+#[inline(always)]
+fn refuse_counted(
+    state: *mut SourceState,
+    ip: &Ip,
+    class: u8,
+    budget: &ClassBudget,
+    settings: &Settings,
+    outcome: BudgetOutcome,
+) -> Reason {
+    // SAFETY: a map value pointer, valid while the program runs (statistics, not atomic).
+    unsafe { (*state).refused = (*state).refused.saturating_add(1) };
+    refuse(ip, class, budget, settings, outcome)
+}
+
 /// A refused new connection: dropped, or answered with a RST when the class says reject, the
-/// packet can be turned into one, and the RST limit allows.
+/// packet can be turned into one, and the RST limit allows. (A call of its own: five arguments,
+/// the most a BPF call takes.)
 #[inline(never)]
 fn refuse(
     ip: &Ip,
     class: u8,
     budget: &ClassBudget,
-    state: *mut SourceState,
+    settings: &Settings,
     outcome: BudgetOutcome,
 ) -> Reason {
-    // SAFETY: a map value pointer, valid while the program runs (statistics, not atomic).
-    unsafe { (*state).refused = (*state).refused.saturating_add(1) };
     let (drop, rejected) = match outcome {
         BudgetOutcome::Cap => (Reason::ConnectionCap, Reason::ConnectionCapRejected),
         _ => (Reason::SynRate, Reason::SynRateRejected),
@@ -268,7 +297,7 @@ fn refuse(
     }
     count_class(class, outcome);
     // Monitor mode sends nothing, so it spends nothing of the RST limit.
-    let monitor = settings().has(SETTING_MONITOR);
+    let monitor = settings.has(SETTING_MONITOR);
     let allowed = monitor
         || match BUDGET_SETTINGS.get(0) {
             Some(cfg) => Limit::now(&RST_LIMIT, &cfg.reject_limit, coarse_ns()).take(),

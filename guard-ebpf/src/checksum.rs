@@ -1,5 +1,5 @@
 //! The Internet checksum (RFC 1071), for the packets XDP writes: mailguard's RST
-//! (`reject.rs`) and the benchmark's SYN flood generator (`floor.rs`).
+//! (`reject.rs`) and the benchmark's SYN flood generator (tests/reference-ebpf).
 
 /// Sum of big-endian 16-bit words (`b` has an even length).
 #[inline(always)]

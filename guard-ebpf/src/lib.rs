@@ -1,6 +1,6 @@
 #![no_std]
-//! The programs are the binary targets (src/main.rs: mailguard's; src/floor.rs: the reference
-//! programs of tests and benchmarks); this library target holds what both use, and exists so
-//! that guard-userspace can name this crate as a build dependency.
+//! mailguard's programs are the binary target (src/main.rs); this library target holds what
+//! the test crate's reference programs use too (the Internet checksum), and exists so that
+//! guard-userspace can name this crate as a build dependency.
 
 pub mod checksum;

@@ -1,4 +1,4 @@
-//! The packet policy of DESIGN.md, in its order. `decide` returns the `Reason` a packet is
+//! The packet policy of docs/DESIGN.md, in its order. `decide` returns the `Reason` a packet is
 //! counted under; the reason fixes the verdict (`Reason::verdict`).
 //!
 //! 1. Non-IP passes; up to two VLAN tags are looked through.
@@ -148,7 +148,7 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings, slot: Slot) -> Result<Rea
         // settle point: one state for every TCP decision above, for the verifier. (A RST
         // answering it is made from the layout this settle point left, `Slot::last`.)
         let (syn, class) = slot.settle(ip, rule.class);
-        return budget::charge(ctx, &syn, class, settings.index);
+        return budget::charge(ctx, &syn, class, settings);
     }
     if rule.kind == PortKind::Open as u8 {
         return open_port(ctx, ip, Transport::Tcp, t.dport(), rule);

@@ -17,7 +17,7 @@ use mailguard::{
     daemon::state::{self, Dirs, RunState, StateError},
 };
 
-/// Exit codes, as documented in README.md.
+/// Exit codes, as documented in docs/OPERATIONS.md.
 pub(crate) mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;

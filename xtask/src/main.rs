@@ -49,8 +49,8 @@ commands:
   bench   set up, build, and measure mailguard against the floor, xdp-filter and the
           nftables recipe (per-packet cost, scaling, a SYN flood on the wire); writes
           docs/BENCHMARKS.md and its plots in docs/bench/ (about 25 minutes)
-  lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF one
-          with nightly for its target
+  lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF ones
+          with nightly for their target
   fuzz    the property tests of everything mailguard reads from outside (control requests,
           configuration, list files, CIDRs, durations) on MAILGUARD_FUZZ_CASES inputs each
           (default 200000; `test` runs 256); a failing input is kept as a regression case
@@ -116,6 +116,8 @@ fn lint() -> Result<()> {
             "--workspace",
             "--exclude",
             "guard-ebpf",
+            "--exclude",
+            "guard-reference-ebpf",
             "--all-targets",
             "--",
             "-D",
@@ -123,31 +125,36 @@ fn lint() -> Result<()> {
         ],
         &[],
     )?;
-    let ebpf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../guard-ebpf");
-    let status = std::process::Command::new("cargo")
-        .current_dir(&ebpf)
-        .args([
-            "+nightly",
-            "clippy",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .status()
-        .map_err(|e| TaskError::step("lint", e.to_string()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(TaskError::step(
-            "lint",
-            "clippy found problems in guard-ebpf",
-        ))
+    // The eBPF crates, for their target (nightly builds its core library).
+    for crate_dir in ["guard-ebpf", "tests/reference-ebpf"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(crate_dir);
+        println!("== clippy on {crate_dir} (bpfel-unknown-none)");
+        let status = std::process::Command::new("cargo")
+            .current_dir(&dir)
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .status()
+            .map_err(|e| TaskError::step("lint", e.to_string()))?;
+        if !status.success() {
+            return Err(TaskError::step(
+                "lint",
+                format!("clippy found problems in {crate_dir}"),
+            ));
+        }
     }
+    Ok(())
 }
 
 fn fuzz() -> Result<()> {

@@ -343,9 +343,7 @@ pub(super) fn start(
         log::warn!("{r}");
     }
     {
-        let mut maps = guard.policy_maps()?;
-        let current = maps.read_contents()?;
-        maps.apply_over(&current, &contents, &config)?;
+        guard.policy_maps()?.write(&contents, &config)?;
     }
     let attached = guard.attach_xdp_pinned(iface, config.attach_mode, pins)?;
     // The new program is in force: the maps it made replace the pinned ones it did not reuse.
@@ -457,9 +455,7 @@ pub(super) fn restore_confirmed(dirs: &Dirs) -> Result<(), RunError> {
     let mut guard = Guard::over_pinned_maps(&config, &pins)?;
     let keeper = ListKeeper::open(&config.lists);
     let contents = Contents::of(&config, &keeper.extra(&config.lists));
-    let mut maps = guard.policy_maps()?;
-    let current = maps.read_contents()?;
-    maps.apply_over(&current, &contents, &config)?;
+    guard.policy_maps()?.write(&contents, &config)?;
     if let Some(mut state) = previous {
         state.monitor = config.monitor;
         state.mx_only = config.mx_only;

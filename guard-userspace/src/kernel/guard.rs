@@ -30,13 +30,6 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
-/// Reference programs built with the same toolchain (guard-ebpf's `xdp-floor` binary):
-/// `xdp_floor` (XDP_DROP only, the benchmarks' floor), `xdp_bucket_touch` (the floor plus one
-/// source bucket's memory, the benchmarks' memory reference) and `xdp_pass` (XDP_PASS only, for
-/// the test lab's veth peers). mailguard never loads them.
-pub static BENCH_FLOOR_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));
-
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
     #[error("cannot parse the embedded eBPF object: {0}")]

@@ -394,4 +394,18 @@ mod tests {
             std::mem::size_of::<guard_common::SourceBucket>()
         );
     }
+
+    #[test]
+    fn the_embedded_object_holds_mailguard_s_programs_only() {
+        let obj = aya_obj::Object::parse(crate::kernel::guard::EBPF_OBJECT).unwrap();
+        let mut programs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        assert_eq!(programs, [names::SOCKOPS_PROGRAM, names::XDP_PROGRAM]);
+        let mut maps: Vec<&str> = obj.maps.keys().map(String::as_str).collect();
+        maps.retain(|m| !m.starts_with('.'));
+        assert!(
+            maps.iter().all(|m| m.starts_with("MG_")),
+            "maps that are not mailguard's: {maps:?}"
+        );
+    }
 }

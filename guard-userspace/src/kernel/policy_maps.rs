@@ -11,7 +11,7 @@ use guard_common::{
 };
 
 use crate::kernel::policy::{
-    Contents, Extra, HostFacts, Prefixes, budget_settings, class_budgets, merged, settings,
+    Contents, HostFacts, Prefixes, budget_settings, class_budgets, merged, settings,
 };
 use crate::{
     config::Config,
@@ -139,12 +139,13 @@ fn clocks() -> (u64, u64) {
 }
 
 impl<T: BorrowMut<MapData>> PolicyMaps<T> {
-    /// Writes `new` into freshly loaded (empty) maps, or over `old`: what they hold now.
-    pub fn apply(&mut self, old: Option<&Config>, new: &Config) -> Result<(), GuardError> {
-        let old = old
-            .map(|c| Contents::of(c, &Extra::new()))
-            .unwrap_or_default();
-        self.apply_over(&old, &Contents::of(new, &Extra::new()), new)
+    /// Writes `contents` (with the settings of `config`) over whatever the maps hold now, read
+    /// back from them: what a start does, over freshly loaded maps or adopted ones, and what
+    /// the fixtures and the bench do. (A running daemon knows what it wrote, and calls
+    /// `apply_over` with that.)
+    pub fn write(&mut self, contents: &Contents, config: &Config) -> Result<(), GuardError> {
+        let current = self.read_contents()?;
+        self.apply_over(&current, contents, config)
     }
 
     /// Writes `new` (with the settings of `config`) into maps that hold `old`. Allowed and

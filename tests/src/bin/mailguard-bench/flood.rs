@@ -786,7 +786,7 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          Postfix; the attacker floods port 25 with SYNs from random spoofed sources, random source port and sequence \
          number, at the rate shown: trafgen from netsniff-ng (sources in 198.18.0.0/16) from one worker at the paced \
          rates and one worker per CPU at its max (sendto(2) at max: trafgen's TX_RING gives up when the veth's queue is \
-         full); at the top setting, the **XDP generator**: guard-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in \
+         full); at the top setting, the **XDP generator**: tests/reference-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in \
          live-frame mode on CPU 0, as xdp-tools' xdp-trafficgen sends (sources in 198.19.0.0/16, both checksums \
          computed per frame), each frame sent with XDP_TX out of the switch's port facing the mail host, so that it \
          arrives on the mail host's interface as a NIC receives it, without the bridge's forwarding (each trial checks \

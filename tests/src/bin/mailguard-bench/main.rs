@@ -52,13 +52,14 @@ use guard_common::{
     source_buckets,
 };
 use guard_tests::{
-    fixture::{mark_verified, pin_to_one_cpu, set_connections},
+    harness::{mark_verified, pin_to_one_cpu, set_connections},
     netns::{enter_private_netns, sh},
     packet::{ACK, Ext, Packet, SYN, tcp},
 };
 use mailguard::{
     config::Config,
-    kernel::guard::{BENCH_FLOOR_OBJECT, Guard},
+    kernel::guard::Guard,
+    kernel::policy::{Contents, Extra},
 };
 use measure::{
     CHECK_RUNS, Comparison, REPEAT, Stats, TAIL_RUNS, TRIALS, Timed, cpu_times, differences,
@@ -412,7 +413,7 @@ fn loaded(config: &Config) -> Result<Guard, String> {
     guard
         .policy_maps()
         .map_err(|e| e.to_string())?
-        .apply(None, config)
+        .write(&Contents::of(config, &Extra::new()), config)
         .map_err(|e| e.to_string())?;
     Ok(guard)
 }
@@ -472,8 +473,8 @@ fn run() -> Result<(), String> {
     let mut guard = prepared(&config)?;
     let verified = guard.verified_instructions().ok().flatten();
 
-    let mut floor_obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
-    let floor: &Xdp = reference_program(&mut floor_obj, "xdp_floor")?;
+    let mut floor_obj = Ebpf::load(guard_tests::reference::FLOOR).map_err(|e| e.to_string())?;
+    let floor: &Xdp = guard_tests::reference::xdp_program(&mut floor_obj, "xdp_floor")?;
     let only = std::env::var("MAILGUARD_BENCH_ONLY").ok();
     if only.as_deref() == Some("lists") {
         lists::measure(floor)?;
@@ -599,13 +600,13 @@ fn run() -> Result<(), String> {
     guard
         .policy_maps()
         .map_err(|e| e.to_string())?
-        .apply(Some(&config), &mx_config)
+        .write(&Contents::of(&mx_config, &Extra::new()), &mx_config)
         .map_err(|e| e.to_string())?;
     rows.extend(measure_cases(&guard, floor, &peer, &list_cases)?);
     guard
         .policy_maps()
         .map_err(|e| e.to_string())?
-        .apply(Some(&mx_config), &config)
+        .write(&Contents::of(&config, &Extra::new()), &config)
         .map_err(|e| e.to_string())?;
     charge_every_syn(&mut guard)?;
 
@@ -757,17 +758,6 @@ fn enter_private_namespaces() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The XDP program `name` of the reference object `obj` (`BENCH_FLOOR_OBJECT`), loaded.
-fn reference_program<'a>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
-    let program: &mut Xdp = obj
-        .program_mut(name)
-        .ok_or_else(|| format!("no {name} in the reference object"))?
-        .try_into()
-        .map_err(|e| format!("{name}: {e}"))?;
-    program.load().map_err(|e| format!("load {name}: {e}"))?;
-    Ok(program)
 }
 
 /// Lets this process (and what it starts from now on) run on every online CPU again.
@@ -1016,7 +1006,7 @@ fn report(r: Report) -> String {
         "## Method\n\nBPF_PROG_TEST_RUN on packets built by the test-support packet builder, the benchmark (a release \
          build, as is the `mailguard` daemon of the flood runs) pinned to one CPU, in a network and mount namespace of its own. Three programs run the identical packets: \
          **mailguard**; the **floor**, an XDP program that only returns `XDP_DROP`, built with the same toolchain \
-         (guard-ebpf's `xdp-floor`); and **xdp-filter** ({}), the closest XDP peer, loaded by its own tool with the \
+         (tests/reference-ebpf's `xdp_floor`); and **xdp-filter** ({}), the closest XDP peer, loaded by its own tool with the \
          deny policy (a packet passes only when a rule matches) and the mail ports {} allowed, then opened by \
          program id. mailguard runs with the default configuration (the SYN ceiling on), except that the mx \
          budget is set to charge every SYN (rate state, connection count, rate check) without ever refusing one \
@@ -1106,7 +1096,7 @@ fn report(r: Report) -> String {
          no other packet touched lately (its bucket in the rate table: two cache lines holding both its slots and \
          the bucket's connection count), which a stateless filter does not have; the SYN ceiling's token is \
          spent without a look-up of the verified sources while the ceiling has tokens. To show what that memory \
-         costs by itself, the same rotation runs a **memory reference** (guard-ebpf's `xdp_bucket_touch`): the \
+         costs by itself, the same rotation runs a **memory reference** (tests/reference-ebpf's `xdp_bucket_touch`): the \
          floor plus one load in each cache line of the bucket mailguard uses for the packet's source and one \
          store, in a table of its own laid out and sized as mailguard's (one per table size; its counts prove \
          every run touched its table), and nothing else: no program that keeps state per source in a table of \

@@ -1,4 +1,4 @@
-//! The memory reference for new sources: guard-ebpf's `xdp_bucket_touch`, which reads and
+//! The memory reference for new sources: tests/reference-ebpf's `xdp_bucket_touch`, which reads and
 //! writes the bucket mailguard would use for the packet's source in a table of its own, laid
 //! out and sized as mailguard's, and does nothing else.
 
@@ -8,7 +8,8 @@ use aya::{
     programs::Xdp,
 };
 use guard_common::SourceBucket;
-use mailguard::{kernel::guard::BENCH_FLOOR_OBJECT, kernel::mapped::MappedArray};
+use guard_tests::reference;
+use mailguard::kernel::mapped::MappedArray;
 
 use crate::measure::{Run, Timed};
 
@@ -24,7 +25,7 @@ impl BucketTouch {
     pub fn load(buckets: u32) -> Result<BucketTouch, String> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(TABLE, buckets)
-            .load(BENCH_FLOOR_OBJECT)
+            .load(reference::BUCKET_TOUCH)
             .map_err(|e| format!("loading {PROGRAM}: {e}"))?;
         let mut size: Array<&mut MapData, u32> = Array::try_from(
             ebpf.map_mut("REF_TOUCH_BUCKETS")
@@ -32,7 +33,7 @@ impl BucketTouch {
         )
         .map_err(|e| e.to_string())?;
         size.set(0, buckets, 0).map_err(|e| e.to_string())?;
-        crate::reference_program(&mut ebpf, PROGRAM)?;
+        reference::xdp_program(&mut ebpf, PROGRAM)?;
         Ok(BucketTouch { ebpf })
     }
 

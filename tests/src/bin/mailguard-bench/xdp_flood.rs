@@ -1,4 +1,4 @@
-//! The flood's fastest generator: guard-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in
+//! The flood's fastest generator: tests/reference-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in
 //! live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, the way xdp-tools' xdp-trafficgen sends).
 //! The kernel runs the program on copies of one SYN, and each copy it returns with XDP_TX
 //! leaves by the test run's interface: the switch's port facing the mail host, so that the
@@ -20,12 +20,12 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunAttrs, TestRunOptions},
 };
+use guard_tests::reference;
 use guard_tests::{
     lab::{Lab, MAIL4},
     netns::link_info,
     packet::{Packet, SYN, tcp},
 };
-use mailguard::kernel::guard::BENCH_FLOOR_OBJECT;
 
 /// Copies of the SYN per test run: a few tens of milliseconds at the rates reached here, so
 /// that a stop is seen promptly.
@@ -80,8 +80,8 @@ impl XdpFlood {
         let (stop_t, sent_t) = (stop.clone(), sent.clone());
         let thread = lab.switch.spawn(move || -> Result<(), String> {
             crate::run_on([cpu]);
-            let mut obj = Ebpf::load(BENCH_FLOOR_OBJECT).map_err(|e| e.to_string())?;
-            let prog = crate::reference_program(&mut obj, "xdp_syn_flood")?;
+            let mut obj = Ebpf::load(reference::SYN_FLOOD).map_err(|e| e.to_string())?;
+            let prog = reference::xdp_program(&mut obj, "xdp_syn_flood")?;
             let name = std::ffi::CString::new(port.clone()).map_err(|e| e.to_string())?;
             // SAFETY: a NUL-terminated name; the lookup is in this thread's namespace.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

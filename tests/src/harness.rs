@@ -13,6 +13,7 @@ use guard_common::{
 use mailguard::{
     config::Config,
     kernel::guard::{Counters, Guard},
+    kernel::policy::{Contents, Extra},
     kernel::source_table::SourceTable,
 };
 
@@ -139,7 +140,7 @@ impl Harness {
         guard
             .policy_maps()
             .expect("policy maps")
-            .apply(None, &config)
+            .write(&Contents::of(&config, &Extra::new()), &config)
             .expect("apply config");
         Harness { guard, config }
     }
@@ -150,7 +151,7 @@ impl Harness {
         self.guard
             .policy_maps()
             .expect("policy maps")
-            .apply(Some(&self.config), &config)
+            .write(&Contents::of(&config, &Extra::new()), &config)
             .expect("apply config");
         self.config = config;
     }

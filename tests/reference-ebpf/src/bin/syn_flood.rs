@@ -1,0 +1,53 @@
+//! The benchmark's fastest SYN flood generator: run by BPF_PROG_TEST_RUN in live-frame mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`, as xdp-tools' xdp-trafficgen sends), it gives each copy of
+//! its SYN a random source, source port and sequence number and sends it out of the test
+//! run's interface (XDP_TX). Its checksums use mailguard's own (guard-ebpf's `checksum`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_get_prandom_u32, macros::xdp, programs::XdpContext,
+};
+use guard_ebpf::checksum::{fold, sum16};
+
+/// The generator's SYN: Ethernet (untagged), IPv4 without options, TCP without options.
+const SYN_LEN: usize = 14 + 20 + 20;
+const IPV4_AT: usize = 14;
+const TCP_AT: usize = 14 + 20;
+
+/// The SYN the test run was given, with a new source in the same /16 (its last two bytes), a
+/// new source port and sequence number, and both checksums computed afresh (in live-frame
+/// mode a frame may keep an earlier run's rewrite, so nothing is updated incrementally).
+#[xdp]
+pub fn xdp_syn_flood(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + SYN_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the SYN_LEN bytes were bounds-checked above, and the frame is this run's alone.
+    let p = unsafe { &mut *(start as *mut [u8; SYN_LEN]) };
+    // SAFETY: helpers without preconditions.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    p[IPV4_AT + 14..IPV4_AT + 16].copy_from_slice(&(a as u16).to_be_bytes());
+    p[IPV4_AT + 10..IPV4_AT + 12].copy_from_slice(&[0, 0]);
+    let ip = fold(sum16(&p[IPV4_AT..TCP_AT]));
+    p[IPV4_AT + 10..IPV4_AT + 12].copy_from_slice(&ip.to_be_bytes());
+    p[TCP_AT..TCP_AT + 2].copy_from_slice(&((a >> 16) as u16 | 1024).to_be_bytes());
+    p[TCP_AT + 4..TCP_AT + 8].copy_from_slice(&b.to_be_bytes());
+    p[TCP_AT + 16..TCP_AT + 18].copy_from_slice(&[0, 0]);
+    // Pseudo-header: source and destination addresses, protocol, TCP length.
+    let pseudo = sum16(&p[IPV4_AT + 12..IPV4_AT + 20]) + 6 + 20;
+    let tcp = fold(pseudo + sum16(&p[TCP_AT..SYN_LEN]));
+    p[TCP_AT + 16..TCP_AT + 18].copy_from_slice(&tcp.to_be_bytes());
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,226 @@
+//! What the tests send through the lab and how they read the answer: TCP banners and connects,
+//! UDP round trips, nmap SYN scans, HTTP GETs, swaks deliveries.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// Opens a TCP connection from inside `ns` and reads the banner; `None` when it fails within
+/// `timeout`.
+pub fn tcp_banner(ns: &Netns, addr: SocketAddr, timeout: Duration) -> Option<String> {
+    ns.spawn(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        let mut banner = String::new();
+        s.read_to_string(&mut banner).ok()?;
+        Some(banner)
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// Whether a TCP connection from inside `ns` to `addr` is established within `timeout` (for
+/// servers that, like Postfix, keep the connection open after their banner).
+pub fn tcp_connects(ns: &Netns, addr: SocketAddr, timeout: Duration) -> bool {
+    ns.spawn(move || std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
+        .join()
+        .expect("client thread")
+}
+
+/// Sends one datagram from a connected UDP socket inside `ns` and waits for the echo.
+pub fn udp_round_trip(ns: &Netns, to: SocketAddr, timeout: Duration) -> Option<Vec<u8>> {
+    ns.spawn(move || {
+        let bind = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let sock = UdpSocket::bind(bind).ok()?;
+        sock.connect(to).ok()?;
+        sock.set_read_timeout(Some(timeout)).ok()?;
+        sock.send(b"mailguard udp probe").ok()?;
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// What nmap reported for each port.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub open: Vec<u16>,
+    pub closed: Vec<u16>,
+    pub filtered: Vec<u16>,
+}
+
+/// A SYN scan (`nmap -sS`) of `ports` on `target` from inside `ns`.
+pub fn nmap_syn_scan(ns: &Netns, target: &str, ports: &[u16]) -> Scan {
+    let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let mut args = vec![
+        "nmap",
+        "-sS",
+        "-Pn",
+        "-n",
+        "--max-retries",
+        "1",
+        "--host-timeout",
+        "120s",
+        "-T4",
+    ];
+    if target.contains(':') {
+        args.push("-6");
+    }
+    let joined = list.join(",");
+    args.extend(["-p", &joined, "-oG", "-", target]);
+    let out = ns.run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut scan = parse_grepable(&text);
+    // nmap folds ports that share a state into "Ignored State: filtered (N)" and leaves them
+    // out of the list: they are the requested ports it did not list.
+    if let Some(state) = text
+        .split("Ignored State: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+    {
+        let listed: Vec<u16> = scan
+            .open
+            .iter()
+            .chain(&scan.closed)
+            .chain(&scan.filtered)
+            .copied()
+            .collect();
+        let rest = ports.iter().copied().filter(|p| !listed.contains(p));
+        match state {
+            "filtered" => scan.filtered.extend(rest),
+            "closed" => scan.closed.extend(rest),
+            other => panic!("nmap left out ports in state {other}: {text}"),
+        }
+        scan.filtered.sort_unstable();
+        scan.closed.sort_unstable();
+    }
+    scan
+}
+
+/// Parses the `Ports:` field of nmap's grepable output.
+pub fn parse_grepable(text: &str) -> Scan {
+    let mut scan = Scan::default();
+    for line in text.lines() {
+        let Some((_, ports)) = line.split_once("Ports: ") else {
+            continue;
+        };
+        let ports = ports.split('\t').next().unwrap_or("");
+        for entry in ports.split(", ") {
+            let mut f = entry.split('/');
+            let (Some(port), Some(state)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(port) = port.trim().parse::<u16>() else {
+                continue;
+            };
+            match state {
+                "open" => scan.open.push(port),
+                "closed" => scan.closed.push(port),
+                s if s.contains("filtered") => scan.filtered.push(port),
+                _ => {}
+            }
+        }
+    }
+    for v in [&mut scan.open, &mut scan.closed, &mut scan.filtered] {
+        v.sort_unstable();
+    }
+    scan
+}
+
+/// A plain HTTP GET from inside `ns`: the body of a 200 response, or what went wrong.
+pub fn try_http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> Result<String, String> {
+    let (addr, path, accept) = (addr.to_string(), path.to_string(), accept.to_string());
+    ns.spawn(move || {
+        let to: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut all = String::new();
+        s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+        let (head, body) = all.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+        if head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(head.to_string())
+        }
+    })
+    .join()
+    .expect("HTTP thread")
+}
+
+pub fn http_get(ns: &Netns, addr: &str, path: &str, accept: &str) -> String {
+    try_http_get(ns, addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// `ip` and `port` as a socket address (IPv6 in brackets).
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+    .parse()
+    .expect("address")
+}
+
+/// Delivers one message with swaks from inside `ns`; returns swaks' transcript on failure.
+pub fn swaks(ns: &Netns, server: &str, port: u16, subject: &str) -> Result<(), String> {
+    let port = port.to_string();
+    let out = ns
+        .command("swaks")
+        .args([
+            "--server",
+            server,
+            "--port",
+            &port,
+            "--from",
+            "sender@client.test",
+            "--to",
+            "postmaster@lab.test",
+        ])
+        .args([
+            "--header",
+            &format!("Subject: {subject}"),
+            "--body",
+            &format!("mailguard lab message {subject}"),
+        ])
+        .args(["--timeout", "15"])
+        .output()
+        .map_err(|e| format!("cannot run swaks: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "swaks exited {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nmap_grepable_output() {
+        let text = "# Nmap 7.93 scan\nHost: 198.18.0.1 ()\tStatus: Up\nHost: 198.18.0.1 ()\tPorts: 22/open/tcp//ssh///, 25/open/tcp//smtp///, 465/closed/tcp//smtps///, 3306/filtered/tcp//mysql///, 8080/open|filtered/tcp//http-proxy///\tIgnored State: filtered (3)\n";
+        let s = parse_grepable(text);
+        assert_eq!(s.open, vec![22, 25]);
+        assert_eq!(s.closed, vec![465]);
+        assert_eq!(s.filtered, vec![3306, 8080]);
+    }
+}

@@ -1,0 +1,332 @@
+//! The lab's services: Postfix on the mail host, plain TCP listeners and UDP echoes, and dnsmasq
+//! serving the records the list tests resolve.
+
+use std::{
+    fs::{self},
+    io::Write,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::daemon::set_mode;
+use crate::{
+    leftovers,
+    netns::{Netns, sh},
+};
+
+/// A private Postfix instance (own configuration, queue and maildir) in the mail namespace.
+pub struct Postfix {
+    pub dir: PathBuf,
+    ns_path: String,
+}
+
+impl Postfix {
+    pub fn start(ns: &Netns, dir: &Path) -> Postfix {
+        let etc = dir.join("etc");
+        let data = dir.join("data");
+        let mail = dir.join("mail");
+        for d in [&etc, &dir.join("spool"), &data, &mail] {
+            fs::create_dir_all(d).expect("postfix directories");
+        }
+        set_mode(dir, 0o755);
+        sh(&["chown", "postfix", data.to_str().expect("UTF-8")]);
+        sh(&["chown", "nobody:nogroup", mail.to_str().expect("UTF-8")]);
+        let d = dir.display();
+        let main_cf = format!(
+            "compatibility_level = 3.6
+queue_directory = {d}/spool
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.lab.test
+mydomain = lab.test
+inet_interfaces = all
+inet_protocols = all
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+virtual_mailbox_domains = lab.test
+virtual_mailbox_base = {d}/mail
+virtual_mailbox_maps = static:inbox/
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+mynetworks = 198.18.0.0/15, [2001:db8::]/32, 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_peername_lookup = no
+maillog_file_prefixes = {d}
+maillog_file = {d}/maillog
+biff = no
+"
+        );
+        fs::write(etc.join("main.cf"), main_cf).expect("main.cf");
+        fs::write(etc.join("master.cf"), MASTER_CF).expect("master.cf");
+        let pf = Postfix {
+            dir: dir.to_path_buf(),
+            ns_path: ns.path(),
+        };
+        let out = pf.postfix("start");
+        assert!(
+            out.status.success(),
+            "postfix start failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            pf.maillog()
+        );
+        pf
+    }
+
+    fn postfix(&self, action: &str) -> std::process::Output {
+        let etc = self.dir.join("etc");
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path))
+            .args(["--", "postfix", "-c"])
+            .arg(&etc)
+            .arg(action)
+            .output()
+            .expect("run postfix")
+    }
+
+    pub fn maillog(&self) -> String {
+        fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// Messages delivered to the maildir, as text.
+    pub fn delivered(&self) -> Vec<String> {
+        let new = self.dir.join("mail/inbox/new");
+        let Ok(entries) = fs::read_dir(&new) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+
+    /// Waits until a delivered message contains `marker`.
+    pub fn wait_delivered(&self, marker: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.delivered().iter().any(|m| m.contains(marker)) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn master_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.dir.join("spool/pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let pid = self.master_pid();
+        let _ = self.postfix("stop");
+        // `postfix stop` waits for the master; make sure the one we started is gone.
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && leftovers::running(pid) {
+                thread::sleep(Duration::from_millis(50));
+            }
+            if leftovers::running(pid) {
+                // SAFETY: SIGKILL to the master process this lab started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Postfix services without chroot: smtp (25) and submission (587) plus the internals.
+pub(crate) const MASTER_CF: &str = "\
+smtp       inet  n  -  n  -  -  smtpd
+submission inet  n  -  n  -  -  smtpd
+pickup     unix  n  -  n  60 1  pickup
+cleanup    unix  n  -  n  -  0  cleanup
+qmgr       unix  n  -  n  300 1 qmgr
+rewrite    unix  -  -  n  -  -  trivial-rewrite
+bounce     unix  -  -  n  -  0  bounce
+defer      unix  -  -  n  -  0  bounce
+trace      unix  -  -  n  -  0  bounce
+verify     unix  -  -  n  -  1  verify
+flush      unix  n  -  n  1000? 0 flush
+proxymap   unix  -  -  n  -  -  proxymap
+smtp       unix  -  -  n  -  -  smtp
+relay      unix  -  -  n  -  -  smtp
+showq      unix  n  -  n  -  -  showq
+error      unix  -  -  n  -  -  error
+retry      unix  -  -  n  -  -  error
+discard    unix  -  -  n  -  -  discard
+virtual    unix  -  n  n  -  -  virtual
+anvil      unix  -  -  n  -  1  anvil
+scache     unix  -  -  n  -  1  scache
+postlog    unix-dgram n - n - 1 postlogd
+";
+
+/// A listener thread in a namespace, stopped and joined on drop.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Accepts TCP connections on every address (IPv4 and IPv6), writes a banner, closes.
+    pub fn tcp(ns: &Netns, port: u16) -> Listener {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let v6: SocketAddr = format!("[::]:{port}").parse().expect("address");
+            // A dual-stack socket serves IPv4 too.
+            let listener = TcpListener::bind(v6).unwrap_or_else(|e| panic!("bind TCP {port}: {e}"));
+            listener.set_nonblocking(true).expect("nonblocking");
+            ready_tx.send(()).expect("ready");
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.write_all(format!("hello from port {port}\n").as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("TCP listener started");
+        Listener {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Echoes UDP datagrams back to their sender (IPv4 and IPv6).
+    pub fn udp_echo(ns: &Netns, port: u16) -> Listener {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let sock = UdpSocket::bind(format!("[::]:{port}"))
+                .unwrap_or_else(|e| panic!("bind UDP {port}: {e}"));
+            sock.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("UDP echo started");
+        Listener {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// dnsmasq serving fixed records (and nothing else: no upstream, no /etc/hosts) on one address
+/// inside a namespace. Stopped by pid on drop.
+pub struct Dnsmasq {
+    child: Child,
+}
+
+/// A record dnsmasq serves.
+pub enum Record<'a> {
+    Txt(&'a str, &'a str),
+    /// A host's A or AAAA address.
+    Addr(&'a str, &'a str),
+    /// A domain's MX host.
+    Mx(&'a str, &'a str),
+}
+
+impl Dnsmasq {
+    pub fn start(ns: &Netns, listen: &str, records: &[Record]) -> Dnsmasq {
+        let mut cmd = ns.command("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-negcache",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            "--port=53",
+            "--log-queries",
+            "--log-facility=-",
+        ]);
+        cmd.arg(format!("--listen-address={listen}"));
+        // Names under these domains that have no record are NXDOMAIN, not forwarded.
+        cmd.args(["--local=/test/"]);
+        for r in records {
+            cmd.arg(match r {
+                // Passed as one argument: no quotes (they would be part of the text), and no
+                // commas (they separate character-strings).
+                Record::Txt(name, text) => format!("--txt-record={name},{text}"),
+                Record::Addr(name, ip) => format!("--host-record={name},{ip}"),
+                Record::Mx(name, host) => format!("--mx-host={name},{host},10"),
+            });
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("start dnsmasq (Debian package dnsmasq-base)");
+        let mut d = Dnsmasq { child };
+        // Ready when it answers on port 53.
+        let to: SocketAddr = format!("{listen}:53").parse().expect("listen address");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let query = ns.spawn(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.connect(to).ok()?;
+                s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+                // A query for `test` SOA (id 1, RD): any answer means it is up.
+                s.send(&[
+                    0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, b't', b'e', b's', b't', 0, 0, 6, 0, 1,
+                ])
+                .ok()?;
+                let mut buf = [0u8; 512];
+                s.recv(&mut buf).ok()
+            });
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("dnsmasq exited ({status}): is {listen}:53 taken?");
+            }
+            if query.join().ok().flatten().is_some() {
+                return d;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq did not answer on {listen}:53 within 10 s");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

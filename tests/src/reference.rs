@@ -1,0 +1,30 @@
+//! The reference programs (tests/reference-ebpf), one object each, built by tests/build.rs with
+//! the toolchain and linker that build mailguard's. mailguard never holds or loads them.
+
+use aya::{Ebpf, programs::Xdp};
+
+/// `xdp_floor`: XDP_DROP and nothing else, the benchmarks' floor.
+pub static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-floor"));
+
+/// `xdp_bucket_touch`: the floor plus one source bucket's memory, the benchmarks' memory
+/// reference (its maps `REF_TOUCH_BUCKETS`, `REF_TOUCH_TABLE`).
+pub static BUCKET_TOUCH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-bucket-touch"));
+
+/// `xdp_pass`: XDP_PASS, for the lab's veth peers.
+pub static LAB_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-lab-pass"));
+
+/// `xdp_syn_flood`: the benchmark's SYN flood generator (BPF_PROG_TEST_RUN, live frames).
+pub static SYN_FLOOD: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-syn-flood"));
+
+/// The XDP program `name` of the loaded reference object `obj`, loaded into the kernel.
+pub fn xdp_program<'a>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
+    let program: &mut Xdp = obj
+        .program_mut(name)
+        .ok_or_else(|| format!("reference program {name} is missing"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))?;
+    program.load().map_err(|e| format!("load {name}: {e}"))?;
+    Ok(program)
+}
