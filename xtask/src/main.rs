@@ -49,6 +49,10 @@ commands:
   bench   set up, build, and measure mailguard against the floor, xdp-filter and the
           nftables recipe (per-packet cost, scaling, a SYN flood on the wire); writes
           docs/BENCHMARKS.md and its plots in docs/bench/ (about 25 minutes)
+  bench-before REV
+          the per-packet section of `bench` with git revision REV's eBPF object measured
+          beside this checkout's in the same trials (REV is built in a worktree under
+          target/baseline); prints both side by side and writes nothing
   lint    cargo fmt --check, and clippy (warnings are errors) on every crate, the eBPF ones
           with nightly for their target
   fuzz    the property tests of everything mailguard reads from outside (control requests,
@@ -210,6 +214,81 @@ fn bench() -> Result<()> {
     )
 }
 
+/// The per-packet bench with revision `rev`'s eBPF object beside this checkout's.
+fn bench_before(rev: &str) -> Result<()> {
+    setup::setup()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let base = root.join("target/baseline");
+    let tree = base.join("src");
+    let tree_s = tree.display().to_string();
+    // A worktree left by an earlier run goes first.
+    let _ = std::process::Command::new("git")
+        .args(["worktree", "remove", "--force", &tree_s])
+        .status();
+    let _ = std::fs::remove_dir_all(&tree);
+    println!("== building {rev}'s eBPF object in {tree_s}");
+    cmd::run(
+        "baseline",
+        "git",
+        &["worktree", "add", "--detach", &tree_s, rev],
+        &[],
+    )?;
+    let target = base.join("target").display().to_string();
+    let manifest = tree.join("Cargo.toml").display().to_string();
+    let built_before = cmd::run(
+        "baseline",
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--manifest-path",
+            &manifest,
+            "-p",
+            "guard-userspace",
+        ],
+        &[("CARGO_TARGET_DIR", &target)],
+    );
+    let _ = std::process::Command::new("git")
+        .args(["worktree", "remove", "--force", &tree_s])
+        .status();
+    built_before?;
+    let object = newest_build_output(&base.join("target/release/build"), "guard-ebpf")
+        .ok_or_else(|| TaskError::step("baseline", format!("no eBPF object built for {rev}")))?;
+    println!("== {rev}'s object: {}", object.display());
+    cmd::run(
+        "build",
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "guard-tests",
+            "--bin",
+            "mailguard-bench",
+        ],
+        &[],
+    )?;
+    cmd::run(
+        "bench",
+        &built("mailguard-bench", "release"),
+        &[],
+        &[
+            ("MAILGUARD_BENCH_ONLY", "packets"),
+            ("MAILGUARD_BENCH_BASELINE", &object.display().to_string()),
+        ],
+    )
+}
+
+/// The newest `out/<name>` of the build scripts' directories under `build`.
+fn newest_build_output(build: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(build)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("out").join(name))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -218,6 +297,13 @@ fn main() -> ExitCode {
         Some("test") => tiers::test(),
         Some("demo") => demo(),
         Some("bench") => bench(),
+        Some("bench-before") => match args.get(1) {
+            Some(rev) => bench_before(rev),
+            None => Err(TaskError::step(
+                "arguments",
+                "bench-before needs a git revision (for example HEAD~3)",
+            )),
+        },
         Some("lint") => lint(),
         Some("fuzz") => fuzz(),
         Some("kernels") => tiers::kernels_only(),

@@ -158,7 +158,13 @@ impl Guard {
     /// Loads the embedded object and its programs into the kernel (not attached yet), with the
     /// tracking maps sized as `budgets` says.
     pub fn load(config: &Config) -> Result<Guard, GuardError> {
-        Guard::load_with(config, None)
+        Guard::load_with(EBPF_OBJECT, config, None)
+    }
+
+    /// As `load`, from another build of guard-ebpf's object (the bench's "before", compared
+    /// with this build's in one run). Its maps must be the ones guard-common defines.
+    pub fn load_object(object: &[u8], config: &Config) -> Result<Guard, GuardError> {
+        Guard::load_with(object, config, None)
     }
 
     /// Loads as `load`, with every map pinned under `pins`: maps a previous run pinned are
@@ -183,7 +189,7 @@ impl Guard {
         // it would miss every prefix: those lists go back to their tries until the next update
         // indexes them again.
         let new_v6_table = is_new(names::V6_TABLE);
-        let mut guard = Guard::load_with(config, Some((pins, &fresh)))?;
+        let mut guard = Guard::load_with(EBPF_OBJECT, config, Some((pins, &fresh)))?;
         if new_v6_table {
             guard.forget_v6_index()?;
         }
@@ -201,7 +207,7 @@ impl Guard {
     /// Loads the programs over the pinned maps as they are, none checked or recreated: for
     /// writing a policy into the maps in force (the confirm window's watchdog), never attached.
     pub fn over_pinned_maps(config: &Config, pins: &Pins) -> Result<Guard, GuardError> {
-        Guard::load_with(config, Some((pins, &[])))
+        Guard::load_with(EBPF_OBJECT, config, Some((pins, &[])))
     }
 
     /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
@@ -260,7 +266,11 @@ impl Guard {
 
     /// Loads the object; with `pins`, its maps pinned there, those named in the second part
     /// pinned beside the ones in force (`Pins::map_new`) until the start commits them.
-    fn load_with(config: &Config, pins: Option<(&Pins, &[&str])>) -> Result<Guard, GuardError> {
+    fn load_with(
+        object: &[u8],
+        config: &Config,
+        pins: Option<(&Pins, &[&str])>,
+    ) -> Result<Guard, GuardError> {
         let budgets = &config.budgets;
         let kernel = KernelFeatures::probed();
         kernel.check()?;
@@ -284,7 +294,7 @@ impl Guard {
                 loader.map_pin_path(name, path);
             }
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(GuardError::Object)?;
+        let mut ebpf = loader.load(object).map_err(GuardError::Object)?;
         let program = xdp_program_mut(&mut ebpf)?;
         program.load().map_err(|source| GuardError::Load {
             program: names::XDP_PROGRAM,

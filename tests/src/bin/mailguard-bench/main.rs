@@ -22,6 +22,10 @@
 //! benchmark runs in a network and mount namespace of its own (a private bpffs,
 //! `isolation.rs`), so nothing it sets up outlives it.
 //!
+//! `MAILGUARD_BENCH_BASELINE=<object>` adds another build of guard-ebpf's object to section
+//! 1's trials and prints both builds side by side: a change's per-packet cost, before and
+//! after, in one run (`cargo xtask bench-before REV` builds REV's object and runs this).
+//!
 //! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
 //! 3), `=lists` (section 4), `=flood` (section 6) or `=flood-top` (its top setting, the XDP
 //! generator of `xdp_flood.rs`) measures those sections, prints them and writes nothing: for
@@ -97,6 +101,15 @@ const NEW_TRIALS: usize = 20;
 /// Connections in the sock_ops run.
 const CONNECTIONS: u32 = 2_000;
 
+/// Writes `config` into the maps of `guard`, as the daemon writes a new configuration.
+fn write_config(guard: &mut Guard, config: &Config) -> Result<(), String> {
+    guard
+        .policy_maps()
+        .map_err(|e| e.to_string())?
+        .write(&Contents::of(config, &Extra::new()), config)
+        .map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +144,18 @@ fn run() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     let mut guard = prepared(&config)?;
     let verified = guard.verified_instructions().ok().flatten();
+    // Another build's object, measured beside this one in the per-packet trials.
+    let baseline_object = match std::env::var_os("MAILGUARD_BENCH_BASELINE") {
+        Some(path) => Some(
+            std::fs::read(&path)
+                .map_err(|e| format!("MAILGUARD_BENCH_BASELINE {}: {e}", path.to_string_lossy()))?,
+        ),
+        None => None,
+    };
+    let mut baseline = baseline_object
+        .as_deref()
+        .map(|o| prepared_from(Some(o), &config))
+        .transpose()?;
 
     let mut floor_obj = Ebpf::load(guard_tests::reference::FLOOR).map_err(|e| e.to_string())?;
     let floor: &Xdp = guard_tests::reference::xdp_program(&mut floor_obj, "xdp_floor")?;
@@ -255,19 +280,24 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
     let (steal0, total0) = cpu_times();
-    let mut rows = measure_cases(&guard, floor, &peer, &default_cases)?;
-    guard
-        .policy_maps()
-        .map_err(|e| e.to_string())?
-        .write(&Contents::of(&mx_config, &Extra::new()), &mx_config)
-        .map_err(|e| e.to_string())?;
-    rows.extend(measure_cases(&guard, floor, &peer, &list_cases)?);
-    guard
-        .policy_maps()
-        .map_err(|e| e.to_string())?
-        .write(&Contents::of(&config, &Extra::new()), &config)
-        .map_err(|e| e.to_string())?;
-    charge_every_syn(&mut guard)?;
+    let mut rows = measure_cases(&guard, baseline.as_ref(), floor, &peer, &default_cases)?;
+    for g in std::iter::once(&mut guard).chain(baseline.as_mut()) {
+        write_config(g, &mx_config)?;
+    }
+    rows.extend(measure_cases(
+        &guard,
+        baseline.as_ref(),
+        floor,
+        &peer,
+        &list_cases,
+    )?);
+    for g in std::iter::once(&mut guard).chain(baseline.as_mut()) {
+        write_config(g, &config)?;
+        charge_every_syn(g)?;
+    }
+    if let Some(table) = baseline_table(&rows) {
+        println!("\nthe baseline build beside this one, in the same trials:\n{table}");
+    }
 
     if only.as_deref() == Some("packets") {
         return Ok(());

@@ -44,11 +44,14 @@ pub(crate) struct Row<'a> {
     pub(crate) p99: [f64; 3],
     /// What xdp-filter did with the packet.
     pub(crate) peer_verdict: &'static str,
+    /// The baseline build of mailguard (`MAILGUARD_BENCH_BASELINE`), in the same trials.
+    pub(crate) baseline: Option<Stats>,
 }
 
 /// Verifies every program's path on each packet, then times them side by side.
 pub(crate) fn measure_cases<'a>(
     guard: &Guard,
+    baseline: Option<&Guard>,
     floor: &Xdp,
     peer: &XdpFilter,
     cases: &'a [Case],
@@ -57,6 +60,10 @@ pub(crate) fn measure_cases<'a>(
     let mut verdicts = Vec::new();
     for c in cases {
         check_path(guard, c.name, &c.packet, c.reason, CHECK_RUNS)?;
+        if let Some(b) = baseline {
+            check_path(b, c.name, &c.packet, c.reason, CHECK_RUNS)
+                .map_err(|e| format!("the baseline build: {e}"))?;
+        }
         verdicts.push(check_peer_path(peer, c.name, &c.packet)?);
         let floor_run = floor.run(&c.packet, 1);
         if floor_run.retval != XDP_DROP {
@@ -71,7 +78,14 @@ pub(crate) fn measure_cases<'a>(
          and by xdp-filter"
     );
     let packets: Vec<&[u8]> = cases.iter().map(|c| c.packet.as_slice()).collect();
-    let timed = trials_each(&[program, floor, peer], &packets);
+    let base_program = baseline
+        .map(|b| b.xdp().map_err(|e| e.to_string()))
+        .transpose()?;
+    let mut programs: Vec<&dyn Timed> = vec![program, floor, peer];
+    if let Some(b) = base_program {
+        programs.push(b);
+    }
+    let timed = trials_each(&programs, &packets);
     let mut rows = Vec::new();
     for ((c, peer_verdict), t) in cases.iter().zip(verdicts).zip(timed) {
         let row = Row {
@@ -87,6 +101,7 @@ pub(crate) fn measure_cases<'a>(
                 p99_single(peer, &c.packet, TAIL_RUNS),
             ],
             peer_verdict,
+            baseline: base_program.map(|_| stats(t[3].clone())),
         };
         println!(
             "{:<64} mailguard {:>4.0} ns  floor {:>3.0} ns  xdp-filter {:>4.0} ns  ratio {:.2}x ({:.2}-{:.2})",
@@ -98,9 +113,47 @@ pub(crate) fn measure_cases<'a>(
             row.ratio.min,
             row.ratio.max
         );
+        if let Some(b) = &row.baseline {
+            println!(
+                "{:<64} baseline  {:>4.0} ns ({:.0}-{:.0}); this build {:>4.0} ns ({:.0}-{:.0})",
+                "",
+                b.median,
+                b.min,
+                b.max,
+                row.mailguard.median,
+                row.mailguard.min,
+                row.mailguard.max
+            );
+        }
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The baseline build (`MAILGUARD_BENCH_BASELINE`) beside this one, per packet: medians of
+/// the same trials, and whether the difference stays within the two builds' trial spread.
+pub(crate) fn baseline_table(rows: &[Row]) -> Option<String> {
+    let mut out = String::from(
+        "| packet | baseline ns (min-max) | this build ns (min-max) | difference | within the spread |\n|---|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        let b = r.baseline.as_ref()?;
+        let a = &r.mailguard;
+        let overlap = a.min <= b.max && b.min <= a.max;
+        out.push_str(&format!(
+            "| {} | {:.0} ({:.0}-{:.0}) | {:.0} ({:.0}-{:.0}) | {:+.1} | {} |\n",
+            r.case.name,
+            b.median,
+            b.min,
+            b.max,
+            a.median,
+            a.min,
+            a.max,
+            a.median - b.median,
+            if overlap { "yes" } else { "no" }
+        ));
+    }
+    Some(out)
 }
 
 /// Runs `packet` through xdp-filter `CHECK_RUNS` times: its own counters must show exactly
@@ -158,7 +211,12 @@ pub(crate) fn charge_every_syn(guard: &mut Guard) -> Result<(), String> {
 /// sock_ops counts it; another holds one too, in a bucket with a source at its cap (so its SYN
 /// reads its exact count).
 pub(crate) fn prepared(config: &Config) -> Result<Guard, String> {
-    let mut guard = loaded(config)?;
+    prepared_from(None, config)
+}
+
+/// As `prepared`, from `object` (another build's) when given.
+pub(crate) fn prepared_from(object: Option<&[u8]>, config: &Config) -> Result<Guard, String> {
+    let mut guard = loaded_from(object, config)?;
     charge_every_syn(&mut guard)?;
     let mx = |k: SourceKey| SourceKey {
         class: MailClass::Mx as u8,
@@ -199,7 +257,16 @@ pub(crate) fn bucket_neighbour(key: &SourceKey, buckets: u32) -> Result<SourceKe
 
 /// mailguard loaded (not attached) with `config` written into its maps.
 pub(crate) fn loaded(config: &Config) -> Result<Guard, String> {
-    let mut guard = Guard::load(config).map_err(|e| e.to_string())?;
+    loaded_from(None, config)
+}
+
+/// As `loaded`, from `object` (another build's) when given.
+pub(crate) fn loaded_from(object: Option<&[u8]>, config: &Config) -> Result<Guard, String> {
+    let mut guard = match object {
+        Some(o) => Guard::load_object(o, config),
+        None => Guard::load(config),
+    }
+    .map_err(|e| e.to_string())?;
     guard
         .policy_maps()
         .map_err(|e| e.to_string())?
