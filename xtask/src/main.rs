@@ -39,7 +39,7 @@ usage: cargo xtask <command>
 commands:
   setup   install what the build and tests need (idempotent; every command below runs it)
   build   set up, then build mailguard and the test binaries
-  test    set up, build, and run every test tier (unit, BPF_PROG_TEST_RUN fixtures,
+  test    set up, build, lint, and run every test tier (unit, BPF_PROG_TEST_RUN fixtures,
           network-namespace end to end, Debian's kernels under QEMU and the package under a
           real systemd); prints what each tier executed. MAILGUARD_KERNELS=6.1,6.12 boots
           only those kernels (none: skips them)
@@ -111,6 +111,12 @@ fn demo() -> Result<()> {
 
 fn lint() -> Result<()> {
     setup::setup()?;
+    lint_checks()
+}
+
+/// `cargo fmt --check` and clippy with warnings denied on every crate (also the first step of
+/// `cargo xtask test`, so that CI runs it).
+pub fn lint_checks() -> Result<()> {
     cmd::run("lint", "cargo", &["fmt", "--all", "--check"], &[])?;
     cmd::run(
         "lint",

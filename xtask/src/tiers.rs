@@ -171,6 +171,17 @@ pub fn test() -> Result<()> {
     crate::build_binaries()?;
     let mut report = Vec::new();
     let mut failed = Vec::new();
+    println!("\n== lint: cargo fmt --check, clippy with warnings denied on every crate");
+    let started = Instant::now();
+    let lint = crate::lint_checks();
+    report.push(format!(
+        "  lint  {:<43} {:>6.1}s  fmt, clippy (host crates, and both eBPF crates for their target)",
+        if lint.is_ok() { "clean" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    ));
+    if let Err(e) = lint {
+        failed.push(format!("lint: {e}"));
+    }
     for run in RUNS {
         println!(
             "\n== tier {}: {}\n   $ cargo {}",
