@@ -1,6 +1,7 @@
 //! Property tests over everything that takes input from outside: the control socket's request
-//! line, the configuration file, list files, CIDRs, durations and run-time list edits. None may
-//! panic, whatever arrives; what they refuse is said with a bounded message.
+//! line, the configuration file, list files, CIDRs, durations, run-time list edits and mail log
+//! lines. None may panic, whatever arrives; what they refuse is said with a bounded message. A
+//! log line's event names the client the server wrote, whatever the client put in it.
 //!
 //! `cargo xtask test` runs each property on 256 generated inputs (proptest's default);
 //! `cargo xtask fuzz` runs them on many more (`PROPTEST_CASES`). A failing input is shrunk and
@@ -13,6 +14,7 @@ use mailguard::{
     config::lists::{ListName, Lists, parse_list_file},
     config::{Config, parse_cidr},
     daemon::control::{Request, parse_request},
+    feeds::maillog::{self, Parsed},
     feeds::saved::ListState,
 };
 use proptest::prelude::*;
@@ -84,5 +86,37 @@ proptest! {
     fn cidrs_and_durations_never_panic(text in texty()) {
         let _ = parse_cidr(&text);
         let _ = parse_duration(&text);
+    }
+
+    #[test]
+    fn mail_log_lines_never_panic(line in texty()) {
+        let _ = maillog::parse(&line);
+    }
+
+    /// Whatever a client puts where it may (Dovecot's user name, Postfix's recipient, sender
+    /// and HELO), the event is the real client's or none.
+    #[test]
+    fn client_text_never_names_another_address(
+        user in "[ -~]{0,80}",
+        rcpt in "[ -~]{0,80}",
+        helo in "[ -~]{0,80}",
+    ) {
+        let real = "198.18.7.7";
+        let lines = [
+            format!(
+                "dovecot: imap-login: Disconnected (auth failed, 2 attempts in 3 secs): user=<{user}>, \
+                 method=PLAIN, rip={real}, lip=198.18.0.1, TLS, session=<abc>"
+            ),
+            format!(
+                "postfix/smtpd[9]: NOQUEUE: reject: RCPT from unknown[{real}]: 550 5.1.1 <{rcpt}>: \
+                 Recipient address rejected: User unknown; from=<{user}> to=<{rcpt}> proto=ESMTP \
+                 helo=<{helo}>"
+            ),
+        ];
+        for line in lines {
+            if let Parsed::Event(e) = maillog::parse(&line) {
+                prop_assert_eq!(e.source.to_string(), real, "{}", line);
+            }
+        }
     }
 }

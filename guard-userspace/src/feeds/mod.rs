@@ -3,8 +3,16 @@
 //! - `saved`: fetched and run-time entries, kept in the state directory (`lists.json`)
 //! - `spf`, `dns`: a provider's ranges from its SPF record
 //! - `keeper`: the daemon's side of the lists (refreshes, run-time edits)
+//! - `maillog`: Postfix and Dovecot log lines as ban events (authentication failures,
+//!   unknown recipients), the client's address taken only from where the server writes it
+//! - `follow`: a log file followed through rotation and truncation, with a checkpoint
+//! - `bans`: the ban rules: events counted per source and prefix in windows, bans with
+//!   escalation, exemptions and caps
 
+pub mod bans;
 pub mod dns;
+pub mod follow;
 pub mod keeper;
+pub mod maillog;
 pub mod saved;
 pub mod spf;
