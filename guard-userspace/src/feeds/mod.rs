@@ -6,12 +6,14 @@
 //! - `maillog`: Postfix and Dovecot log lines as ban events (authentication failures,
 //!   unknown recipients), the client's address taken only from where the server writes it
 //! - `follow`: a log file followed through rotation and truncation, with a checkpoint
+//! - `journal`: the systemd journal's mail facility (journalctl's JSON records), with its cursor
 //! - `bans`: the ban rules: events counted per source and prefix in windows, bans with
 //!   escalation, exemptions and caps
 
 pub mod bans;
 pub mod dns;
 pub mod follow;
+pub mod journal;
 pub mod keeper;
 pub mod maillog;
 pub mod saved;
