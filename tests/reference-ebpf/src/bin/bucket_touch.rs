@@ -61,12 +61,4 @@ pub fn xdp_bucket_touch(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+guard_reference_ebpf::program_binary!();
