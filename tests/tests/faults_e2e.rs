@@ -63,25 +63,7 @@ fn moving_the_protection_attaches_the_new_interface_before_the_old_one_goes() {
     let mut lab = lab();
     lab.start_mailguard(CONFIG, &[]);
     lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
-    // A second interface, with an MTU too large for native XDP on veth (9000).
-    lab.mail.ns.run(&[
-        "ip",
-        "link",
-        "add",
-        "mg-dummy0",
-        "mtu",
-        "9000",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "mg-dummy1",
-        "mtu",
-        "9000",
-    ]);
-    for dev in ["mg-dummy0", "mg-dummy1"] {
-        lab.mail.ns.run(&["ip", "link", "set", dev, "up"]);
-    }
+    add_jumbo_veth(&lab);
 
     // The new attachment fails (native XDP refuses the MTU): the old one stays.
     let out = lab.run_mailguard_to_exit(CONFIG, &["--iface", "mg-dummy0", "--mode", "native"]);
@@ -561,6 +543,9 @@ fn an_unconfirmed_start_is_unloaded_although_the_daemon_died() {
 #[test]
 fn another_xdp_program_in_the_way_is_named() {
     let lab = lab();
+    // libxdp (xdp-filter) makes this lock directory in the host's bpffs and leaves it.
+    let libxdp_dir = std::path::Path::new("/sys/fs/bpf/xdp");
+    let had_libxdp_dir = libxdp_dir.exists();
     lab.mail
         .ns
         .run(&["xdp-filter", "load", "mg-mail0", "--mode", "skb"]);
@@ -571,6 +556,10 @@ fn another_xdp_program_in_the_way_is_named() {
         .command("xdp-filter")
         .args(["unload", "mg-mail0", "--all"])
         .output();
+    if !had_libxdp_dir {
+        // Only while empty: anything another program keeps there stays.
+        let _ = std::fs::remove_dir(libxdp_dir);
+    }
     let err = stderr(&out);
     println!(
         "faults: another XDP program on the interface: {}",
@@ -584,21 +573,9 @@ fn another_xdp_program_in_the_way_is_named() {
     );
 }
 
-/// The kernel's id of the map pinned at `path`.
-fn pinned_map_id(path: &std::path::Path) -> u32 {
-    aya::maps::MapInfo::from_pin(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .id()
-}
-
-#[test]
-fn a_start_that_fails_keeps_every_pinned_map() {
-    let mut lab = lab();
-    lab.start_mailguard(CONFIG, &[]);
-    let maps = lab.mailguard().pin_dir.join("maps");
-    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
-    let sources = maps.join("MG_SOURCES");
-    let before = pinned_map_id(&sources);
+/// A second interface in the mail namespace, `mg-dummy0`, with an MTU too large for native XDP
+/// on veth (9000): a native attach there fails.
+fn add_jumbo_veth(lab: &Lab) {
     lab.mail.ns.run(&[
         "ip",
         "link",
@@ -617,6 +594,24 @@ fn a_start_that_fails_keeps_every_pinned_map() {
     for dev in ["mg-dummy0", "mg-dummy1"] {
         lab.mail.ns.run(&["ip", "link", "set", dev, "up"]);
     }
+}
+
+/// The kernel's id of the map pinned at `path`.
+fn pinned_map_id(path: &std::path::Path) -> u32 {
+    aya::maps::MapInfo::from_pin(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .id()
+}
+
+#[test]
+fn a_start_that_fails_keeps_every_pinned_map() {
+    let mut lab = lab();
+    lab.start_mailguard(CONFIG, &[]);
+    let maps = lab.mailguard().pin_dir.join("maps");
+    lab.mailguard.take().expect("mailguard").end(libc::SIGTERM);
+    let sources = maps.join("MG_SOURCES");
+    let before = pinned_map_id(&sources);
+    add_jumbo_veth(&lab);
     // A new table size (the source table must be made anew) and an attach that fails.
     let resized = format!("{CONFIG}[budgets]\ntracked_sources = 1024\n");
     let out = lab.run_mailguard_to_exit(&resized, &["--iface", "mg-dummy0", "--mode", "native"]);

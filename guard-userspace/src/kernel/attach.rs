@@ -81,6 +81,17 @@ impl Guard {
                 })?;
             return Ok(Attachment::Replaced);
         }
+        let mode = self.attach_xdp_and_pin(iface, mode, &path)?;
+        Ok(Attachment::New(mode))
+    }
+
+    /// Attaches XDP to `iface` and pins the link at `path`.
+    fn attach_xdp_and_pin(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        path: &std::path::Path,
+    ) -> Result<AttachedMode, GuardError> {
         let (mode, id) = self.attach_xdp(iface, mode)?;
         let program = xdp_program_mut(&mut self.ebpf)?;
         let link = program.take_link(id).map_err(|source| GuardError::Attach {
@@ -88,8 +99,8 @@ impl Guard {
             mode: mode.name(),
             source,
         })?;
-        pin_link(link, &path)?;
-        Ok(Attachment::New(mode))
+        pin_link(link, path)?;
+        Ok(mode)
     }
 
     /// Attaches XDP to `iface` where the pinned link is on another interface (`pinned_on`), or
@@ -107,14 +118,7 @@ impl Guard {
         // bpffs refuses names with a dot.
         let fresh = path.with_file_name("xdp_link_new");
         let _ = std::fs::remove_file(&fresh);
-        let (mode, id) = self.attach_xdp(iface, mode)?;
-        let program = xdp_program_mut(&mut self.ebpf)?;
-        let link = program.take_link(id).map_err(|source| GuardError::Attach {
-            iface: iface.to_string(),
-            mode: mode.name(),
-            source,
-        })?;
-        pin_link(link, &fresh)?;
+        let mode = self.attach_xdp_and_pin(iface, mode, &fresh)?;
         // Renaming over the old pin drops it (detaching the old interface) as it installs the
         // new one: there is no moment without a pinned attachment.
         std::fs::rename(&fresh, &path).map_err(|source| {
