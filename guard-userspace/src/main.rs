@@ -313,12 +313,21 @@ fn dispatch(command: Command, dirs: Dirs) -> anyhow::Result<u8> {
             })
         }
         Command::Top { json, limit } => {
-            RunState::read(&dirs)?;
+            let state = RunState::read(&dirs)?;
             let rows = budget_view::top(&dirs, limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", budget_view::render_top(&rows));
+                if let Some(bans) = &state.bans {
+                    print!(
+                        "{}",
+                        mailguard::cli::status::render_bans(
+                            bans,
+                            mailguard::feeds::saved::now_unix()
+                        )
+                    );
+                }
             }
             Ok(exit::OK)
         }

@@ -1,7 +1,11 @@
 //! `cargo xtask setup`: everything a fresh machine needs before mailguard builds and its tests
 //! run. Every step first checks whether its work is already done, so running it again is cheap.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     Result, TaskError,
@@ -18,6 +22,14 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("postfix", "the real mail server in the test lab"),
     ("swaks", "the SMTP client that delivers test messages"),
+    (
+        "dovecot-imapd",
+        "the real IMAP server and Postfix's SASL in the bans tests (and its auth policy client)",
+    ),
+    (
+        "fail2ban",
+        "the peer of mailguard's bans in benchmarks (its postfix-sasl and dovecot jails)",
+    ),
     ("libio-socket-inet6-perl", "swaks over IPv6"),
     ("nmap", "SYN scans from the client namespace"),
     (
@@ -262,7 +274,29 @@ fn debian_packages() -> Result<()> {
     run("Debian packages", "apt-get", &["update", "-q"], &env)?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(missing.iter().copied());
-    run("Debian packages", "apt-get", &args, &env)
+    // Dovecot, Postfix and fail2ban must not start as the host's services: the tests run
+    // their own instances, in namespaces. Debian's policy-rc.d (exit 101) keeps packages from
+    // starting services while they install; one the host already has is left alone.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        fs::write(
+            policy,
+            "#!/bin/sh\n# mailguard setup: no service starts while it installs\nexit 101\n",
+        )
+        .and_then(|()| fs::set_permissions(policy, fs::Permissions::from_mode(0o755)))
+        .map_err(|e| {
+            TaskError::step(
+                "Debian packages",
+                format!("writing {}: {e}", policy.display()),
+            )
+        })?;
+    }
+    let installed = run("Debian packages", "apt-get", &args, &env);
+    if ours {
+        let _ = fs::remove_file(policy);
+    }
+    installed
 }
 
 fn mounted(fstype: &str, target: &str) -> bool {

@@ -91,6 +91,20 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
+        what: "bans: IMAP and SMTP AUTH guessing through Dovecot's policy service, harvesting from Postfix's log, rotation and restarts mid-attack, log injection",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "bans_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
         what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic; the demo interrupted and killed",
         args: &[
             "test",

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     cli::list_view::{self, ListStatus},
     config::durations::human_duration,
+    daemon::bans::BanSummary,
     daemon::budget_view::BudgetView,
     daemon::state::RunState,
     kernel::guard::Counters,
@@ -46,6 +47,8 @@ pub struct Status {
     pub mx_only: bool,
     /// The lists: sizes, refresh status, packets decided.
     pub lists: Vec<ListStatus>,
+    /// The bans from the mail logs, when enabled.
+    pub bans: Option<BanSummary>,
     /// Seconds since the Unix epoch when this status was taken.
     pub now: u64,
 }
@@ -93,6 +96,7 @@ impl Status {
                 .sum()
         };
         Status {
+            bans: state.bans.clone(),
             mx_only: state.mx_only,
             lists,
             now,
@@ -196,6 +200,79 @@ impl Status {
             self.mx_only,
             self.now,
         ));
+        if let Some(bans) = &self.bans {
+            out.push_str(&render_bans(bans, self.now));
+        }
         out
     }
+}
+
+/// The bans section of `status` (and of `top`).
+pub fn render_bans(bans: &BanSummary, now: u64) -> String {
+    let mut out = String::new();
+    let rules = bans
+        .active_by_rule
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "
+bans{}: {} in force{} from {}",
+        if bans.monitor {
+            " (MONITOR: rules fire, nobody is banned)"
+        } else {
+            ""
+        },
+        bans.active,
+        if rules.is_empty() {
+            String::new()
+        } else {
+            format!(" ({rules})")
+        },
+        if bans.sources.is_empty() {
+            "no source".to_string()
+        } else {
+            bans.sources.join(", ")
+        },
+    );
+    let c = &bans.counts;
+    let sum = |m: &std::collections::BTreeMap<String, u64>| m.values().sum::<u64>();
+    let _ = writeln!(
+        out,
+        "  events {}, bans {}, spared {}; log lines of unknown shape {}",
+        sum(&c.events),
+        sum(&c.bans),
+        sum(&c.spared),
+        c.lines.get("unknown").copied().unwrap_or(0),
+    );
+    if c.latency_count > 0 {
+        let _ = writeln!(
+            out,
+            "  event to ban: {:.1} ms on average over {} bans",
+            c.latency_sum * 1000.0 / c.latency_count as f64,
+            c.latency_count
+        );
+    }
+    for r in bans.recent.iter().rev().take(10) {
+        let ago = human_duration(now.saturating_sub(r.at));
+        let _ = match (&r.until, &r.spared) {
+            (Some(until), _) => writeln!(
+                out,
+                "  {ago:>7} ago  {:<28} banned by {} for {}",
+                r.net.to_string(),
+                r.rule,
+                human_duration(until.saturating_sub(r.at))
+            ),
+            (None, why) => writeln!(
+                out,
+                "  {ago:>7} ago  {:<28} {} fired, NOT banned: {}",
+                r.net.to_string(),
+                r.rule,
+                why.as_deref().unwrap_or("?")
+            ),
+        };
+    }
+    out
 }

@@ -10,6 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod bans;
 pub mod budgets;
 pub mod durations;
 pub mod lists;
@@ -54,6 +55,8 @@ pub struct Config {
     pub lists: crate::config::lists::Lists,
     /// Address of the Prometheus endpoint; `None` turns it off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Bans from what Postfix and Dovecot see.
+    pub bans: crate::config::bans::Bans,
 }
 
 /// Where the metrics endpoint listens by default: loopback only.
@@ -123,6 +126,7 @@ impl Default for Config {
             mx_only: false,
             lists: crate::config::lists::Lists::default(),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
+            bans: crate::config::bans::Bans::default(),
         }
     }
 }
@@ -212,6 +216,7 @@ struct RawConfig {
     mx_only: Option<bool>,
     lists: Option<crate::config::lists::RawLists>,
     metrics: Option<RawMetrics>,
+    bans: Option<crate::config::bans::RawBans>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +316,19 @@ impl Config {
                 "{everyone} in [lists.block] cidrs blocks every source, SSH included: `run` and \
                  `reload` refuse it unless --force"
             )));
+        }
+        let bans = &self.bans;
+        if bans.enabled && !bans.journal && bans.files.is_empty() && bans.policy_listen.is_none() {
+            warnings.push(Warning(
+                "[bans] enabled = true but it has no journal, files or policy_listen: nothing \
+                 reports events, so nobody is banned"
+                    .to_string(),
+            ));
+        }
+        if bans.enabled && (bans.monitor || self.monitor) {
+            warnings.push(Warning(
+                "bans in monitor mode: rules fire and are counted, nobody is banned".to_string(),
+            ));
         }
         if self.mx_only && !self.mail_ports.contains(&25) {
             warnings.push(Warning(
@@ -463,6 +481,7 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         budgets: crate::config::budgets::validate(raw.budgets, place)?,
         mx_only: raw.mx_only.unwrap_or(false),
         lists: crate::config::lists::validate(raw.lists, place)?,
+        bans: crate::config::bans::validate(raw.bans, place)?,
         metrics_listen: match raw.metrics.and_then(|m| m.listen) {
             None => defaults.metrics_listen,
             Some(s) if s.get_ref().is_empty() => None,

@@ -21,6 +21,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    daemon::bans::{BanSummary, LATENCY_BUCKETS},
     daemon::budget_view::BudgetView,
     daemon::state::{self, Dirs, RunState},
 };
@@ -83,6 +84,68 @@ type Labels = Vec<(&'static str, String)>;
 
 fn l(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// The bans' series: events by source and kind, log lines by outcome, bans and spared
+/// verdicts by rule, bans in force, and the time from event to ban.
+fn ban_metrics(enc: &mut DescriptorEncoder, bans: &BanSummary) -> Result<(), std::fmt::Error> {
+    let c = &bans.counts;
+    counter(
+        enc,
+        "mailguard_ban_events",
+        "events the ban rules counted, by where they came from (journal, file, policy) and what they are (auth, harvest, relay, postscreen)",
+        c.events.iter().map(|(k, v)| {
+            let (source, event) = k.split_once('/').unwrap_or((k, ""));
+            (l(&[("source", source), ("event", event)]), *v)
+        }),
+    )?;
+    counter(
+        enc,
+        "mailguard_ban_lines",
+        "log lines and policy requests read for the bans, by outcome (event, ignored, unknown: a shape not known, duplicate: an auth failure Dovecot's policy reports, policy_allowed, policy_refused, policy_reports, policy_bad)",
+        c.lines.iter().map(|(k, v)| (l(&[("outcome", k)]), *v)),
+    )?;
+    counter(
+        enc,
+        "mailguard_bans",
+        "bans put in force, by the rule that fired",
+        c.bans.iter().map(|(k, v)| (l(&[("rule", k)]), *v)),
+    )?;
+    counter(
+        enc,
+        "mailguard_bans_spared",
+        "rules that fired without banning, by rule and why (mx_allow, trusted, live_session, monitor, capped)",
+        c.spared.iter().map(|(k, v)| {
+            let (rule, why) = k.split_once('/').unwrap_or((k, ""));
+            (l(&[("rule", rule), ("why", why)]), *v)
+        }),
+    )?;
+    gauge(
+        enc,
+        "mailguard_bans_active",
+        "bans in force, by rule",
+        bans.active_by_rule
+            .iter()
+            .map(|(k, v)| (l(&[("rule", k)]), *v as f64)),
+    )?;
+    let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(c.latency_buckets.iter().copied())
+        .collect();
+    let mut family = enc.encode_descriptor(
+        "mailguard_ban_latency_seconds",
+        "time from reading the event that fired a rule to the ban being in the maps",
+        None,
+        prometheus_client::metrics::MetricType::Histogram,
+    )?;
+    family.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        c.latency_sum,
+        c.latency_count,
+        &buckets,
+        None,
+    )
 }
 
 impl Collector for MapCollector {
@@ -208,6 +271,9 @@ impl Collector for MapCollector {
                     .filter(|s| !s.sources.is_empty())
                     .map(|s| (l(&[("list", s.list.name())]), s.refresh_failures)),
             )?;
+            if let Some(bans) = &state.bans {
+                ban_metrics(&mut enc, bans)?;
+            }
         }
         match state::pinned_counters(&self.dirs) {
             Ok(counters) => counter(

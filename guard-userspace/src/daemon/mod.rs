@@ -9,6 +9,7 @@
 //! - `budget_view`: the budgets as they stand in the pinned maps
 //! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
 
+pub mod bans;
 pub mod budget_view;
 pub mod confirm;
 pub mod control;

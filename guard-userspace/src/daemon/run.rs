@@ -17,6 +17,7 @@ use super::serve::{Daemon, Pending, Undo};
 use crate::{
     config::AttachMode,
     config::{self, Config, ConfigError, Warning},
+    daemon::bans::BanKeeper,
     daemon::confirm::{self, AtStart, UndoKind},
     daemon::lockout,
     daemon::metrics::{self, DaemonFacts},
@@ -224,10 +225,11 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             guard,
             config,
             state,
-            keeper,
+            mut keeper,
             contents,
         }) => {
             let facts = Arc::new(DaemonFacts::default());
+            let bans = BanKeeper::start(&config, &mut keeper.bans);
             raise_open_files_limit();
             if let Some(listen) = config.metrics_listen {
                 let cpus = crate::kernel::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
@@ -246,6 +248,8 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 pins: &pins,
                 pending: None,
                 keeper,
+                bans,
+                bans_published: Instant::now(),
                 contents,
                 config_text: None,
                 links: match LinkWatch::open() {
@@ -383,6 +387,7 @@ pub(super) fn start(
         kernel: KernelFeatures::probed().release.clone(),
         kernel_degraded: KernelFeatures::probed().degraded.clone(),
         detached_since: None,
+        bans: None,
     };
     state.write(&opts.dirs)?;
     log::info!(

@@ -7,9 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ipnet::IpNet;
+
 use crate::{
     config::lists::ListName,
     config::{self, Config},
+    daemon::bans::BanKeeper,
     daemon::confirm::{self, UndoKind},
     daemon::control::{ControlServer, Request, Response, answer},
     daemon::lockout,
@@ -26,6 +29,13 @@ use crate::{
 };
 
 use super::run::{RunError, RunOptions, config_path, effective_config, now, sd_notify};
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What undoes an unconfirmed change.
 pub(super) enum Undo {
@@ -50,6 +60,11 @@ pub(super) struct Daemon<'a> {
     pub(super) pins: &'a Pins,
     pub(super) pending: Option<Pending>,
     pub(super) keeper: ListKeeper,
+    /// Bans from the mail logs and Dovecot's policy reports.
+    pub(super) bans: BanKeeper,
+    /// When the state file was last written for the bans (it is written at most 4 times a
+    /// second for them).
+    pub(super) bans_published: Instant,
     /// What the policy maps hold.
     pub(super) contents: Contents,
     /// The text of the configuration file in force (`None`: the built-in defaults).
@@ -82,6 +97,7 @@ impl Daemon<'_> {
                 .iter()
                 .map(ControlServer::fd)
                 .chain(self.links.as_ref().map(LinkWatch::fd))
+                .chain(self.bans.fd())
                 .collect();
             if let Some(sig) = signals.wait(timeout, &wake).map_err(RunError::Signals)? {
                 if sig == libc::SIGHUP {
@@ -90,6 +106,8 @@ impl Daemon<'_> {
                     sd_notify("READY=1");
                 } else {
                     sd_notify("STOPPING=1");
+                    self.bans
+                        .save(&mut self.keeper.bans, &self.config.lists.state_dir, true);
                     log::info!(
                         "signal {sig}: exiting; {} stays protected (`mailguard unload` removes the protection)",
                         self.state.interface
@@ -111,6 +129,7 @@ impl Daemon<'_> {
                     None => self.keeper.wait(stream),
                 }
             }
+            self.keep_bans();
             self.follow_interface();
             self.keep_lists()?;
             if self
@@ -144,6 +163,34 @@ impl Daemon<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts what the ban sources read; new bans are written into the maps at once (the
+    /// time from event to ban is measured to here), and the bans file saved.
+    fn keep_bans(&mut self) {
+        let ports = lockout::watched_ports(&[&self.config]);
+        let live = || lockout::live_sessions(&ports);
+        let drained = self.bans.drain(
+            &mut self.keeper.bans,
+            &self.contents.mx_allow,
+            &self.contents.trusted,
+            &live,
+        );
+        if drained.banned {
+            match self.sync_maps() {
+                Ok(()) => {
+                    if let Some(first) = drained.first_read {
+                        self.bans.banned_in_force(first);
+                    }
+                }
+                Err(e) => log::error!("bans: writing the maps failed (trying again): {e}"),
+            }
+        }
+        self.bans
+            .save(&mut self.keeper.bans, &self.config.lists.state_dir, false);
+        if self.bans.enabled() && self.bans_published.elapsed() >= Duration::from_millis(250) {
+            self.publish();
         }
     }
 
@@ -237,11 +284,8 @@ impl Daemon<'_> {
             Request::ListShow { list } => {
                 let mut data = serde_json::json!({ "lists": self.summaries(), "mx_only": self.config.mx_only });
                 if let Some(list) = list {
-                    data["entries"] = serde_json::json!(self.keeper.state.entries(
-                        &self.config.lists,
-                        list,
-                        now_unix()
-                    ));
+                    data["entries"] =
+                        serde_json::json!(self.keeper.entries(&self.config.lists, list));
                 }
                 Response {
                     ok: true,
@@ -280,6 +324,39 @@ impl Daemon<'_> {
                 Err(m) => {
                     return Response::failed(format!("entry {}: {m}; nothing changed", i + 1));
                 }
+            }
+        }
+        if !add && list == ListName::Block {
+            // Lifting bans: `block del` takes bans as well as run-time entries.
+            let (banned, rest): (Vec<IpNet>, Vec<IpNet>) = nets
+                .iter()
+                .partition(|n| self.keeper.bans.bans.contains_key(n));
+            if !banned.is_empty() {
+                let before = self.keeper.state.clone();
+                let mut message = format!("lifted the ban on {}", join(&banned));
+                if !rest.is_empty() {
+                    match self
+                        .keeper
+                        .state
+                        .edit(&self.config.lists, list, false, &rest, None)
+                    {
+                        Ok(m) => message = format!("{m}; {message}"),
+                        Err(m) => return Response::failed(format!("{m}; nothing changed")),
+                    }
+                    if let Err(e) = self.keeper.state.save(&self.config.lists.state_dir) {
+                        self.keeper.state = before;
+                        return Response::failed(format!("{e}; nothing changed"));
+                    }
+                }
+                self.bans.pardon(&mut self.keeper.bans, &banned);
+                self.bans
+                    .save(&mut self.keeper.bans, &self.config.lists.state_dir, true);
+                if let Err(e) = self.sync_maps() {
+                    return Response::failed(format!("saved, but writing the maps failed: {e}"));
+                }
+                log::info!("{message}");
+                self.publish();
+                return Response::ok(message);
             }
         }
         let before = self.keeper.state.clone();
@@ -355,6 +432,8 @@ impl Daemon<'_> {
             written?;
         }
         if self.keeper.expire(&self.config.lists) {
+            self.bans.publish_banned(&self.keeper.bans);
+            self.bans.touched();
             self.sync_maps()?;
             self.publish();
         }
@@ -415,6 +494,11 @@ impl Daemon<'_> {
     /// Writes the state file `status` and the metrics read.
     pub(super) fn publish(&mut self) {
         self.state.lists = self.summaries();
+        self.state.bans = self
+            .bans
+            .enabled()
+            .then(|| self.bans.summary(&self.keeper.bans));
+        self.bans_published = Instant::now();
         if let Err(e) = self.state.write(&self.opts.dirs) {
             log::warn!("{e}");
         }
@@ -502,6 +586,9 @@ impl Daemon<'_> {
         if sources_changed {
             log::info!("list sources changed: refreshing now");
             self.keeper.refresh_soon();
+        }
+        if let Some(note) = self.bans.reload(&self.config, &mut self.keeper.bans) {
+            notes.push(note);
         }
         self.state.monitor = self.config.monitor;
         self.state.mx_only = self.config.mx_only;

@@ -29,7 +29,7 @@ impl Dirs {
 }
 
 /// What `run` records about itself for `status`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
     pub pid: u32,
     pub interface: String,
@@ -58,6 +58,9 @@ pub struct RunState {
     /// interface went away; `None` while it guards it.
     #[serde(default)]
     pub detached_since: Option<u64>,
+    /// The bans from the mail logs, when `[bans]` is enabled.
+    #[serde(default)]
+    pub bans: Option<crate::daemon::bans::BanSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,99 +8,16 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    hash::{DefaultHasher, Hash, Hasher},
     net::IpAddr,
 };
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
-use crate::feeds::maillog::{Event, EventKind};
-
-/// One rule: `threshold` events of `kind` (or distinct recipients) from one source, or one
-/// prefix of `prefix_v4`/`prefix_v6` bits, within `window` seconds ban it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    /// The ban's origin in `block list`, the logs and the metrics (`auth`, `auth_24`, ...).
-    pub name: String,
-    pub kind: EventKind,
-    pub threshold: u32,
-    pub window: u64,
-    pub prefix_v4: u8,
-    pub prefix_v6: u8,
-    /// Count distinct recipients rather than events (harvesting).
-    pub distinct: bool,
-    /// Ban lengths in seconds for the first offence, the second, ...; the last repeats.
-    pub escalation: Vec<u64>,
-}
-
-/// Every rule, and the limits around them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BanRules {
-    pub rules: Vec<Rule>,
-    /// New bans a minute at most; more are counted as capped.
-    pub max_per_minute: u32,
-    /// Bans in force at most.
-    pub max_active: u32,
-    /// An offender's escalation is forgotten this long after its last ban ended.
-    pub forget_after: u64,
-    /// Sources and prefixes whose counts are kept at most (the oldest are dropped beyond).
-    pub max_tracked: usize,
-}
+pub use crate::config::bans::{BanRules, EventKind, Rule};
+use crate::feeds::maillog::Event;
 
 const MINUTE: u64 = 60;
-const HOUR: u64 = 3600;
-const DAY: u64 = 86_400;
-
-impl Default for BanRules {
-    fn default() -> Self {
-        let rule = |name: &str, kind, threshold, v4, v6, distinct, escalation: &[u64]| Rule {
-            name: name.to_string(),
-            kind,
-            threshold,
-            window: 10 * MINUTE,
-            prefix_v4: v4,
-            prefix_v6: v6,
-            distinct,
-            escalation: escalation.to_vec(),
-        };
-        let escalation = [10 * MINUTE, HOUR, DAY];
-        BanRules {
-            rules: vec![
-                rule(
-                    "auth",
-                    EventKind::AuthFailed,
-                    5,
-                    32,
-                    128,
-                    false,
-                    &escalation,
-                ),
-                rule(
-                    "auth_net",
-                    EventKind::AuthFailed,
-                    20,
-                    24,
-                    64,
-                    false,
-                    &escalation,
-                ),
-                rule(
-                    "harvest",
-                    EventKind::UnknownRecipient,
-                    10,
-                    32,
-                    128,
-                    true,
-                    &[HOUR, DAY],
-                ),
-            ],
-            max_per_minute: 600,
-            max_active: 100_000,
-            forget_after: 7 * DAY,
-            max_tracked: 200_000,
-        }
-    }
-}
 
 /// Why a rule that fired banned nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +259,114 @@ impl Judge {
     pub fn active(&self, now: u64) -> usize {
         self.active.iter().filter(|end| **end > now).count()
     }
+
+    /// Windows (sources and prefixes with counts) kept now.
+    pub fn tracked(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// The operator lifted the ban on `net`: what it does from now on counts again (its
+    /// offences so far still escalate the next ban).
+    pub fn pardon(&mut self, net: &IpNet, now: u64) {
+        for ((_, n), o) in self.offenders.iter_mut() {
+            if n == net && o.banned_until > now {
+                o.banned_until = now;
+            }
+        }
+        self.active = self
+            .offenders
+            .values()
+            .map(|o| o.banned_until)
+            .filter(|end| *end > now)
+            .collect();
+    }
+
+    /// What the rules remember (counts in their windows, offenders), to be saved with the
+    /// place in the logs they were counted to.
+    pub fn memory(&self) -> Memory {
+        let name = |i: usize| self.rules.rules[i].name.clone();
+        let mut windows: Vec<SavedWindow> = self
+            .windows
+            .iter()
+            .map(|((i, net), w)| SavedWindow {
+                rule: name(*i),
+                net: *net,
+                events: w.events.iter().copied().collect(),
+            })
+            .collect();
+        windows.sort_by(|a, b| (&a.rule, a.net).cmp(&(&b.rule, b.net)));
+        let mut offenders: Vec<SavedOffender> = self
+            .offenders
+            .iter()
+            .map(|((i, net), o)| SavedOffender {
+                rule: name(*i),
+                net: *net,
+                strikes: o.strikes,
+                banned_until: o.banned_until,
+            })
+            .collect();
+        offenders.sort_by(|a, b| (&a.rule, a.net).cmp(&(&b.rule, b.net)));
+        Memory { windows, offenders }
+    }
+
+    /// Takes up what `memory` saved (after a restart or a reload); what belongs to a rule that
+    /// is gone is forgotten.
+    pub fn remember(&mut self, memory: Memory, now: u64) {
+        let index = |rule: &str| self.rules.rules.iter().position(|r| r.name == rule);
+        for w in memory.windows {
+            if let Some(i) = index(&w.rule) {
+                let last = w.events.iter().map(|e| e.0).max().unwrap_or(0);
+                self.windows.insert(
+                    (i, w.net),
+                    Window {
+                        events: w.events.into(),
+                        last,
+                    },
+                );
+            }
+        }
+        for o in memory.offenders {
+            if let Some(i) = index(&o.rule) {
+                self.offenders.insert(
+                    (i, o.net),
+                    Offender {
+                        strikes: o.strikes,
+                        banned_until: o.banned_until,
+                    },
+                );
+            }
+        }
+        self.active = self
+            .offenders
+            .values()
+            .map(|o| o.banned_until)
+            .filter(|end| *end > now)
+            .collect();
+        self.bound(now);
+    }
+}
+
+/// What the rules remember, as saved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub windows: Vec<SavedWindow>,
+    pub offenders: Vec<SavedOffender>,
+}
+
+/// A window's events: (time, count, recipient hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedWindow {
+    pub rule: String,
+    pub net: IpNet,
+    pub events: Vec<(u64, u32, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOffender {
+    pub rule: String,
+    pub net: IpNet,
+    pub strikes: u32,
+    pub banned_until: u64,
 }
 
 /// `source` cut to the rule's prefix (IPv4 /`v4`, IPv6 /`v6`).
@@ -352,10 +377,11 @@ fn prefix(source: IpAddr, v4: u8, v6: u8) -> IpNet {
         .unwrap_or_else(|_| IpNet::from(source))
 }
 
+/// FNV-1a: the same on every run, so that saved counts of distinct recipients stay right.
 fn hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use ipnet::IpNet;
 
 use crate::{
     config::lists::{ListName, Lists},
-    feeds::saved::{self, ListState, now_unix},
+    feeds::ban_state::BanState,
+    feeds::saved::{self, ListEntry, ListState, now_unix},
     feeds::spf,
     kernel::policy::Extra,
 };
@@ -34,9 +35,25 @@ pub struct ListReport {
 
 pub struct ListKeeper {
     pub state: ListState,
+    /// Bans from the mail logs (`bans.json`): block list entries with an end.
+    pub bans: BanState,
     fetching: Option<(mpsc::Receiver<Outcome>, bool)>,
     next_refresh: Instant,
     waiting: Vec<UnixStream>,
+}
+
+/// Reports an unreadable saved state and returns an empty one in its place; a corrupt file is
+/// first moved aside, so that nothing in it is lost.
+fn unreadable<T: Default>(e: saved::ListError, instead: &str) -> T {
+    log::error!("{e}; {instead}");
+    if let saved::ListError::Corrupt { path, .. } = &e {
+        let aside = path.with_extension(format!("json.corrupt-{}", now_unix()));
+        match std::fs::rename(path, &aside) {
+            Ok(()) => log::error!("the unreadable state is kept as {}", aside.display()),
+            Err(r) => log::error!("cannot move {} aside: {r}", path.display()),
+        }
+    }
+    T::default()
 }
 
 impl ListKeeper {
@@ -44,33 +61,58 @@ impl ListKeeper {
     /// configuration's own entries still apply, and the next refresh fetches the rest); a
     /// corrupt file is first moved aside, so that nothing in it is lost.
     pub fn open(config: &Lists) -> ListKeeper {
-        let state = match ListState::load(&config.state_dir) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("{e}; starting from the configuration's entries only");
-                if let saved::ListError::Corrupt { path, .. } = &e {
-                    let aside = path.with_extension(format!("json.corrupt-{}", now_unix()));
-                    match std::fs::rename(path, &aside) {
-                        Ok(()) => {
-                            log::error!("the unreadable list state is kept as {}", aside.display())
-                        }
-                        Err(r) => log::error!("cannot move {} aside: {r}", path.display()),
-                    }
-                }
-                ListState::default()
-            }
-        };
+        let state = ListState::load(&config.state_dir)
+            .unwrap_or_else(|e| unreadable(e, "starting from the configuration's entries only"));
+        let bans = BanState::load(&config.state_dir)
+            .unwrap_or_else(|e| unreadable(e, "starting without the bans it held"));
         ListKeeper {
             state,
+            bans,
             fetching: None,
             next_refresh: Instant::now(),
             waiting: Vec::new(),
         }
     }
 
-    /// The entries beyond the configuration's, for the maps.
+    /// The entries beyond the configuration's, for the maps: fetched and run-time ones, and
+    /// the bans in force.
     pub fn extra(&self, config: &Lists) -> Extra {
-        self.state.extra(config, now_unix())
+        let now = now_unix();
+        let mut extra = self.state.extra(config, now);
+        let block = extra.entry(ListName::Block).or_default();
+        for (net, ban) in self.bans.bans.iter().filter(|(_, b)| b.until > now) {
+            // An entry for ever (0) stays for ever; of two ends, the later.
+            block
+                .entry(*net)
+                .and_modify(|e| *e = if *e == 0 { 0 } else { (*e).max(ban.until) })
+                .or_insert(ban.until);
+        }
+        extra
+    }
+
+    /// Every entry of `list` with its origins, the bans (`ban:RULE`) among them.
+    pub fn entries(&self, config: &Lists, list: ListName) -> Vec<ListEntry> {
+        let now = now_unix();
+        let mut entries = self.state.entries(config, list, now);
+        if list != ListName::Block {
+            return entries;
+        }
+        for (net, ban) in self.bans.bans.iter().filter(|(_, b)| b.until > now) {
+            let origin = format!("ban:{}", ban.rule);
+            match entries.iter_mut().find(|e| e.cidr == *net) {
+                Some(e) => {
+                    e.origins.push(origin);
+                    e.expires = e.expires.map(|x| x.max(ban.until));
+                }
+                None => entries.push(ListEntry {
+                    cidr: *net,
+                    origins: vec![origin],
+                    expires: Some(ban.until),
+                }),
+            }
+        }
+        entries.sort_by_key(|e| e.cidr);
+        entries
     }
 
     /// Whether a refresh is running.
@@ -83,13 +125,14 @@ impl ListKeeper {
         self.next_refresh = Instant::now();
     }
 
-    /// Forgets expired run-time entries; true when the maps need an update.
+    /// Forgets expired run-time entries and bans; true when the maps need an update.
     pub fn expire(&mut self, config: &Lists) -> bool {
         let changed = self.state.expire(now_unix());
         if changed {
             self.save(config);
         }
-        changed
+        // The bans' file is saved by the daemon's ban keeper, with the logs' places.
+        changed | self.bans.expire(now_unix())
     }
 
     pub fn save(&self, config: &Lists) {

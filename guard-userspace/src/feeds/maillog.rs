@@ -18,30 +18,7 @@
 
 use std::net::IpAddr;
 
-/// What a log line reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventKind {
-    /// A failed SASL authentication (Postfix submission, SMTP AUTH) or a Dovecot login that
-    /// failed to authenticate.
-    AuthFailed,
-    /// A recipient refused as unknown (`550 5.1.1`): directory harvesting, one at a time.
-    UnknownRecipient,
-    /// A recipient refused because the server does not relay for the client.
-    RelayDenied,
-    /// postscreen: the client spoke before its turn, or a DNSBL ranked it over the threshold.
-    Postscreen,
-}
-
-impl EventKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::AuthFailed => "auth",
-            EventKind::UnknownRecipient => "harvest",
-            EventKind::RelayDenied => "relay",
-            EventKind::Postscreen => "postscreen",
-        }
-    }
-}
+pub use crate::config::bans::EventKind;
 
 /// One event: what happened, from which client, and how many times the line reports it
 /// (Dovecot sums a connection's failed attempts into one line).

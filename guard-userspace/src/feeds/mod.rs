@@ -9,7 +9,14 @@
 //! - `journal`: the systemd journal's mail facility (journalctl's JSON records), with its cursor
 //! - `bans`: the ban rules: events counted per source and prefix in windows, bans with
 //!   escalation, exemptions and caps
+//! - `ban_sources`: the threads that read the files, the journal and the policy reports, and
+//!   hand their events to the daemon
+//! - `auth_policy`: Dovecot's authentication policy service, answered
+//! - `ban_state`: the bans in force, the sources' places and the rules' counts (`bans.json`)
 
+pub mod auth_policy;
+pub mod ban_sources;
+pub mod ban_state;
 pub mod bans;
 pub mod dns;
 pub mod follow;

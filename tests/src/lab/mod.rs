@@ -94,6 +94,7 @@ pub struct Host {
 pub struct Lab {
     pub mailguard: Option<Mailguard>,
     pub postfix: Option<Postfix>,
+    pub dovecot: Option<Dovecot>,
     listeners: Vec<Listener>,
     _switch_xdp: aya::Ebpf,
     pub mail: Host,
@@ -130,6 +131,7 @@ impl Lab {
         Lab {
             mailguard: None,
             postfix: None,
+            dovecot: None,
             listeners: Vec::new(),
             _switch_xdp: switch_xdp,
             mail,
@@ -212,6 +214,22 @@ impl Lab {
             &self.mail.ns,
             &self.dir.path.join("postfix"),
         ));
+        for port in [SSH_PORT, IMAPS_PORT].into_iter().chain(PRIVATE_PORTS) {
+            self.listeners.push(Listener::tcp(&self.mail.ns, port));
+        }
+    }
+
+    /// Dovecot (IMAP on 143; asking `policy` before and after each authentication when given),
+    /// then Postfix with SASL through Dovecot on submission, and the plain listeners of
+    /// `start_services`.
+    pub fn start_services_with_auth(&mut self, policy: Option<&str>) {
+        let dovecot = Dovecot::start(&self.mail.ns, &self.dir.path.join("dovecot"), policy);
+        self.postfix = Some(Postfix::start_with_sasl(
+            &self.mail.ns,
+            &self.dir.path.join("postfix"),
+            Some(&dovecot.auth_socket()),
+        ));
+        self.dovecot = Some(dovecot);
         for port in [SSH_PORT, IMAPS_PORT].into_iter().chain(PRIVATE_PORTS) {
             self.listeners.push(Listener::tcp(&self.mail.ns, port));
         }

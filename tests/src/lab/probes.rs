@@ -175,6 +175,116 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
     .expect("address")
 }
 
+/// What an authentication attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    Accepted,
+    Refused,
+    /// No answer: the connection was not made or went unanswered (dropped at the NIC).
+    Unreachable(String),
+}
+
+/// An IMAP `LOGIN` from inside `ns` to `server`:143.
+pub fn imap_login(ns: &Netns, server: &str, user: &str, password: &str) -> Login {
+    let addr = addr(server, 143);
+    let command = format!("a LOGIN \"{user}\" \"{password}\"\r\n");
+    ns.spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let timeout = Duration::from_secs(20);
+        let s = match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(e) => return Login::Unreachable(e.to_string()),
+        };
+        s.set_read_timeout(Some(timeout)).expect("timeout");
+        let mut reader = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() || !line.starts_with("* OK") {
+            return Login::Unreachable(format!("greeting: {line:?}"));
+        }
+        if (&s).write_all(command.as_bytes()).is_err() {
+            return Login::Unreachable("write".into());
+        }
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return Login::Unreachable(format!("no answer: {line:?}")),
+                Ok(_) if line.starts_with("a OK") => return Login::Accepted,
+                Ok(_) if line.starts_with("a NO") || line.starts_with("a BAD") => {
+                    return Login::Refused;
+                }
+                Ok(_) => {}
+            }
+        }
+    })
+    .join()
+    .expect("IMAP client thread")
+}
+
+/// SMTP AUTH LOGIN on submission (587) with swaks from inside `ns`, quitting after AUTH.
+pub fn smtp_auth(ns: &Netns, server: &str, user: &str, password: &str) -> Login {
+    let out = ns
+        .command("swaks")
+        .args(["--server", server, "--port", "587", "--auth", "LOGIN"])
+        .args(["--auth-user", user, "--auth-password", password])
+        .args([
+            "--from",
+            "sender@client.test",
+            "--to",
+            "postmaster@lab.test",
+        ])
+        .args(["--quit-after", "AUTH", "--timeout", "20"])
+        .output()
+        .expect("run swaks");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // swaks marks the server's lines `<-` (`<**` for an error), then the reply code.
+    let replied = |code: &str| {
+        text.lines()
+            .any(|l| l.starts_with('<') && l.split_whitespace().nth(1) == Some(code))
+    };
+    if replied("235") {
+        Login::Accepted
+    } else if replied("535") {
+        Login::Refused
+    } else {
+        Login::Unreachable(format!("{}{}", text, String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// One SMTP session on port 25 from inside `ns` that names `recipients` (RCPT TO each) with
+/// HELO `helo`, and quits before DATA. Returns swaks' transcript, or why it could not connect.
+pub fn smtp_recipients(
+    ns: &Netns,
+    server: &str,
+    helo: &str,
+    recipients: &[String],
+) -> Result<String, String> {
+    let out = ns
+        .command("swaks")
+        .args(["--server", server, "--port", "25", "--helo", helo])
+        .args([
+            "--from",
+            "sender@client.test",
+            "--to",
+            &recipients.join(","),
+        ])
+        .args(["--quit-after", "RCPT", "--timeout", "10"])
+        .output()
+        .expect("run swaks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text
+        .lines()
+        .any(|l| l.starts_with("<-") && l.contains(" 220 "))
+    {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
 /// Delivers one message with swaks from inside `ns`; returns swaks' transcript on failure.
 pub fn swaks(ns: &Netns, server: &str, port: u16, subject: &str) -> Result<(), String> {
     let port = port.to_string();

@@ -27,8 +27,21 @@ pub struct Postfix {
     ns_path: String,
 }
 
+/// Users the lab's Postfix knows (mail to anyone else at lab.test is refused `550 5.1.1`) and
+/// Dovecot authenticates, with their passwords.
+pub const MAIL_USERS: [(&str, &str); 2] = [
+    ("postmaster@lab.test", "lab-postmaster-pw"),
+    ("alice@lab.test", "alice-right-pw"),
+];
+
 impl Postfix {
     pub fn start(ns: &Netns, dir: &Path) -> Postfix {
+        Postfix::start_with_sasl(ns, dir, None)
+    }
+
+    /// Postfix, with SASL authentication on submission (587) through Dovecot's socket `sasl`
+    /// when given.
+    pub fn start_with_sasl(ns: &Netns, dir: &Path, sasl: Option<&Path>) -> Postfix {
         let etc = dir.join("etc");
         let data = dir.join("data");
         let mail = dir.join("mail");
@@ -39,6 +52,11 @@ impl Postfix {
         sh(&["chown", "postfix", data.to_str().expect("UTF-8")]);
         sh(&["chown", "nobody:nogroup", mail.to_str().expect("UTF-8")]);
         let d = dir.display();
+        let users = MAIL_USERS
+            .iter()
+            .map(|(u, _)| format!("{u}=inbox/"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let main_cf = format!(
             "compatibility_level = 3.6
 queue_directory = {d}/spool
@@ -55,7 +73,7 @@ alias_database =
 local_recipient_maps =
 virtual_mailbox_domains = lab.test
 virtual_mailbox_base = {d}/mail
-virtual_mailbox_maps = static:inbox/
+virtual_mailbox_maps = inline:{{ {users} }}
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 mynetworks = 198.18.0.0/15, [2001:db8::]/32, 127.0.0.0/8
@@ -67,7 +85,19 @@ biff = no
 "
         );
         fs::write(etc.join("main.cf"), main_cf).expect("main.cf");
-        fs::write(etc.join("master.cf"), MASTER_CF).expect("master.cf");
+        let master_cf = match sasl {
+            None => MASTER_CF.to_string(),
+            Some(socket) => MASTER_CF.replace(
+                "submission inet  n  -  n  -  -  smtpd\n",
+                &format!(
+                    "submission inet  n  -  n  -  -  smtpd\n  -o smtpd_sasl_auth_enable=yes\n  \
+                     -o smtpd_sasl_type=dovecot\n  -o smtpd_sasl_path={}\n  \
+                     -o smtpd_tls_security_level=none\n",
+                    socket.display()
+                ),
+            ),
+        };
+        fs::write(etc.join("master.cf"), master_cf).expect("master.cf");
         let pf = Postfix {
             dir: dir.to_path_buf(),
             ns_path: ns.path(),
@@ -146,6 +176,118 @@ impl Drop for Postfix {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+    }
+}
+
+/// A private Dovecot (IMAP on 143, and the SASL socket Postfix's submission authenticates
+/// through) in the mail namespace, its users `MAIL_USERS`. With `policy`, it asks that URL
+/// (mailguard's policy server) before and after every authentication. Stopped by pid on drop
+/// (its helpers end with their master).
+pub struct Dovecot {
+    child: Child,
+    pub dir: PathBuf,
+}
+
+impl Dovecot {
+    pub fn start(ns: &Netns, dir: &Path, policy: Option<&str>) -> Dovecot {
+        fs::create_dir_all(dir).expect("dovecot directory");
+        set_mode(dir, 0o755);
+        let d = dir.display();
+        let users: String = MAIL_USERS
+            .iter()
+            .map(|(u, p)| format!("{u}:{{PLAIN}}{p}\n"))
+            .collect();
+        fs::write(dir.join("users"), users).expect("dovecot users");
+        let policy = policy.map_or(String::new(), |url| {
+            format!(
+                "auth_policy_server_url = {url}\nauth_policy_hash_nonce = lab\n\
+                 auth_policy_request_attributes = login=%{{requested_username}} remote=%{{rip}} protocol=%s\n"
+            )
+        });
+        let conf = format!(
+            "base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+instance_name = mg-lab-dovecot
+protocols = imap
+listen = *, ::
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+{policy}passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={d}/home/%u
+}}
+service auth {{
+  unix_listener auth-client {{
+    path = {d}/auth-client
+    mode = 0666
+  }}
+}}
+"
+        );
+        fs::write(dir.join("dovecot.conf"), conf).expect("dovecot.conf");
+        let mut cmd = ns.command("dovecot");
+        cmd.args(["-F", "-c"])
+            .arg(dir.join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("start dovecot (Debian package dovecot-imapd)");
+        let mut dv = Dovecot {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(dir.join("auth-client").exists()
+            && super::tcp_connects(
+                ns,
+                super::addr(super::MAIL4, 143),
+                Duration::from_millis(500),
+            ))
+        {
+            if let Ok(Some(status)) = dv.child.try_wait() {
+                panic!("dovecot exited ({status}):\n{}", dv.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dovecot not ready after 15 s:\n{}",
+                dv.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        dv
+    }
+
+    /// The SASL socket for Postfix.
+    pub fn auth_socket(&self) -> PathBuf {
+        self.dir.join("auth-client")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to the master this lab started, by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

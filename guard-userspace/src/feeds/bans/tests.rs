@@ -3,6 +3,9 @@
 
 use super::*;
 
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
+
 fn auth(source: &str) -> Event {
     Event {
         kind: EventKind::AuthFailed,
@@ -239,4 +242,25 @@ fn memory_stays_bounded_under_many_sources() {
     }
     assert!(j.windows.len() <= 1000, "{}", j.windows.len());
     assert!(j.dropped_windows > 0);
+}
+
+#[test]
+fn what_the_rules_remember_survives_a_restart_and_a_pardon_counts_again() {
+    let mut j = Judge::new(BanRules::default(), false);
+    assert!(failures(&mut j, "198.18.100.9", 3, 1000).is_empty());
+    let first = failures(&mut j, "198.18.100.8", 5, 1000);
+    assert_eq!(bans(&first)[0].3, 1);
+    // A restart: the memory goes through JSON, as it is saved.
+    let saved = serde_json::to_string(&j.memory()).unwrap();
+    let mut j = Judge::new(BanRules::default(), false);
+    j.remember(serde_json::from_str(&saved).unwrap(), 1010);
+    assert_eq!(j.active(1010), 1, "the ban in force is remembered");
+    // Two more failures finish what three began before the restart: nothing is lost.
+    let after = failures(&mut j, "198.18.100.9", 2, 1010);
+    assert_eq!(bans(&after).len(), 1, "{after:?}");
+    // The operator lifts the first ban: its next offence is its second.
+    j.pardon(&"198.18.100.8/32".parse().unwrap(), 1020);
+    let again = failures(&mut j, "198.18.100.8", 5, 1030);
+    assert_eq!(bans(&again)[0].3, 2, "{again:?}");
+    assert_eq!(bans(&again)[0].1, HOUR);
 }
