@@ -176,7 +176,8 @@ fn example_config_shows_every_key_with_its_default() {
             EXAMPLE.contains(&format!("\n[{key}]\n"))
         } else {
             let leaf = key.rsplit('.').next().unwrap();
-            EXAMPLE.contains(&format!("\n{leaf} ="))
+            // A table of tables by name (`bans.rules`) is shown by its tables.
+            EXAMPLE.contains(&format!("\n{leaf} =")) || EXAMPLE.contains(&format!("\n[{key}."))
         };
         assert!(shown, "mailguard.example.toml lacks {key}");
     }

@@ -268,7 +268,8 @@ fn a_harvester_is_banned_a_sender_with_two_typos_is_not_and_the_mx_allowlist_is_
     );
     drop(lab.mailguard.take());
 
-    // The same harvest from an address in the MX allowlist: logged, never banned.
+    // The same harvest from an address in the MX allowlist: logged, never banned. (Its ban
+    // from before is lifted at the start that adds it to the allowlist.)
     lab.start_mailguard(
         &format!(
             "{}\n[lists.mx_allow]\ncidrs = [\"{ATTACKER4}/32\"]\n",
@@ -292,6 +293,7 @@ fn a_harvester_is_banned_a_sender_with_two_typos_is_not_and_the_mx_allowlist_is_
     );
     assert!(!banned(mg, "198.18.0.66/32"));
     let log = mg.log().join("\n");
+    assert!(log.contains("lifted the ban on 198.18.0.66/32"), "{log}");
     assert!(
         log.contains("rule harvest fired for 198.18.0.66/32")
             && log.contains("NOT banned: in the MX allowlist"),

@@ -422,6 +422,29 @@ impl BanKeeper {
         *self.banned.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
 
+    /// Lifts bans on nets the operator now lists as never to be banned (the MX allowlist,
+    /// trusted sources): after a start or a reload that added them. Returns what was lifted.
+    pub fn lift_exempt(
+        &mut self,
+        state: &mut BanState,
+        mx_allow: &AddrList,
+        trusted: &AddrList,
+    ) -> Vec<IpNet> {
+        let lifted: Vec<IpNet> = state
+            .bans
+            .keys()
+            .filter(|n| overlaps(mx_allow, n) || overlaps(trusted, n))
+            .copied()
+            .collect();
+        for net in &lifted {
+            log::warn!("bans: lifted the ban on {net}: it is in the MX allowlist or trusted now");
+        }
+        if !lifted.is_empty() {
+            self.pardon(state, &lifted);
+        }
+        lifted
+    }
+
     /// The operator lifted bans (`mailguard block del`).
     pub fn pardon(&mut self, state: &mut BanState, nets: &[IpNet]) {
         let now = crate::feeds::saved::now_unix();

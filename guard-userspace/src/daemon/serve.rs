@@ -88,6 +88,7 @@ impl Daemon<'_> {
                 None
             }
         };
+        self.lift_exempt_bans();
         sd_notify("READY=1");
         loop {
             // Woken at once by a signal or a control request; polled quicker while a refresh
@@ -163,6 +164,22 @@ impl Daemon<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Lifts bans the MX allowlist or trusted sources now hold, and writes the maps.
+    fn lift_exempt_bans(&mut self) {
+        let lifted = self.bans.lift_exempt(
+            &mut self.keeper.bans,
+            &self.contents.mx_allow,
+            &self.contents.trusted,
+        );
+        if !lifted.is_empty() {
+            if let Err(e) = self.sync_maps() {
+                log::error!("bans: writing the maps after lifting bans failed: {e}");
+            }
+            self.bans
+                .save(&mut self.keeper.bans, &self.config.lists.state_dir, true);
         }
     }
 
@@ -590,6 +607,7 @@ impl Daemon<'_> {
         if let Some(note) = self.bans.reload(&self.config, &mut self.keeper.bans) {
             notes.push(note);
         }
+        self.lift_exempt_bans();
         self.state.monitor = self.config.monitor;
         self.state.mx_only = self.config.mx_only;
         self.publish();
