@@ -255,7 +255,7 @@ fn a_harvester_is_banned_a_sender_with_two_typos_is_not_and_the_mx_allowlist_is_
         lab.postfix.as_ref().unwrap().maillog()
     );
     assert!(
-        sessions >= 2 && sessions < 10,
+        (2..10).contains(&sessions),
         "banned after {sessions} sessions"
     );
     assert!(!banned(mg, "198.18.0.2/32"), "two typos never ban");

@@ -30,6 +30,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "fail2ban",
         "the peer of mailguard's bans in benchmarks (its postfix-sasl and dovecot jails)",
     ),
+    (
+        "python3-pyinotify",
+        "fail2ban's fastest file backend (inotify), so that it is measured at its best",
+    ),
     ("libio-socket-inet6-perl", "swaks over IPv6"),
     ("nmap", "SYN scans from the client namespace"),
     (

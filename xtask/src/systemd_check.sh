@@ -94,6 +94,29 @@ systemctl start mailguard
 check "recovers" "the good configuration back: unit $(systemctl is-active mailguard)" \
     systemctl -q is-active mailguard
 
+# Bans from the journal: five SASL failures Postfix would log (syslog's mail facility) ban
+# their source; after a restart the journal is followed from the saved cursor (read once).
+sed -i '/^\[bans\]/,/^\[bans.rules/ { s/^enabled = false/enabled = true/; s/^journal = false/journal = true/ }' /etc/mailguard/mailguard.toml
+systemctl restart mailguard
+waitfor sh -c "mailguard status --json | grep -q '\"sources\": *\[' && journalctl -u mailguard --no-pager | grep -q 'bans: banning from journal'"
+sleep 2
+for i in 1 2 3 4 5; do
+    logger -p mail.warning -t 'postfix/submission/smtpd' --id=4242 "warning: unknown[198.18.0.77]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"
+done
+banned77() { mailguard block list | grep '198.18.0.77/32' | grep -q 'ban:auth'; }
+waitfor banned77
+check "bans from the journal" "five SASL failures in the journal ban 198.18.0.77 ($(mailguard block list | grep 198.18.0.77 | tr -s ' '))" banned77
+banned77 || {
+    mailguard status --json | sed -n '/"bans"/,$p'
+    journalctl -o json --no-pager SYSLOG_FACILITY=2 | tail -3
+    ps -ef | grep -v grep | grep journalctl
+}
+mailguard block del 198.18.0.77/32
+systemctl restart mailguard
+sleep 5
+check "journal cursor" "after block del and a restart, the same five lines are not read again" \
+    sh -c "$(declare -f banned77); systemctl -q is-active mailguard && ! banned77"
+
 dpkg -r mailguard > $R/dpkg-remove.log 2>&1
 check "remove" "dpkg -r stops the unit and unloads: XDP gone, 3306 reachable" \
     sh -c "$(declare -f attached reachable); ! attached && reachable 3306"

@@ -161,9 +161,12 @@ pub fn render_entries(list: ListName, entries: &[ListEntry], now: u64) -> String
         let expires = e.expires.map_or("never".to_string(), |t| {
             format!("in {}", human_duration(t.saturating_sub(now)))
         });
+        let ban = e.ban.as_ref().map_or(String::new(), |b| {
+            format!("  ({} events, offence {})", b.origin, b.strike)
+        });
         let _ = writeln!(
             out,
-            "{:<44} {:<22} {expires}",
+            "{:<44} {:<22} {expires}{ban}",
             e.cidr.to_string(),
             e.origins.join(",")
         );

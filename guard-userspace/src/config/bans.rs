@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::config::{ConfigError, Place, durations::parse_duration};
+use crate::config::{ConfigError, Place, durations::parse_duration, int};
 
 /// What an event reports, as rules name it (`event = "auth"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -162,7 +162,7 @@ impl Default for BanRules {
 pub const DEFAULT_POLICY_LISTEN: &str = "127.0.0.1:8790";
 
 /// The `[bans]` section.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Bans {
     /// Off unless `enabled = true`.
     pub enabled: bool,
@@ -177,19 +177,6 @@ pub struct Bans {
     /// Rules fire and are counted, nothing is banned (the global `monitor` does this too).
     pub monitor: bool,
     pub rules: BanRules,
-}
-
-impl Default for Bans {
-    fn default() -> Self {
-        Bans {
-            enabled: false,
-            journal: false,
-            files: Vec::new(),
-            policy_listen: None,
-            monitor: false,
-            rules: BanRules::default(),
-        }
-    }
 }
 
 impl Bans {
@@ -224,29 +211,6 @@ pub(crate) struct RawRule {
     prefix_v6: Option<Spanned<i64>>,
     distinct_recipients: Option<bool>,
     ban: Option<Vec<Spanned<String>>>,
-}
-
-fn int(
-    v: &Option<Spanned<i64>>,
-    key: &str,
-    range: std::ops::RangeInclusive<i64>,
-    default: i64,
-    place: &Place,
-) -> Result<i64, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
-        Some(s) => Err(place.error(
-            s.span(),
-            Some(key.into()),
-            format!(
-                "{} is out of range ({} to {})",
-                s.get_ref(),
-                range.start(),
-                range.end()
-            ),
-        )),
-    }
 }
 
 fn duration(

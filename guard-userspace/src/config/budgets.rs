@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Place};
+use crate::config::{ConfigError, Place, int};
 
 /// What happens to a connection over budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -134,29 +134,6 @@ pub(crate) struct RawClass {
     burst: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     action: Option<Action>,
-}
-
-fn int(
-    v: &Option<Spanned<i64>>,
-    key: &str,
-    range: std::ops::RangeInclusive<i64>,
-    default: i64,
-    place: &Place,
-) -> Result<i64, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
-        Some(s) => Err(place.error(
-            s.span(),
-            Some(key.to_string()),
-            format!(
-                "{} is out of range ({} to {})",
-                s.get_ref(),
-                range.start(),
-                range.end()
-            ),
-        )),
-    }
 }
 
 fn rate(

@@ -200,22 +200,8 @@ pub fn valid_domain(d: &str) -> bool {
 pub(crate) fn validate(raw: Option<RawLists>, place: &Place) -> Result<Lists, ConfigError> {
     let d = Lists::default();
     let Some(raw) = raw else { return Ok(d) };
-    let int = |v: &Option<Spanned<i64>>,
-               key: &str,
-               range: std::ops::RangeInclusive<i64>,
-               default: i64| match v {
-        None => Ok(default),
-        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
-        Some(s) => Err(place.error(
-            s.span(),
-            Some(key.into()),
-            format!(
-                "{} is out of range ({} to {})",
-                s.get_ref(),
-                range.start(),
-                range.end()
-            ),
-        )),
+    let int = |v: &Option<Spanned<i64>>, key: &str, range, default| {
+        crate::config::int(v, key, range, default, place)
     };
     let max_shrink = match &raw.max_shrink {
         None => d.max_shrink,

@@ -16,6 +16,7 @@ pub mod durations;
 pub mod lists;
 mod values;
 
+pub(crate) use values::int;
 pub use values::{clip, parse_cidr, utf8_text, validate_interface_name};
 
 use guard_common::Transport;

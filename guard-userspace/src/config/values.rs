@@ -102,3 +102,28 @@ fn parse_cidr_as_written(text: &str) -> Result<IpNet, String> {
     }
     Ok(net)
 }
+
+/// An integer setting within `range`, or `default` when absent; out of range is refused with
+/// its place and key.
+pub(crate) fn int(
+    v: &Option<toml::Spanned<i64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+    place: &crate::config::Place,
+) -> Result<i64, crate::config::ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
+        Some(s) => Err(place.error(
+            s.span(),
+            Some(key.to_string()),
+            format!(
+                "{} is out of range ({} to {})",
+                s.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}

@@ -65,7 +65,7 @@ pub struct RecentBan {
     pub at: u64,
     /// For a ban: when it ends; `None` when spared.
     pub until: Option<u64>,
-    /// Why it was not banned (`mx_allow`, `trusted`, `live_session`, `monitor`, `capped`).
+    /// Why it was not banned (`local`, `mx_allow`, `trusted`, `live_session`, `monitor`, `capped`).
     pub spared: Option<String>,
 }
 
@@ -84,6 +84,8 @@ pub struct BanSummary {
 
 /// What a drain decided, for the serve loop.
 pub struct Drained {
+    /// Batches were counted (the summary changed).
+    pub counted: bool,
     /// New bans were added: the maps need writing.
     pub banned: bool,
     /// The earliest read time of the events that banned, for the time from event to ban.
@@ -127,6 +129,7 @@ impl BanKeeper {
         let mut judge = Judge::new(settings.rules.clone(), monitor);
         let now = crate::feeds::saved::now_unix();
         judge.remember(std::mem::take(&mut state.memory), now);
+        judge.in_force(state.bans.values().map(|b| b.until).collect());
         let mut keeper = BanKeeper {
             settings,
             monitor,
@@ -226,6 +229,8 @@ impl BanKeeper {
             let memory = self.judge.memory();
             self.judge = Judge::new(new.rules.clone(), monitor);
             self.judge.remember(memory, now);
+            self.judge
+                .in_force(state.bans.values().map(|b| b.until).collect());
             self.monitor = monitor;
         }
         let mut note = None;
@@ -262,6 +267,7 @@ impl BanKeeper {
         live: &dyn Fn() -> Vec<lockout::Session>,
     ) -> Drained {
         let mut drained = Drained {
+            counted: false,
             banned: false,
             first_read: None,
         };
@@ -272,6 +278,7 @@ impl BanKeeper {
         if batches.is_empty() {
             return drained;
         }
+        drained.counted = true;
         let now = crate::feeds::saved::now_unix();
         let sessions: std::cell::RefCell<Option<Vec<lockout::Session>>> = Default::default();
         let auth_from_policy = self.settings.auth_from_policy();
@@ -301,6 +308,9 @@ impl BanKeeper {
                     .entry(format!("{}/{}", batch.kind.name(), event.kind.name()))
                     .or_default() += 1;
                 let spare = |net: &IpNet| -> Option<Spared> {
+                    if net.addr().is_loopback() || net.addr().is_unspecified() {
+                        return Some(Spared::Local);
+                    }
                     if overlaps(mx_allow, net) {
                         return Some(Spared::MxAllow);
                     }
@@ -454,6 +464,8 @@ impl BanKeeper {
                 self.dirty = true;
             }
         }
+        self.judge
+            .in_force(state.bans.values().map(|b| b.until).collect());
         self.publish_banned(state);
     }
 
@@ -515,6 +527,7 @@ impl BanKeeper {
 
 fn spared_why(why: Spared) -> &'static str {
     match why {
+        Spared::Local => "the host itself (a local webmail or proxy logging in for its users)",
         Spared::MxAllow => "in the MX allowlist (the filtering provider relays everyone's mail)",
         Spared::Trusted => "a trusted source",
         Spared::LiveSession => "it holds a live session of the operator",

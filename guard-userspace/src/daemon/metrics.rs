@@ -114,7 +114,7 @@ fn ban_metrics(enc: &mut DescriptorEncoder, bans: &BanSummary) -> Result<(), std
     counter(
         enc,
         "mailguard_bans_spared",
-        "rules that fired without banning, by rule and why (mx_allow, trusted, live_session, monitor, capped)",
+        "rules that fired without banning, by rule and why (local, mx_allow, trusted, live_session, monitor, capped)",
         c.spared.iter().map(|(k, v)| {
             let (rule, why) = k.split_once('/').unwrap_or((k, ""));
             (l(&[("rule", rule), ("why", why)]), *v)

@@ -250,6 +250,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 keeper,
                 bans,
                 bans_published: Instant::now(),
+                bans_unpublished: false,
                 contents,
                 config_text: None,
                 links: match LinkWatch::open() {

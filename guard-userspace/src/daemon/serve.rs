@@ -62,9 +62,10 @@ pub(super) struct Daemon<'a> {
     pub(super) keeper: ListKeeper,
     /// Bans from the mail logs and Dovecot's policy reports.
     pub(super) bans: BanKeeper,
-    /// When the state file was last written for the bans (it is written at most 4 times a
-    /// second for them).
+    /// When the state file was last written (for the bans it is written at most 4 times a
+    /// second), and whether the bans changed since.
     pub(super) bans_published: Instant,
+    pub(super) bans_unpublished: bool,
     /// What the policy maps hold.
     pub(super) contents: Contents,
     /// The text of the configuration file in force (`None`: the built-in defaults).
@@ -206,7 +207,8 @@ impl Daemon<'_> {
         }
         self.bans
             .save(&mut self.keeper.bans, &self.config.lists.state_dir, false);
-        if self.bans.enabled() && self.bans_published.elapsed() >= Duration::from_millis(250) {
+        self.bans_unpublished |= drained.counted;
+        if self.bans_unpublished && self.bans_published.elapsed() >= Duration::from_millis(250) {
             self.publish();
         }
     }
@@ -516,6 +518,7 @@ impl Daemon<'_> {
             .enabled()
             .then(|| self.bans.summary(&self.keeper.bans));
         self.bans_published = Instant::now();
+        self.bans_unpublished = false;
         if let Err(e) = self.state.write(&self.opts.dirs) {
             log::warn!("{e}");
         }

@@ -215,13 +215,14 @@ impl LogSources {
             .name("bans-journal".into())
             .spawn(move || {
                 let mut cursor = cursor;
+                let since = crate::feeds::saved::now_unix();
                 let mut reported = false;
                 while !stop.load(Ordering::Relaxed) {
                     let child = Command::new("journalctl")
-                        .args(journal::journalctl_args(cursor.as_deref()))
+                        .args(journal::journalctl_args(cursor.as_deref(), since))
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
-                        .stderr(Stdio::null())
+                        .stderr(Stdio::piped())
                         .spawn();
                     let mut child = match child {
                         Ok(c) => c,
@@ -235,6 +236,16 @@ impl LogSources {
                         }
                     };
                     let stdout = child.stdout.take().expect("piped");
+                    // What journalctl says (a journal it cannot read, say) goes to the log.
+                    if let Some(stderr) = child.stderr.take() {
+                        let _ = thread::Builder::new()
+                            .name("bans-journalctl-err".into())
+                            .spawn(move || {
+                                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                                    log::warn!("bans: journalctl: {line}");
+                                }
+                            });
+                    }
                     *child_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
                     for line in BufReader::new(stdout).lines() {
                         let Ok(line) = line else { break };

@@ -12,7 +12,11 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::feeds::{bans::Memory, follow::Checkpoint, saved::ListError};
+use crate::feeds::{
+    bans::Memory,
+    follow::Checkpoint,
+    saved::{ListError, load_json, save_atomically},
+};
 
 /// One ban in force.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,36 +51,13 @@ impl BanState {
 
     /// The saved state, or an empty one when there is none yet.
     pub fn load(state_dir: &Path) -> Result<BanState, ListError> {
-        let path = BanState::path(state_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str(&text).map_err(|source| ListError::Corrupt { path, source })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BanState::default()),
-            Err(source) => Err(ListError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
+        load_json(BanState::path(state_dir))
     }
 
     /// Saves atomically (a crash leaves the old or the new version, never half of one).
     pub fn save(&self, state_dir: &Path) -> Result<(), ListError> {
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ListError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        std::fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
-        let path = BanState::path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec(self).expect("ban state serializes");
-        std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+        let bytes = serde_json::to_vec(self).expect("ban state serializes");
+        save_atomically(state_dir, &BanState::path(state_dir), &bytes)
     }
 
     /// Forgets bans whose time is up; returns whether any went.

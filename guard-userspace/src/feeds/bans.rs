@@ -22,6 +22,8 @@ const MINUTE: u64 = 60;
 /// Why a rule that fired banned nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spared {
+    /// The host itself (loopback): a local webmail or proxy authenticating for its users.
+    Local,
     /// In the MX allowlist: the filtering provider relays everyone's mail.
     MxAllow,
     Trusted,
@@ -35,6 +37,7 @@ pub enum Spared {
 impl Spared {
     pub fn name(self) -> &'static str {
         match self {
+            Spared::Local => "local",
             Spared::MxAllow => "mx_allow",
             Spared::Trusted => "trusted",
             Spared::LiveSession => "live_session",
@@ -258,6 +261,12 @@ impl Judge {
     /// Bans in force at `now`.
     pub fn active(&self, now: u64) -> usize {
         self.active.iter().filter(|end| **end > now).count()
+    }
+
+    /// The ends of the bans in force (the saved ones at a start, what is left after the
+    /// operator lifted some): what `max_active` counts.
+    pub fn in_force(&mut self, ends: Vec<u64>) {
+        self.active = ends;
     }
 
     /// Windows (sources and prefixes with counts) kept now.

@@ -10,8 +10,9 @@ use serde_json::Value;
 const MAIL_FACILITY: &str = "2";
 
 /// journalctl's arguments: follow the mail facility from `cursor`, or, on a first start, from
-/// now on (old history bans nobody).
-pub fn journalctl_args(cursor: Option<&str>) -> Vec<String> {
+/// `since` (Unix seconds: when the daemon started following; old history bans nobody, and
+/// what is written while journalctl starts is not missed).
+pub fn journalctl_args(cursor: Option<&str>, since: u64) -> Vec<String> {
     let mut args = vec![
         "--follow".to_string(),
         "--output=json".to_string(),
@@ -21,7 +22,7 @@ pub fn journalctl_args(cursor: Option<&str>) -> Vec<String> {
     ];
     match cursor {
         Some(c) => args.push(format!("--after-cursor={c}")),
-        None => args.push("--lines=0".to_string()),
+        None => args.push(format!("--since=@{since}")),
     }
     args
 }
@@ -117,11 +118,11 @@ mod tests {
 
     #[test]
     fn the_command_follows_the_mail_facility_from_the_checkpoint() {
-        let first = journalctl_args(None);
-        assert!(first.contains(&"--lines=0".to_string()));
+        let first = journalctl_args(None, 1_796_519_043);
+        assert!(first.contains(&"--since=@1796519043".to_string()));
         assert!(first.contains(&"SYSLOG_FACILITY=2".to_string()));
-        let resumed = journalctl_args(Some("s=abc;i=9"));
+        let resumed = journalctl_args(Some("s=abc;i=9"), 1_796_519_043);
         assert!(resumed.contains(&"--after-cursor=s=abc;i=9".to_string()));
-        assert!(!resumed.contains(&"--lines=0".to_string()));
+        assert!(!resumed.iter().any(|a| a.starts_with("--since")));
     }
 }

@@ -103,11 +103,13 @@ impl ListKeeper {
                 Some(e) => {
                     e.origins.push(origin);
                     e.expires = e.expires.map(|x| x.max(ban.until));
+                    e.ban = Some(ban.clone());
                 }
                 None => entries.push(ListEntry {
                     cidr: *net,
                     origins: vec![origin],
                     expires: Some(ban.until),
+                    ban: Some(ban.clone()),
                 }),
             }
         }

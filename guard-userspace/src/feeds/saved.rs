@@ -60,6 +60,44 @@ pub enum ListError {
     },
 }
 
+/// A saved JSON state at `path`, or the empty one when there is none yet.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned + Default>(
+    path: PathBuf,
+) -> Result<T, ListError> {
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|source| ListError::Corrupt { path, source })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(ListError::Io {
+            action: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to `path` in `state_dir` through a temporary file and a rename: a crash
+/// leaves the old or the new version, never half of one.
+pub(crate) fn save_atomically(
+    state_dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), ListError> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ListError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(state_dir).map_err(io("create", state_dir))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -73,40 +111,13 @@ impl ListState {
 
     /// The saved state, or an empty one when there is none yet.
     pub fn load(state_dir: &Path) -> Result<ListState, ListError> {
-        let path = ListState::path(state_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str(&text).map_err(|source| ListError::Corrupt { path, source })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ListState::default()),
-            Err(source) => Err(ListError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
+        load_json(ListState::path(state_dir))
     }
 
     /// Saves atomically (a crash leaves the old or the new version, never half of one).
     pub fn save(&self, state_dir: &Path) -> Result<(), ListError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| ListError::Io {
-            action: "create",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let path = ListState::path(state_dir);
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).expect("list state serializes");
-        std::fs::write(&tmp, text).map_err(|source| ListError::Io {
-            action: "write",
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| ListError::Io {
-            action: "rename",
-            path,
-            source,
-        })
+        let text = serde_json::to_vec_pretty(self).expect("list state serializes");
+        save_atomically(state_dir, &ListState::path(state_dir), &text)
     }
 
     /// Every entry beyond the configuration's own, for the maps (expired ones left out).
@@ -214,6 +225,9 @@ pub struct ListEntry {
     pub origins: Vec<String>,
     /// When a run-time entry ends (Unix seconds), if it does.
     pub expires: Option<u64>,
+    /// For a ban (origin `ban:RULE`): what it counted, the offence, since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban: Option<crate::feeds::ban_state::Ban>,
 }
 
 /// A list at a glance, for `status`, `lists show` and the metrics.
@@ -309,6 +323,7 @@ impl ListState {
                 cidr: *net,
                 origins: vec![],
                 expires: None,
+                ban: None,
             });
             e.origins.push(origin.into());
             e.expires = e.expires.or(expires);

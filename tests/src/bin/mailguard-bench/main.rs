@@ -18,6 +18,9 @@
 //!    protection, the nftables recipe, and mailguard (`flood.rs`; its fastest generator in
 //!    `xdp_flood.rs`).
 //!
+//! 7. Bans from the mail logs beside fail2ban: event to drop, bans a second, CPU, restoring
+//!    100,000 bans, parsing (`bans.rs`).
+//!
 //! `report.rs` writes the document, `plots.rs` its plots. Before anything is timed, counters prove that every run took the intended path. The
 //! benchmark runs in a network and mount namespace of its own (a private bpffs,
 //! `isolation.rs`), so nothing it sets up outlives it.
@@ -29,8 +32,10 @@
 //! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
 //! 3), `=lists` (section 4), `=flood` (section 6) or `=flood-top` (its top setting, the XDP
 //! generator of `xdp_flood.rs`) measures those sections, prints them and writes nothing: for
-//! trying a change quickly.
+//! trying a change quickly. `=bans` (section 7) measures it and replaces that section of the
+//! document, leaving the rest.
 
+mod bans;
 mod flood;
 mod isolation;
 mod lists;
@@ -162,6 +167,16 @@ fn run() -> Result<(), String> {
     let only = std::env::var("MAILGUARD_BENCH_ONLY").ok();
     if only.as_deref() == Some("lists") {
         lists::measure(floor)?;
+        return Ok(());
+    }
+    if only.as_deref() == Some("bans") {
+        unpin_cpus();
+        let results = bans::measure()?;
+        let section = bans::report(&results);
+        print!("{section}");
+        // This section alone: it replaces its own part of the document, leaving the rest.
+        bans::splice(std::path::Path::new(&out), &section)?;
+        println!("updated the bans section of {out}");
         return Ok(());
     }
     if let Some(which @ ("flood" | "flood-top")) = only.as_deref() {
@@ -359,6 +374,7 @@ fn run() -> Result<(), String> {
     // A failed flood measurement still leaves the rest of the report, saying so; the bench then
     // fails.
     let flood = flood::measure(false);
+    let bans = bans::measure();
 
     let dir = std::path::Path::new(&out)
         .parent()
@@ -408,8 +424,15 @@ fn run() -> Result<(), String> {
         sockops: &sockops,
         sizes: table_size::report(&sizes, Some(&format!("bench/{sizes_plot}"))),
     }) + &lists::report(&list_rows)
-        + &flood_section;
+        + &flood_section
+        + &match &bans {
+            Ok(results) => bans::report(results),
+            Err(e) => format!(
+                "\n## Bans from the mail logs, beside fail2ban\n\n**Not measured in this run**: {e}\n"
+            ),
+        };
     std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote {out}");
-    flood.map(|_| ())
+    flood.map(|_| ())?;
+    bans.map(|_| ())
 }
