@@ -259,6 +259,9 @@ fn a_harvester_is_banned_a_sender_with_two_typos_is_not_and_the_mx_allowlist_is_
         "banned after {sessions} sessions"
     );
     assert!(!banned(mg, "198.18.0.2/32"), "two typos never ban");
+    for l in mg.log().iter().filter(|l| l.contains("bans:")) {
+        println!("mailguard: {l}");
+    }
     swaks(client, MAIL4, 25, "after-the-harvest").expect("the sender still delivers");
     let bans = bans_status(mg);
     assert_eq!(bans["counts"]["bans"]["harvest"], 1, "{bans}");

@@ -104,7 +104,20 @@ pub struct BanKeeper {
     recent: Vec<RecentBan>,
     dirty: bool,
     last_save: Instant,
+    /// The operator's live sessions and the host's addresses, as last read (reading the
+    /// kernel's socket table takes milliseconds: it is done off the path of a ban).
+    surroundings: Option<Surroundings>,
 }
+
+/// What spares a net besides the lists, read at `at`.
+struct Surroundings {
+    at: Instant,
+    sessions: Vec<lockout::Session>,
+    own: Vec<IpAddr>,
+}
+
+/// How old the surroundings may get before they are read again.
+const SURROUNDINGS_MAX_AGE: Duration = Duration::from_secs(2);
 
 fn overlaps(list: &AddrList, net: &IpNet) -> bool {
     let hit = |p: IpNet| p.contains(net) || net.contains(&p);
@@ -145,6 +158,7 @@ impl BanKeeper {
             recent: Vec::new(),
             dirty: false,
             last_save: Instant::now(),
+            surroundings: None,
         };
         keeper.publish_banned(state);
         if !keeper.settings.enabled {
@@ -280,7 +294,11 @@ impl BanKeeper {
         }
         drained.counted = true;
         let now = crate::feeds::saved::now_unix();
-        let sessions: std::cell::RefCell<Option<Vec<lockout::Session>>> = Default::default();
+        if self.surroundings.is_none() {
+            self.refresh_surroundings(live);
+        }
+        let around = self.surroundings.as_ref().expect("just read");
+        let (sessions, own) = (&around.sessions, &around.own);
         let auth_from_policy = self.settings.auth_from_policy();
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for batch in batches {
@@ -311,14 +329,17 @@ impl BanKeeper {
                     if net.addr().is_loopback() || net.addr().is_unspecified() {
                         return Some(Spared::Local);
                     }
+                    // A prefix rule must not ban the host's own network (its neighbours, its
+                    // gateway, its other servers).
+                    if own.iter().any(|a| net.contains(a)) {
+                        return Some(Spared::Local);
+                    }
                     if overlaps(mx_allow, net) {
                         return Some(Spared::MxAllow);
                     }
                     if overlaps(trusted, net) {
                         return Some(Spared::Trusted);
                     }
-                    let mut sessions = sessions.borrow_mut();
-                    let sessions = sessions.get_or_insert_with(live);
                     if sessions.iter().any(|s| net.contains(&s.remote.ip())) {
                         return Some(Spared::LiveSession);
                     }
@@ -404,6 +425,24 @@ impl BanKeeper {
             self.publish_banned(state);
         }
         drained
+    }
+
+    /// Reads the operator's live sessions and the host's addresses again when they are older
+    /// than two seconds (the serve loop calls this after counting, off the path of a ban).
+    pub fn refresh_surroundings(&mut self, live: &dyn Fn() -> Vec<lockout::Session>) {
+        if !self.settings.enabled
+            || self
+                .surroundings
+                .as_ref()
+                .is_some_and(|s| s.at.elapsed() < SURROUNDINGS_MAX_AGE)
+        {
+            return;
+        }
+        self.surroundings = Some(Surroundings {
+            at: Instant::now(),
+            sessions: live(),
+            own: host_addresses(),
+        });
     }
 
     /// Records the time from event to ban, once the maps hold the bans.
@@ -525,13 +564,74 @@ impl BanKeeper {
     }
 }
 
+/// The addresses of this host's interfaces (in its network namespace).
+fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is an entry of the list getifaddrs made, valid until freeifaddrs.
+        let entry = unsafe { &*at };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it names.
+            match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                }
+                libc::AF_INET6 => {
+                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        at = entry.ifa_next;
+    }
+    // SAFETY: frees the list getifaddrs made, once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
 fn spared_why(why: Spared) -> &'static str {
     match why {
-        Spared::Local => "the host itself (a local webmail or proxy logging in for its users)",
+        Spared::Local => {
+            "the host itself or its own network (a ban there would cut its neighbours and gateway)"
+        }
         Spared::MxAllow => "in the MX allowlist (the filtering provider relays everyone's mail)",
         Spared::Trusted => "a trusted source",
         Spared::LiveSession => "it holds a live session of the operator",
         Spared::Monitor => "monitor mode",
         Spared::Capped => "over the cap on bans (bans.max_per_minute or bans.max_active)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_s_addresses_include_loopback() {
+        assert!(host_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
+    }
+
+    #[test]
+    fn a_ban_overlapping_a_list_entry_either_way_is_found() {
+        let mut list = AddrList::default();
+        list.insert(&"198.18.5.0/24".parse().unwrap(), 0);
+        list.insert(&"2001:db8:1::/48".parse().unwrap(), 0);
+        for (net, hit) in [
+            ("198.18.5.7/32", true),
+            ("198.18.0.0/16", true),
+            ("198.18.6.0/24", false),
+            ("2001:db8:1:2::/64", true),
+            ("2001:db8:2::/64", false),
+        ] {
+            assert_eq!(overlaps(&list, &net.parse().unwrap()), hit, "{net}");
+        }
     }
 }

@@ -196,10 +196,16 @@ impl Daemon<'_> {
             &live,
         );
         if drained.banned {
+            let writing = Instant::now();
             match self.sync_maps() {
                 Ok(()) => {
                     if let Some(first) = drained.first_read {
                         self.bans.banned_in_force(first);
+                        log::info!(
+                            "bans: in force {:.1} ms after the event was read (maps written in {:.1} ms)",
+                            first.elapsed().as_secs_f64() * 1000.0,
+                            writing.elapsed().as_secs_f64() * 1000.0
+                        );
                     }
                 }
                 Err(e) => log::error!("bans: writing the maps failed (trying again): {e}"),
@@ -207,6 +213,7 @@ impl Daemon<'_> {
         }
         self.bans
             .save(&mut self.keeper.bans, &self.config.lists.state_dir, false);
+        self.bans.refresh_surroundings(&live);
         self.bans_unpublished |= drained.counted;
         if self.bans_unpublished && self.bans_published.elapsed() >= Duration::from_millis(250) {
             self.publish();

@@ -20,13 +20,14 @@ use std::{
 };
 
 use crate::feeds::{
-    follow::{Checkpoint, Follower},
+    follow::{Checkpoint, Follower, wake::DirWatch},
     journal,
     maillog::{self, Parsed},
 };
 
-/// How often followed files are read for new lines.
-pub const FILE_POLL: Duration = Duration::from_millis(20);
+/// How long a file follower waits for inotify before reading anyway (inotify wakes it at
+/// once on a write; this covers file systems where it does not).
+pub const FILE_POLL: Duration = Duration::from_millis(250);
 
 /// Batches waiting for the daemon at most; a source waits while the daemon catches up.
 const QUEUE: usize = 10_000;
@@ -175,6 +176,13 @@ impl LogSources {
             .name("bans-file".into())
             .spawn(move || {
                 let mut follower = Follower::new(&path, checkpoint);
+                let watch = DirWatch::new(&path);
+                if watch.is_none() {
+                    log::warn!(
+                        "bans: no inotify for {}: reading it every 20 ms instead",
+                        path.display()
+                    );
+                }
                 let mut failing = false;
                 while !stop.load(Ordering::Relaxed) {
                     match follower.poll() {
@@ -196,7 +204,10 @@ impl LogSources {
                             failing = true;
                         }
                     }
-                    thread::sleep(FILE_POLL);
+                    match &watch {
+                        Some(w) => w.wait(FILE_POLL),
+                        None => thread::sleep(Duration::from_millis(20)),
+                    }
                 }
             });
         if let Err(e) = spawned {

@@ -22,7 +22,7 @@ const MINUTE: u64 = 60;
 /// Why a rule that fired banned nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spared {
-    /// The host itself (loopback): a local webmail or proxy authenticating for its users.
+    /// The host itself or a prefix holding one of its addresses (its own network).
     Local,
     /// In the MX allowlist: the filtering provider relays everyone's mail.
     MxAllow,

@@ -164,5 +164,7 @@ impl Follower {
     }
 }
 
+pub mod wake;
+
 #[cfg(test)]
 mod tests;

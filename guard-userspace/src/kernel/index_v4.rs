@@ -116,6 +116,7 @@ impl V4Index {
 }
 
 /// The three index maps, mapped writable.
+#[derive(Clone)]
 pub struct IndexMaps {
     level16: MappedArray<u32>,
     level24: MappedArray<u32>,

@@ -7,6 +7,7 @@ use std::{
     marker::PhantomData,
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
+    sync::Arc,
 };
 
 use aya::maps::Map;
@@ -38,17 +39,37 @@ pub enum MappedError {
 /// The elements of an mmapable array map, each a `T` of the map's value size, laid out as the
 /// kernel lays them out: `round_up(value_size, 8)` bytes apart (a `u32` array takes 8 bytes
 /// per element).
+/// A clone shares the mapping (unmapped when the last goes): the daemon maps its tables once,
+/// not at every update.
 pub struct MappedArray<T> {
-    base: NonNull<u8>,
-    bytes: usize,
+    region: Arc<Region>,
     len: usize,
     stride: usize,
     _values: PhantomData<T>,
 }
 
+/// One mapping, unmapped on drop.
+struct Region {
+    base: NonNull<u8>,
+    bytes: usize,
+}
+
 // SAFETY: the mapping is shared memory owned by the kernel map; access goes through volatile
 // reads and writes of whole elements.
-unsafe impl<T> Send for MappedArray<T> {}
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl<T> Clone for MappedArray<T> {
+    fn clone(&self) -> Self {
+        MappedArray {
+            region: self.region.clone(),
+            len: self.len,
+            stride: self.stride,
+            _values: PhantomData,
+        }
+    }
+}
 
 impl<T: Copy> MappedArray<T> {
     /// Maps `map` (an array named `name`), read-only or writable.
@@ -95,8 +116,10 @@ impl<T: Copy> MappedArray<T> {
             });
         }
         Ok(MappedArray {
-            base: NonNull::new(ptr.cast()).expect("mmap returned a mapping"),
-            bytes,
+            region: Arc::new(Region {
+                base: NonNull::new(ptr.cast()).expect("mmap returned a mapping"),
+                bytes,
+            }),
             len,
             stride,
             _values: PhantomData,
@@ -115,7 +138,7 @@ impl<T: Copy> MappedArray<T> {
     fn at(&self, i: usize) -> *mut T {
         assert!(i < self.len, "element {i} of {}", self.len);
         // SAFETY: inside the mapping (checked above); elements are `stride` bytes apart.
-        unsafe { self.base.as_ptr().add(i * self.stride).cast() }
+        unsafe { self.region.base.as_ptr().add(i * self.stride).cast() }
     }
 
     /// A copy of element `i`. The kernel may write it meanwhile: a read can see a mix of two
@@ -138,9 +161,9 @@ impl<T: Copy> MappedArray<T> {
     }
 }
 
-impl<T> Drop for MappedArray<T> {
+impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, unmapped once.
+        // SAFETY: the mapping made in `open`, unmapped once (by its last holder).
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

@@ -263,7 +263,7 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         // The new versions of the IPv4 indexes go into the generations not in use; the settings
         // switch to them (and to the IPv6 length tables), and say which lists have entries,
         // while both versions' entries are in the tries and the IPv6 index.
-        let index = self.write_index(in_force.index, new) | v6_bits;
+        let index = self.write_index(in_force.index, old, new) | v6_bits;
         self.settings
             .set(
                 0,
@@ -290,8 +290,11 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
 
     /// Writes the IPv4 index of every list into the generation not in use (`in_force`:
     /// `Settings::index` now) and returns the `Settings::index` that switches to them. A list
-    /// too scattered for the index is left to its trie, with a warning.
-    fn write_index(&mut self, in_force: u32, new: &Contents) -> u32 {
+    /// too scattered for the index is left to its trie, with a warning. A list whose IPv4
+    /// entries did not change keeps the generation in use (a new ban rewrites the block list's
+    /// index only, not the other two).
+    fn write_index(&mut self, in_force: u32, old: &Contents, new: &Contents) -> u32 {
+        let mut kept = 0;
         let build = |list: ListName| match V4Index::build(new.list(list).v4.keys()) {
             Ok(ix) => Some(ix),
             Err(e) => {
@@ -304,10 +307,18 @@ impl<T: BorrowMut<MapData>> PolicyMaps<T> {
         };
         let mut lists: [Option<V4Index>; INDEX_LISTS as usize] = Default::default();
         for list in ListName::ALL {
+            let bits =
+                index_active_bit(list.index()) | guard_common::index_generation_bit(list.index());
+            let indexed = in_force & index_active_bit(list.index()) != 0;
+            if indexed && old.list(list).v4 == new.list(list).v4 {
+                kept |= in_force & bits;
+                continue;
+            }
             lists[list.index() as usize] = build(list);
         }
         self.index
             .write(in_force, &lists.each_ref().map(Option::as_ref))
+            | kept
     }
 }
 
