@@ -160,11 +160,19 @@ fn smtpd(message: &str) -> Parsed {
         {
             return Parsed::Unknown;
         }
-        return if words.starts_with("authentication failed") {
-            event(EventKind::AuthFailed, source, 1, None)
-        } else {
-            Parsed::Ignored
+        let Some(reason) = words.strip_prefix("authentication failed") else {
+            return Parsed::Ignored;
         };
+        // The reason right after is Postfix's (or its SASL server's). The server's own trouble
+        // (Dovecot down or slow) fails every user alike, and a mechanism the server does not
+        // offer tried no password: neither is a guess.
+        let reason = reason.trim_start_matches(':').trim_start();
+        if reason.starts_with("Connection lost to authentication server")
+            || reason.starts_with("Invalid authentication mechanism")
+        {
+            return Parsed::Ignored;
+        }
+        return event(EventKind::AuthFailed, source, 1, None);
     }
     // `NOQUEUE: reject: RCPT from NAME[ADDRESS]: 550 5.1.1 <rcpt>: Recipient address
     // rejected: ...; from=<...> to=<...> proto=ESMTP helo=<...>` (a queue id instead of

@@ -11,9 +11,25 @@ use std::{
 };
 
 use guard_tests::lab::{
-    ATTACKER4, CLIENT4, Lab, MAIL_IFACE, MAIL4, MAIL6, Scan, nmap_syn_scan, swaks, tcp_banner,
-    tcp_connects,
+    ATTACKER4, CLIENT4, Lab, Login, MAIL_IFACE, MAIL4, MAIL6, Scan, imap_login, nmap_syn_scan,
+    smtp_auth, swaks, tcp_banner, tcp_connects,
 };
+
+/// The lines of mailguard's log that contain `what`, without the time and level.
+fn mailguard_log_lines(lab: &Lab, what: &str) -> Vec<String> {
+    lab.mailguard()
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(what))
+        .map(|l| {
+            l.split("msg=")
+                .nth(1)
+                .unwrap_or(&l)
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect()
+}
 
 const CONFIG: &str = r#"# The demo's /etc/mailguard/mailguard.toml
 interface = "mg-mail0"
@@ -37,6 +53,12 @@ max_connections = 10
 [budgets.submission]
 max_connections = 3
 action = "reject"
+
+# Password guessers banned at the NIC: Dovecot asks mailguard before and after every login
+# (auth_policy_server_url = http://127.0.0.1:8790/), for IMAP and for Postfix's SASL.
+[bans]
+enabled = true
+policy_listen = "127.0.0.1:8790"
 "#;
 
 const SCANNED: [u16; 9] = [22, 25, 465, 587, 993, 3306, 6379, 8080, 12345];
@@ -57,7 +79,7 @@ fn main() -> ExitCode {
     }
 }
 
-const STEPS: u32 = 9;
+const STEPS: u32 = 10;
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}/{STEPS}] {text}");
@@ -109,10 +131,13 @@ fn demo() {
         "building the lab: mail host, client, attacker on one bridge (198.18.0.0/24, 2001:db8::/64)",
     );
     let mut lab = Lab::create();
-    lab.start_services();
+    lab.start_services_with_auth(Some("http://127.0.0.1:8790/"));
     lab.listen(|l| &l.mail.ns, 6379);
     lab.listen(|l| &l.client.ns, 7000);
-    println!("      mail host {MAIL4} / {MAIL6}: Postfix on 25 and 587, IMAPS on 993, SSH on 22,");
+    println!(
+        "      mail host {MAIL4} / {MAIL6}: Postfix on 25 and 587 (SASL through Dovecot), Dovecot IMAP on 143,"
+    );
+    println!("      IMAPS on 993, SSH on 22,");
     println!(
         "      and services that should never face the Internet: MySQL 3306, Redis 6379, admin 8080"
     );
@@ -222,6 +247,60 @@ fn demo() {
 
     step(
         6,
+        "the attacker guesses alice's password over IMAP and SMTP AUTH; alice mistypes once",
+    );
+    let alice = "alice@lab.test";
+    let typo = imap_login(&lab.client.ns, MAIL4, alice, "alice-typo");
+    let right = imap_login(&lab.client.ns, MAIL4, alice, "alice-right-pw");
+    println!("      alice: a typo ({typo:?}), then the right password ({right:?})");
+    assert_eq!(right, Login::Accepted, "alice could not log in");
+    for i in 1..=5 {
+        let guess = format!("guess-{i}");
+        // SMTP AUTH first: Dovecot delays each failure from one address longer (2, 4, 8 s, ...)
+        // and Postfix waits at most 10 s for Dovecot's answer; IMAP waits as long as it takes.
+        let outcome = if i <= 2 {
+            (
+                "SMTP AUTH",
+                smtp_auth(&lab.attacker.ns, MAIL4, alice, &guess),
+            )
+        } else {
+            ("IMAP", imap_login(&lab.attacker.ns, MAIL4, alice, &guess))
+        };
+        println!("      attacker, {} guess {i}: {:?}", outcome.0, outcome.1);
+    }
+    let after = tcp_connects(
+        &lab.attacker.ns,
+        SocketAddr::from(([198, 18, 0, 1], 143)),
+        Duration::from_secs(2),
+    );
+    println!(
+        "      the attacker's next connection: {}",
+        if after {
+            "GOT THROUGH"
+        } else {
+            "dropped at the NIC (banned by rule auth after 5 failures)"
+        }
+    );
+    assert!(!after, "the password guesser was not banned");
+    for line in mailguard_log_lines(&lab, "bans:") {
+        println!("      log: {line}");
+    }
+    let right = imap_login(&lab.client.ns, MAIL4, alice, "alice-right-pw");
+    println!("      alice logs in meanwhile: {right:?}");
+    assert_eq!(right, Login::Accepted, "alice was locked out");
+    let out = lab.mailguard().cli(&["block", "list"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("      {line}");
+    }
+    let out = lab.mailguard().cli(&["block", "del", ATTACKER4]);
+    println!(
+        "      mailguard block del {ATTACKER4} (the operator lifts the ban for the next steps): {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(out.status.success(), "block del of the ban failed");
+
+    step(
+        7,
         "the attacker tries to exhaust the mail server's connections",
     );
     let (held25, refused25, dropped25) = connections(
@@ -263,7 +342,7 @@ fn demo() {
     drop((held25, held587));
 
     step(
-        7,
+        8,
         "a spoofed SYN flood (trafgen, random sources in 198.19.0.0/16) while the client delivers 200 messages",
     );
     let ceiling0 = lab.mailguard().count("syn_ceiling");
@@ -303,7 +382,7 @@ fn demo() {
     );
 
     step(
-        8,
+        9,
         "MX-only: the MX points at a filtering provider (the client plays it), so port 25 closes to everyone else",
     );
     let mx_config = format!(
@@ -384,7 +463,7 @@ fn demo() {
         println!("      {line}");
     }
 
-    step(9, "mailguard status and mailguard top");
+    step(10, "mailguard status and mailguard top");
     let out = lab.mailguard().cli(&["status"]);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("      {line}");

@@ -215,6 +215,7 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
+mail_location = maildir:{d}/home/%u/Maildir
 {policy}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/users

@@ -187,3 +187,16 @@ fn unknown_shapes_are_not_guessed() {
         "a failure without an address"
     );
 }
+
+#[test]
+fn the_sasl_server_s_own_trouble_is_no_guess() {
+    for line in [
+        "postfix/submission/smtpd[9]: warning: unknown[198.18.0.66]: SASL LOGIN authentication failed: Connection lost to authentication server, sasl_username=(unavailable)",
+        "postfix/smtpd[9]: warning: unknown[198.18.0.66]: SASL CRAM-MD5 authentication failed: Invalid authentication mechanism",
+    ] {
+        assert_eq!(parse(line), Parsed::Ignored, "{line}");
+    }
+    // The user name comes after the reason and cannot make a failure look like trouble.
+    let guess = "postfix/smtpd[9]: warning: unknown[198.18.0.66]: SASL LOGIN authentication failed: (reason unavailable), sasl_username=Connection lost to authentication server";
+    assert!(matches!(parse(guess), Parsed::Event(_)));
+}
