@@ -424,10 +424,14 @@ fn user_names_and_helo_names_carrying_another_address_ban_nobody_else() {
         format!("x rip={CLIENT4}, lip={MAIL4}"),
         format!("warning: unknown[{CLIENT4}]: SASL LOGIN authentication failed"),
     ];
+    // In HELO names and recipients (unknown ones: harvest events, too few to ban), then in
+    // SASL user names (Postfix logs them after the failure). Dovecot's policy reports take
+    // the address from its own `remote` field (a unit test of auth_policy.rs).
     for t in &tricks {
-        let _ = smtp_auth(attacker, MAIL4, t, WRONG);
-        let _ = imap_login(attacker, MAIL4, t, WRONG);
-        let _ = smtp_recipients(attacker, MAIL4, t, &[format!("{t}@lab.test")]);
+        smtp_recipients(attacker, MAIL4, t, &[format!("{t}@lab.test")]).expect("connects");
+    }
+    for t in &tricks {
+        assert_eq!(smtp_auth(attacker, MAIL4, t, WRONG), Login::Refused, "{t}");
     }
     std::thread::sleep(Duration::from_secs(1));
     let entries = block_entries(mg);
