@@ -471,3 +471,29 @@ fn monitor_mode_fires_rules_and_bans_nobody() {
         Login::Accepted
     );
 }
+
+#[test]
+fn dovecot_s_own_log_file_bans_an_imap_guesser() {
+    let mut lab = Lab::create();
+    lab.start_services_with_auth(None);
+    let dovecot_log = lab.dovecot.as_ref().unwrap().dir.join("dovecot.log");
+    let config = config(&format!(
+        "files = [\"{}\"]\n[bans.rules.auth]\nthreshold = 3\n",
+        dovecot_log.display()
+    ));
+    lab.start_mailguard(&config, &[]);
+    let mg = lab.mailguard();
+    for _ in 0..3 {
+        assert_eq!(
+            imap_login(&lab.attacker.ns, MAIL4, "alice@lab.test", WRONG),
+            Login::Refused
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || banned(mg, "198.18.0.66/32")),
+        "{}\n{}",
+        bans_status(mg),
+        lab.dovecot.as_ref().unwrap().log()
+    );
+    assert_eq!(bans_status(mg)["counts"]["events"]["file/auth"], 3);
+}

@@ -107,6 +107,8 @@ pub struct BanKeeper {
     /// The operator's live sessions and the host's addresses, as last read (reading the
     /// kernel's socket table takes milliseconds: it is done off the path of a ban).
     surroundings: Option<Surroundings>,
+    /// New bans not yet in the maps (their write failed): written again on the next turn.
+    unwritten: bool,
 }
 
 /// What spares a net besides the lists, read at `at`.
@@ -159,6 +161,7 @@ impl BanKeeper {
             dirty: false,
             last_save: Instant::now(),
             surroundings: None,
+            unwritten: false,
         };
         keeper.publish_banned(state);
         if !keeper.settings.enabled {
@@ -282,14 +285,15 @@ impl BanKeeper {
     ) -> Drained {
         let mut drained = Drained {
             counted: false,
-            banned: false,
+            banned: std::mem::take(&mut self.unwritten),
             first_read: None,
         };
         let Some(inbox) = &self.inbox else {
             return drained;
         };
         let batches: Vec<Batch> = inbox.drain();
-        if batches.is_empty() {
+        if batches.is_empty() || !self.settings.enabled {
+            // Turned off by a reload: what the policy server still reports is not counted.
             return drained;
         }
         drained.counted = true;
@@ -443,6 +447,11 @@ impl BanKeeper {
             sessions: live(),
             own: host_addresses(),
         });
+    }
+
+    /// Writing the maps for new bans failed: the next turn writes them again.
+    pub fn unwritten(&mut self) {
+        self.unwritten = true;
     }
 
     /// Records the time from event to ban, once the maps hold the bans.

@@ -208,7 +208,10 @@ impl Daemon<'_> {
                         );
                     }
                 }
-                Err(e) => log::error!("bans: writing the maps failed (trying again): {e}"),
+                Err(e) => {
+                    log::error!("bans: writing the maps failed (trying again): {e}");
+                    self.bans.unwritten();
+                }
             }
         }
         self.bans

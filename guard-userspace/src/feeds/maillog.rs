@@ -84,9 +84,20 @@ fn tagged(line: &str) -> Option<(&str, &str)> {
         .take(5)
         .collect();
     let first = words.first()?.1;
+    let month_first = first.len() == 3 && first.bytes().all(|b| b.is_ascii_alphabetic());
+    // Dovecot's own log file (`log_path`): `Dec 06 21:00:00 imap-login: Info: ...`, no host.
+    if month_first
+        && let Some(&(start, word)) = words.get(3)
+        && word.ends_with("-login:")
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b':')
+    {
+        return Some(("dovecot", line.get(start..)?));
+    }
     let tag_word = if first.starts_with("postfix") || first.starts_with("dovecot") {
         0
-    } else if first.len() == 3 && first.bytes().all(|b| b.is_ascii_alphabetic()) {
+    } else if month_first {
         4 // month, day, time, host
     } else if first.bytes().next().is_some_and(|b| b.is_ascii_digit()) && first.contains('T') {
         2 // RFC 3339 time, host
@@ -245,6 +256,8 @@ fn dovecot(message: &str) -> Parsed {
     if !service.ends_with("-login") {
         return Parsed::Ignored;
     }
+    // Dovecot's own log file writes the level first.
+    let text = text.strip_prefix("Info: ").unwrap_or(text);
     // Dovecot's own words: everything before the first field (`user=<` or `rip=`).
     let head_end = ["user=<", "rip="]
         .iter()

@@ -200,3 +200,23 @@ fn the_sasl_server_s_own_trouble_is_no_guess() {
     let guess = "postfix/smtpd[9]: warning: unknown[198.18.0.66]: SASL LOGIN authentication failed: (reason unavailable), sasl_username=Connection lost to authentication server";
     assert!(matches!(parse(guess), Parsed::Event(_)));
 }
+
+#[test]
+fn dovecot_s_own_log_file_is_read_too() {
+    let line = "Dec 06 01:36:20 imap-login: Info: Disconnected: Connection closed (auth failed, 2 attempts in 1 secs): user=<rip=198.19.0.1>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<PVnUIu1hgsHGEgBC>";
+    match parse(line) {
+        Parsed::Event(e) => {
+            assert_eq!(e.kind, EventKind::AuthFailed);
+            assert_eq!(e.source.to_string(), "198.18.0.66");
+            assert_eq!(e.count, 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    let login = "Dec 06 01:38:13 imap-login: Info: Login: user=<alice@lab.test>, method=PLAIN, rip=198.18.0.2, lip=198.18.0.1, mpid=30328, session=<zG5jKe1hGsvGEgAC>";
+    assert_eq!(parse(login), Parsed::Ignored);
+    // Another program's line in the same shape is not Dovecot's.
+    assert_eq!(
+        parse("Dec 06 01:38:13 sshd: Info: x rip=198.18.0.9"),
+        Parsed::Unknown
+    );
+}
