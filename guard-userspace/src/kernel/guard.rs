@@ -363,9 +363,9 @@ impl Guard {
     /// The policy maps, for writing a configuration into them.
     pub fn policy_maps(&mut self) -> Result<PolicyMaps<&mut MapData>, GuardError> {
         let host = HostFacts::of_this_host()?;
-        // Mapped at every update. Keeping one mapping for the daemon's life (0.85 ms less per
-        // ban) left a removed IPv6 block entry in force after a restart (lists_e2e): not
-        // understood yet, so not done.
+        // Mapped at every update. Keeping one mapping for the daemon's life saves 0.85 ms per
+        // ban; it was taken out on suspicion of a lists_e2e failure that also happens without
+        // it (under investigation).
         let map = |name: &'static str| self.ebpf.map(name).ok_or(GuardError::MissingMap(name));
         let index = IndexMaps::open(
             map(names::V4_INDEX_16)?,
