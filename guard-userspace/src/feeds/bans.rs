@@ -269,6 +269,16 @@ impl Judge {
         self.active = ends;
     }
 
+    /// The bans in force, as the offenders' ends say.
+    fn active_from_offenders(&mut self, now: u64) {
+        self.active = self
+            .offenders
+            .values()
+            .map(|o| o.banned_until)
+            .filter(|end| *end > now)
+            .collect();
+    }
+
     /// Windows (sources and prefixes with counts) kept now.
     pub fn tracked(&self) -> usize {
         self.windows.len()
@@ -282,12 +292,7 @@ impl Judge {
                 o.banned_until = now;
             }
         }
-        self.active = self
-            .offenders
-            .values()
-            .map(|o| o.banned_until)
-            .filter(|end| *end > now)
-            .collect();
+        self.active_from_offenders(now);
     }
 
     /// What the rules remember (counts in their windows, offenders), to be saved with the
@@ -345,12 +350,7 @@ impl Judge {
                 );
             }
         }
-        self.active = self
-            .offenders
-            .values()
-            .map(|o| o.banned_until)
-            .filter(|end| *end > now)
-            .collect();
+        self.active_from_offenders(now);
         self.bound(now);
     }
 }
