@@ -133,6 +133,8 @@ pub struct Ip {
 /// Offsets of the source addresses within each IP header.
 pub const IPV4_SRC: usize = 12;
 pub const IPV6_SRC: usize = 8;
+/// Offset of the next-header field (the hop limit follows it) within the fixed IPv6 header.
+pub const IPV6_NEXT_HEADER: usize = 6;
 
 /// The IP header starts within the first 22 bytes (Ethernet and two VLAN tags): a mask that
 /// keeps every such offset, and tells the verifier the bound in subprograms, where it no longer
@@ -190,7 +192,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
     })
 }
 
-const IPV6_HDR_LEN: usize = 40;
+pub const IPV6_HDR_LEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
@@ -209,7 +211,7 @@ pub fn ipv6(ctx: &XdpContext, off: usize) -> Result<Ip, Reason> {
     }
     // The addresses must be present even on paths that do not read them.
     bytes::<1>(ctx, off + IPV6_HDR_LEN - 1)?;
-    let mut next = h[6];
+    let mut next = h[IPV6_NEXT_HEADER];
     let mut l4_off = off + IPV6_HDR_LEN;
     let mut fragment = Fragment::None;
     // One pass per extension header, plus one to reach the upper-layer header.

@@ -2,7 +2,8 @@
 //! counted under; the reason fixes the verdict (`Reason::verdict`).
 //!
 //! 1. Non-IP passes; up to two VLAN tags are looked through.
-//! 2. The block list drops everything from a blocked source (`lists.rs`).
+//! 2. The block list drops everything from a blocked source (`lists.rs`) but its neighbour
+//!    discovery.
 //! 3. Mail ports: impossible TCP flags and fragments are dropped; MX-only mode holds port 25 to
 //!    the MX allowlist; new connections are charged to budgets (`budget.rs`), the rest passes.
 //! 4. Ports opened on purpose pass, optionally only from given CIDRs.
@@ -47,7 +48,13 @@ fn judge(ctx: &XdpContext, settings: &Settings, slot: Slot) -> Result<Reason, Re
     // source address is read, before the header's options and extension headers multiply
     // the paths the verifier walks.
     if lists::blocked(ctx, l3_off, v6, settings)? {
-        return Ok(Reason::Blocked);
+        // Except its neighbour discovery, as ARP (not IP) passes: dropping it would leave the
+        // source's kernel unable to reach the host for seconds after the block ends.
+        return Ok(if v6 && neighbour_discovery(ctx, l3_off) {
+            Reason::Ndp
+        } else {
+            Reason::Blocked
+        });
     }
     // The IP header is parsed from a settle point (settle.rs): one layout for the Ethernet
     // header with zero, one or two VLAN tags, for the verifier.
@@ -76,6 +83,21 @@ fn judge(ctx: &XdpContext, settings: &Settings, slot: Slot) -> Result<Reason, Re
         parse::IPPROTO_ICMPV6 if ip.v6 => icmpv6(ctx, &ip, settings),
         _ => Ok(Reason::OtherProtocol),
     }
+}
+
+/// A neighbour solicitation or advertisement in the fixed IPv6 header at `l3_off`: ICMPv6 type
+/// 135 or 136 right after it, with the hop limit of 255 that RFC 4861 requires (the kernel
+/// discards any other, and no router forwards one). Unreadable: not one.
+#[inline(always)]
+fn neighbour_discovery(ctx: &XdpContext, l3_off: usize) -> bool {
+    let l3 = l3_off & parse::L3_OFF_MASK;
+    let (Ok(&[next, hops]), Ok(&[kind])) = (
+        bytes::<2>(ctx, l3 + parse::IPV6_NEXT_HEADER),
+        bytes::<1>(ctx, l3 + parse::IPV6_HDR_LEN),
+    ) else {
+        return false;
+    };
+    next == parse::IPPROTO_ICMPV6 && hops == 255 && matches!(kind, 135 | 136)
 }
 
 /// Impossible flag combinations: nothing of SYN/FIN/RST/ACK (null scans, PSH- or URG-only),

@@ -162,6 +162,7 @@ enum Net {
         dst: Ipv6Addr,
         ext: Vec<Ext>,
         version: u8,
+        hop_limit: u8,
     },
 }
 
@@ -212,6 +213,7 @@ impl Packet {
                 dst: dst.parse().expect("IPv6 destination"),
                 ext: vec![],
                 version: 6,
+                hop_limit: 64,
             },
             upper,
         )
@@ -278,6 +280,15 @@ impl Packet {
     pub fn ihl(mut self, words: u8) -> Packet {
         if let Some(Net::V4 { ihl, .. }) = &mut self.net {
             *ihl = Some(words);
+        }
+        self
+    }
+
+    /// Sets the IPv6 hop limit (64 unless set; neighbour discovery is sent with 255).
+    pub fn hop_limit(mut self, hops: u8) -> Packet {
+        match &mut self.net {
+            Some(Net::V6 { hop_limit, .. }) => *hop_limit = hops,
+            _ => panic!("hop_limit() is for IPv6"),
         }
         self
     }
@@ -368,6 +379,7 @@ impl Packet {
                 dst,
                 ext,
                 version,
+                hop_limit,
             }) => {
                 let upper_proto = self.upper.as_ref().map_or(59, |u| u.proto());
                 let mut ext_bytes = Vec::new();
@@ -381,7 +393,7 @@ impl Packet {
                 b.extend_from_slice(&[version << 4, 0, 0, 0]);
                 b.extend_from_slice(&((ext_bytes.len() + upper.len()) as u16).to_be_bytes());
                 b.push(first);
-                b.push(64);
+                b.push(*hop_limit);
                 b.extend_from_slice(&src.octets());
                 b.extend_from_slice(&dst.octets());
                 let base = b.len();

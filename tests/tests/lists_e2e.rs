@@ -753,12 +753,32 @@ fn runtime_edits_block_with_expiry_and_survive_a_restart() {
         !reaches(&lab.attacker.ns, MAIL6, 22),
         "still blocked after the restart"
     );
+    // The block dropped the attacker's SYNs but not its neighbour discovery (as ARP is not
+    // dropped): its kernel knows the mail host's link address. Without it, the first connect
+    // after `block del` could fail with "No route to host".
+    let neighbour = lab.attacker.ns.run(&["ip", "-6", "neigh", "show", MAIL6]);
+    let neighbour = String::from_utf8_lossy(&neighbour.stdout);
+    assert!(
+        neighbour.contains("lladdr"),
+        "neighbour discovery works while blocked: {neighbour}"
+    );
     let out = mg.cli(&["block", "del", ATTACKER6]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(reaches(&lab.attacker.ns, MAIL6, 22), "unblocked at once");
+    let mail = addr(MAIL6, 22);
+    let connected = lab
+        .attacker
+        .ns
+        .spawn(move || {
+            std::net::TcpStream::connect_timeout(&mail, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("client thread");
+    assert_eq!(connected, Ok(()), "unblocked at once");
     println!("runtime: a 5 s block reopened after {reopened:?}; edits kept across a restart");
 }

@@ -152,6 +152,9 @@ impl GuardError {
 /// The loaded programs and maps.
 pub struct Guard {
     pub(super) ebpf: Ebpf,
+    /// The index tables, mapped on the first `policy_maps` and kept for the life of these
+    /// maps: mapping them again at every update would cost a ban most of its time.
+    mapped: Option<(IndexMaps, MappedArray<guard_common::V6Bucket>)>,
 }
 
 impl Guard {
@@ -305,7 +308,7 @@ impl Guard {
             program: names::SOCKOPS_PROGRAM,
             source,
         })?;
-        Ok(Guard { ebpf })
+        Ok(Guard { ebpf, mapped: None })
     }
 
     pub fn xdp(&self) -> Result<&Xdp, GuardError> {
@@ -363,16 +366,17 @@ impl Guard {
     /// The policy maps, for writing a configuration into them.
     pub fn policy_maps(&mut self) -> Result<PolicyMaps<&mut MapData>, GuardError> {
         let host = HostFacts::of_this_host()?;
-        // Mapped at every update. Keeping one mapping for the daemon's life saves 0.85 ms per
-        // ban; it was taken out on suspicion of a lists_e2e failure that also happens without
-        // it (under investigation).
-        let map = |name: &'static str| self.ebpf.map(name).ok_or(GuardError::MissingMap(name));
-        let index = IndexMaps::open(
-            map(names::V4_INDEX_16)?,
-            map(names::V4_INDEX_24)?,
-            map(names::V4_INDEX_32)?,
-        )?;
-        let v6_table = MappedArray::open(map(names::V6_TABLE)?, names::V6_TABLE, true)?;
+        if self.mapped.is_none() {
+            let map = |name: &'static str| self.ebpf.map(name).ok_or(GuardError::MissingMap(name));
+            let index = IndexMaps::open(
+                map(names::V4_INDEX_16)?,
+                map(names::V4_INDEX_24)?,
+                map(names::V4_INDEX_32)?,
+            )?;
+            let v6_table = MappedArray::open(map(names::V6_TABLE)?, names::V6_TABLE, true)?;
+            self.mapped = Some((index, v6_table));
+        }
+        let (index, v6_table) = self.mapped.clone().expect("mapped above");
         let [
             settings,
             ports,
