@@ -27,7 +27,14 @@ use std::{
 };
 
 /// The lab's network namespaces.
-pub const NAMESPACES: [&str; 4] = ["mg-switch", "mg-mail", "mg-client", "mg-attacker"];
+pub const NAMESPACES: [&str; 6] = [
+    "mg-switch",
+    "mg-mail",
+    "mg-client",
+    "mg-attacker",
+    "mg-mail2",
+    "mg-lapi",
+];
 /// A lab's directories, `PREFIX-<pid of the process that built the lab>`: its mailguard's pins
 /// in `/sys/fs/bpf/`, and its temporary directory in the system's.
 pub const LAB_DIR_PREFIX: &str = "mailguard-lab";
@@ -240,8 +247,8 @@ fn end_processes(pids: &[i32]) -> Vec<i32> {
     pids.iter().copied().filter(|&p| !gone(p)).collect()
 }
 
-/// Lab directories `parent/LAB_DIR_PREFIX-<pid>` whose process no longer runs (or is this one,
-/// when `own_too`).
+/// Lab directories `parent/LAB_DIR_PREFIX-<pid>` (or `-<pid>-<what>`: a second mail host's
+/// pins) whose process no longer runs (or is this one, when `own_too`).
 fn stale_dirs(parent: &Path, own_too: bool) -> Vec<PathBuf> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir(parent) else {
@@ -255,6 +262,8 @@ fn stale_dirs(parent: &Path, own_too: bool) -> Vec<PathBuf> {
             let pid: u32 = name
                 .strip_prefix(LAB_DIR_PREFIX)?
                 .strip_prefix('-')?
+                .split('-')
+                .next()?
                 .parse()
                 .ok()?;
             ((pid == own && own_too) || (pid != own && !running(pid as i32))).then(|| e.path())
@@ -309,6 +318,7 @@ mod tests {
         let _ = fs::remove_dir_all(&parent);
         for name in [
             format!("{LAB_DIR_PREFIX}-{ended}"),
+            format!("{LAB_DIR_PREFIX}-{ended}-mail2"),
             format!("{LAB_DIR_PREFIX}-{own}"),
             format!("{LAB_DIR_PREFIX}-{parent_pid}"),
             format!("{LAB_DIR_PREFIX}-not-a-pid"),
@@ -326,9 +336,16 @@ mod tests {
         };
         let (after_a_kill, at_an_interrupt) = (names(false), names(true));
         fs::remove_dir_all(&parent).expect("remove test directory");
-        assert_eq!(after_a_kill, [format!("{LAB_DIR_PREFIX}-{ended}")]);
+        assert_eq!(
+            after_a_kill,
+            [
+                format!("{LAB_DIR_PREFIX}-{ended}"),
+                format!("{LAB_DIR_PREFIX}-{ended}-mail2"),
+            ]
+        );
         let mut both = vec![
             format!("{LAB_DIR_PREFIX}-{ended}"),
+            format!("{LAB_DIR_PREFIX}-{ended}-mail2"),
             format!("{LAB_DIR_PREFIX}-{own}"),
         ];
         both.sort();

@@ -31,6 +31,14 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the peer of mailguard's bans in benchmarks (its postfix-sasl and dovecot jails)",
     ),
     (
+        "crowdsec",
+        "CrowdSec's Local API and cscli: the fleet mailguard bounces in the CrowdSec tests (offline: no Central API)",
+    ),
+    (
+        "crowdsec-firewall-bouncer",
+        "CrowdSec's own nftables bouncer, the peer of mailguard's in benchmarks",
+    ),
+    (
         "python3-pyinotify",
         "fail2ban's fastest file backend (inotify), so that it is measured at its best",
     ),
@@ -295,6 +303,24 @@ fn debian_packages() -> Result<()> {
                 format!("writing {}: {e}", policy.display()),
             )
         })?;
+    }
+    // CrowdSec's package registers with its Central API while it installs, unless a
+    // credentials file is already there; these machines are offline (and the tests run their
+    // own Local API), so one that says so is put there first.
+    if missing.contains(&"crowdsec") {
+        let capi = Path::new("/etc/crowdsec/online_api_credentials.yaml");
+        if !capi.exists() || fs::metadata(capi).is_ok_and(|m| m.len() == 0) {
+            fs::create_dir_all("/etc/crowdsec")
+                .and_then(|()| {
+                    fs::write(
+                        capi,
+                        "# mailguard setup: this host does not register with CrowdSec's Central API\n",
+                    )
+                })
+                .map_err(|e| {
+                    TaskError::step("Debian packages", format!("writing {}: {e}", capi.display()))
+                })?;
+        }
     }
     let installed = run("Debian packages", "apt-get", &args, &env);
     if ours {

@@ -105,6 +105,20 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
+        what: "CrowdSec: two mail hosts bouncing one real LAPI: cscli decisions (ip, range, IPv4, IPv6), what is never blocked, the LAPI stopped and back, a refused key, 100,000 decisions",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "crowdsec_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
         what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic; the demo interrupted and killed",
         args: &[
             "test",

@@ -10,6 +10,7 @@ use crate::{
     config::durations::human_duration,
     daemon::bans::BanSummary,
     daemon::budget_view::BudgetView,
+    daemon::crowdsec::CrowdsecSummary,
     daemon::state::RunState,
     kernel::guard::Counters,
 };
@@ -49,6 +50,8 @@ pub struct Status {
     pub lists: Vec<ListStatus>,
     /// The bans from the mail logs, when enabled.
     pub bans: Option<BanSummary>,
+    /// The CrowdSec bouncer, when `[crowdsec]` is enabled (or its decisions still in force).
+    pub crowdsec: Option<CrowdsecSummary>,
     /// Seconds since the Unix epoch when this status was taken.
     pub now: u64,
 }
@@ -97,6 +100,7 @@ impl Status {
         };
         Status {
             bans: state.bans.clone(),
+            crowdsec: state.crowdsec.clone(),
             mx_only: state.mx_only,
             lists,
             now,
@@ -203,8 +207,73 @@ impl Status {
         if let Some(bans) = &self.bans {
             out.push_str(&render_bans(bans, self.now));
         }
+        if let Some(c) = &self.crowdsec {
+            out.push_str(&render_crowdsec(c, self.now));
+        }
         out
     }
+}
+
+/// The CrowdSec section of `status`.
+pub fn render_crowdsec(c: &CrowdsecSummary, now: u64) -> String {
+    let mut out = String::new();
+    let total: usize = c.by_origin.values().sum();
+    let origins = c
+        .by_origin
+        .iter()
+        .map(|(o, n)| format!("{o} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "\ncrowdsec: {total} decisions in force{} from {}",
+        if origins.is_empty() {
+            String::new()
+        } else {
+            format!(" ({origins})")
+        },
+        c.lapi_url
+    );
+    let _ = writeln!(
+        out,
+        "  last sync: {}; syncs {} full, {} delta; failures {}{}",
+        c.last_sync.map_or("never".to_string(), |t| format!(
+            "{} ago",
+            human_duration(now.saturating_sub(t))
+        )),
+        c.full_syncs,
+        c.delta_syncs,
+        c.failures,
+        if c.failures_in_a_row > 0 {
+            format!(" ({} in a row)", c.failures_in_a_row)
+        } else {
+            String::new()
+        },
+    );
+    if let Some(e) = &c.last_error {
+        let _ = writeln!(out, "  last error: {e}");
+    }
+    if let Some(a) = &c.agent {
+        let _ = writeln!(
+            out,
+            "  this host's bans pushed: {}, waiting {}, failed pushes {}{}",
+            a.pushed,
+            a.queued,
+            a.failures,
+            a.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (last: {e})"))
+        );
+    }
+    let spared: u64 = c.spared.values().sum();
+    if spared + c.not_taken + c.bad > 0 {
+        let _ = writeln!(
+            out,
+            "  not enforced: {spared} spared (must never be blocked), {} not for mailguard, {} unreadable",
+            c.not_taken, c.bad
+        );
+    }
+    out
 }
 
 /// The bans section of `status` (and of `top`).

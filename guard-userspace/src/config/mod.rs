@@ -12,6 +12,7 @@ use std::{
 
 pub mod bans;
 pub mod budgets;
+pub mod crowdsec;
 pub mod durations;
 pub mod lists;
 mod values;
@@ -58,6 +59,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Bans from what Postfix and Dovecot see.
     pub bans: crate::config::bans::Bans,
+    /// Decisions of a CrowdSec Local API, enforced as block list entries.
+    pub crowdsec: crate::config::crowdsec::Crowdsec,
 }
 
 /// Where the metrics endpoint listens by default: loopback only.
@@ -128,6 +131,7 @@ impl Default for Config {
             lists: crate::config::lists::Lists::default(),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("a socket address")),
             bans: crate::config::bans::Bans::default(),
+            crowdsec: crate::config::crowdsec::Crowdsec::default(),
         }
     }
 }
@@ -218,6 +222,7 @@ struct RawConfig {
     lists: Option<crate::config::lists::RawLists>,
     metrics: Option<RawMetrics>,
     bans: Option<crate::config::bans::RawBans>,
+    crowdsec: Option<Spanned<crate::config::crowdsec::RawCrowdsec>>,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +477,7 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         }
     };
 
+    let bans = crate::config::bans::validate(raw.bans, place)?;
     let config = Config {
         interface,
         attach_mode: raw.attach_mode.unwrap_or(defaults.attach_mode),
@@ -482,7 +488,8 @@ fn validate(raw: RawConfig, place: &Place) -> Result<(Config, Vec<Warning>), Con
         budgets: crate::config::budgets::validate(raw.budgets, place)?,
         mx_only: raw.mx_only.unwrap_or(false),
         lists: crate::config::lists::validate(raw.lists, place)?,
-        bans: crate::config::bans::validate(raw.bans, place)?,
+        crowdsec: crate::config::crowdsec::validate(raw.crowdsec, place, &bans.rules)?,
+        bans,
         metrics_listen: match raw.metrics.and_then(|m| m.listen) {
             None => defaults.metrics_listen,
             Some(s) if s.get_ref().is_empty() => None,

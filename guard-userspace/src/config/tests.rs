@@ -262,3 +262,60 @@ fn invalid_utf8_is_placed_and_huge_values_are_not_echoed() {
     assert!(err.len() < 200, "{} bytes of error", err.len());
     assert!(err.contains("more bytes"), "{err}");
 }
+
+#[test]
+fn crowdsec_section_parses_and_its_errors_name_their_place() {
+    let c = parse(
+        "[crowdsec]\nenabled = true\nlapi_url = \"http://198.18.0.9:8080/\"\n\
+         bouncer_key_file = \"/etc/mailguard/crowdsec.key\"\npoll_interval = \"2s\"\n\
+         scopes = [\"Ip\"]\norigins = [\"cscli\", \"crowdsec\"]\n",
+    )
+    .expect("a good section");
+    assert!(c.crowdsec.enabled);
+    assert_eq!(c.crowdsec.lapi_url, "http://198.18.0.9:8080");
+    assert_eq!(c.crowdsec.poll_interval, 2);
+    assert_eq!(c.crowdsec.resync_interval, 3600);
+    assert_eq!(c.crowdsec.scopes, vec![crowdsec::Scope::Ip]);
+    assert_eq!(c.crowdsec.origins, vec!["cscli", "crowdsec"]);
+    let d = parse("[crowdsec]\nenabled = true\n").unwrap().crowdsec;
+    assert_eq!(d.lapi_url, "http://127.0.0.1:8080", "CrowdSec's own default");
+    assert_eq!(d.bouncer_key_file, std::path::Path::new("/etc/mailguard/crowdsec.key"));
+    assert!(!d.agent(), "no machine: nothing pushed");
+    assert!(!parse("").unwrap().crowdsec.enabled);
+    let cases = [
+        (
+            "[crowdsec]\nlapi_url = \"198.18.0.9:8080\"\n",
+            "t.toml:2:12: `crowdsec.lapi_url`: `198.18.0.9:8080` is not a LAPI address",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://198.18.0.9:8080/v1\"\n",
+            "t.toml:2:12: `crowdsec.lapi_url`: `http://198.18.0.9:8080/v1` is not a LAPI address",
+        ),
+        (
+            "[crowdsec]\nbouncer_key_file = \"crowdsec.key\"\n",
+            "t.toml:2:20: `crowdsec.bouncer_key_file`: `crowdsec.key` is not an absolute path",
+        ),
+        (
+            "[crowdsec]\npoll_interval = \"2h\"\n",
+            "t.toml:2:17: `crowdsec.poll_interval`: `2h` is out of range (1s to 3600s)",
+        ),
+        (
+            "[crowdsec]\npoll_interval = \"1m\"\nresync_interval = \"30s\"\n",
+            "t.toml:3:19: `crowdsec.resync_interval`: `30s` is out of range (60s to 604800s)",
+        ),
+        (
+            "[crowdsec]\nscopes = [\"ip\", \"country\"]\n",
+            "t.toml:2:17: `crowdsec.scopes[1]`: `country` is not a scope mailguard enforces",
+        ),
+        ("[crowdsec]\nscopes = []\n", "`crowdsec.scopes`: no scope"),
+        (
+            "[crowdsec]\norigins = [\"a b\"]\n",
+            "t.toml:2:12: `crowdsec.origins[0]`: `a b` is not an origin name",
+        ),
+        ("[crowdsec]\nkey = \"secret\"\n", "unknown field `key`"),
+    ];
+    for (text, message) in cases {
+        let e = parse(text).unwrap_err();
+        assert!(e.contains(message), "{text}: {e}");
+    }
+}

@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -18,11 +17,12 @@ use crate::{
     config::Config,
     config::bans::Bans,
     daemon::lockout,
+    daemon::spare::{self, SURROUNDINGS_MAX_AGE, Surroundings},
     feeds::{
         auth_policy::{BannedSet, PolicyCounts, PolicyServer},
         ban_sources::{Batch, Inbox, LogSources, Position, SourceKind},
         ban_state::{Ban, BanState},
-        bans::{Judge, Spared, Verdict},
+        bans::{Judge, Verdict},
         maillog::{EventKind, Parsed},
     },
     kernel::policy::AddrList,
@@ -90,6 +90,8 @@ pub struct Drained {
     pub banned: bool,
     /// The earliest read time of the events that banned, for the time from event to ban.
     pub first_read: Option<Instant>,
+    /// The new bans, for the CrowdSec agent to share.
+    pub new_bans: Vec<crate::feeds::crowdsec::agent::Finding>,
 }
 
 pub struct BanKeeper {
@@ -109,30 +111,6 @@ pub struct BanKeeper {
     surroundings: Option<Surroundings>,
     /// New bans not yet in the maps (their write failed): written again on the next turn.
     unwritten: bool,
-}
-
-/// What spares a net besides the lists, read at `at`.
-struct Surroundings {
-    at: Instant,
-    sessions: Vec<lockout::Session>,
-    own: Vec<IpAddr>,
-}
-
-/// How old the surroundings may get before they are read again.
-const SURROUNDINGS_MAX_AGE: Duration = Duration::from_secs(2);
-
-fn overlaps(list: &AddrList, net: &IpNet) -> bool {
-    let hit = |p: IpNet| p.contains(net) || net.contains(&p);
-    match net {
-        IpNet::V4(_) => list
-            .v4
-            .keys()
-            .any(|(len, a)| IpNet::new(IpAddr::from(*a), *len as u8).is_ok_and(hit)),
-        IpNet::V6(_) => list
-            .v6
-            .keys()
-            .any(|(len, a)| IpNet::new(IpAddr::from(*a), *len as u8).is_ok_and(hit)),
-    }
 }
 
 impl BanKeeper {
@@ -287,6 +265,7 @@ impl BanKeeper {
             counted: false,
             banned: std::mem::take(&mut self.unwritten),
             first_read: None,
+            new_bans: Vec::new(),
         };
         let Some(inbox) = &self.inbox else {
             return drained;
@@ -302,7 +281,6 @@ impl BanKeeper {
             self.refresh_surroundings(live);
         }
         let around = self.surroundings.as_ref().expect("just read");
-        let (sessions, own) = (&around.sessions, &around.own);
         let auth_from_policy = self.settings.auth_from_policy();
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for batch in batches {
@@ -329,26 +307,7 @@ impl BanKeeper {
                     .events
                     .entry(format!("{}/{}", batch.kind.name(), event.kind.name()))
                     .or_default() += 1;
-                let spare = |net: &IpNet| -> Option<Spared> {
-                    if net.addr().is_loopback() || net.addr().is_unspecified() {
-                        return Some(Spared::Local);
-                    }
-                    // A prefix rule must not ban the host's own network (its neighbours, its
-                    // gateway, its other servers).
-                    if own.iter().any(|a| net.contains(a)) {
-                        return Some(Spared::Local);
-                    }
-                    if overlaps(mx_allow, net) {
-                        return Some(Spared::MxAllow);
-                    }
-                    if overlaps(trusted, net) {
-                        return Some(Spared::Trusted);
-                    }
-                    if sessions.iter().any(|s| net.contains(&s.remote.ip())) {
-                        return Some(Spared::LiveSession);
-                    }
-                    None
-                };
+                let spare = |net: &IpNet| spare::why(net, around, mx_allow, trusted);
                 for verdict in self.judge.observe(event, now, &spare) {
                     match verdict {
                         Verdict::Ban {
@@ -365,6 +324,15 @@ impl BanKeeper {
                             );
                             *counts.bans.entry(rule.clone()).or_default() += 1;
                             let until = now.saturating_add(seconds);
+                            drained
+                                .new_bans
+                                .push(crate::feeds::crowdsec::agent::Finding {
+                                    net,
+                                    rule: rule.clone(),
+                                    since: now,
+                                    seconds,
+                                    strike,
+                                });
                             self.recent.push(RecentBan {
                                 net,
                                 rule: rule.clone(),
@@ -394,7 +362,7 @@ impl BanKeeper {
                                 "bans: rule {rule} fired for {net} ({} from {}), NOT banned: {}",
                                 event.kind.name(),
                                 batch.kind.name(),
-                                spared_why(why),
+                                spare::explain(why),
                             );
                             *counts
                                 .spared
@@ -442,11 +410,7 @@ impl BanKeeper {
         {
             return;
         }
-        self.surroundings = Some(Surroundings {
-            at: Instant::now(),
-            sessions: live(),
-            own: host_addresses(),
-        });
+        self.surroundings = Some(Surroundings::read(live));
     }
 
     /// Writing the maps for new bans failed: the next turn writes them again.
@@ -491,7 +455,7 @@ impl BanKeeper {
         let lifted: Vec<IpNet> = state
             .bans
             .keys()
-            .filter(|n| overlaps(mx_allow, n) || overlaps(trusted, n))
+            .filter(|n| spare::overlaps(mx_allow, n) || spare::overlaps(trusted, n))
             .copied()
             .collect();
         for net in &lifted {
@@ -570,77 +534,5 @@ impl BanKeeper {
 
     pub fn enabled(&self) -> bool {
         self.settings.enabled
-    }
-}
-
-/// The addresses of this host's interfaces (in its network namespace).
-fn host_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return out;
-    }
-    let mut at = list;
-    while !at.is_null() {
-        // SAFETY: `at` is an entry of the list getifaddrs made, valid until freeifaddrs.
-        let entry = unsafe { &*at };
-        if !entry.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr of the family it names.
-            match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
-                libc::AF_INET => {
-                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                    out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
-                }
-                libc::AF_INET6 => {
-                    let sa = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
-                    out.push(IpAddr::from(sa.sin6_addr.s6_addr));
-                }
-                _ => {}
-            }
-        }
-        at = entry.ifa_next;
-    }
-    // SAFETY: frees the list getifaddrs made, once.
-    unsafe { libc::freeifaddrs(list) };
-    out
-}
-
-fn spared_why(why: Spared) -> &'static str {
-    match why {
-        Spared::Local => {
-            "the host itself or its own network (a ban there would cut its neighbours and gateway)"
-        }
-        Spared::MxAllow => "in the MX allowlist (the filtering provider relays everyone's mail)",
-        Spared::Trusted => "a trusted source",
-        Spared::LiveSession => "it holds a live session of the operator",
-        Spared::Monitor => "monitor mode",
-        Spared::Capped => "over the cap on bans (bans.max_per_minute or bans.max_active)",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_host_s_addresses_include_loopback() {
-        assert!(host_addresses().contains(&IpAddr::from([127, 0, 0, 1])));
-    }
-
-    #[test]
-    fn a_ban_overlapping_a_list_entry_either_way_is_found() {
-        let mut list = AddrList::default();
-        list.insert(&"198.18.5.0/24".parse().unwrap(), 0);
-        list.insert(&"2001:db8:1::/48".parse().unwrap(), 0);
-        for (net, hit) in [
-            ("198.18.5.7/32", true),
-            ("198.18.0.0/16", true),
-            ("198.18.6.0/24", false),
-            ("2001:db8:1:2::/64", true),
-            ("2001:db8:2::/64", false),
-        ] {
-            assert_eq!(overlaps(&list, &net.parse().unwrap()), hit, "{net}");
-        }
     }
 }

@@ -23,6 +23,7 @@ use prometheus_client::{
 use crate::{
     daemon::bans::{BanSummary, LATENCY_BUCKETS},
     daemon::budget_view::BudgetView,
+    daemon::crowdsec::CrowdsecSummary,
     daemon::state::{self, Dirs, RunState},
 };
 
@@ -145,6 +146,72 @@ fn ban_metrics(enc: &mut DescriptorEncoder, bans: &BanSummary) -> Result<(), std
         c.latency_count,
         &buckets,
         None,
+    )
+}
+
+/// The CrowdSec bouncer's series: decisions in force by origin, syncs and failures, the last
+/// sync, and the decisions not enforced.
+fn crowdsec_metrics(
+    enc: &mut DescriptorEncoder,
+    c: &CrowdsecSummary,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        enc,
+        "mailguard_crowdsec_decisions",
+        "CrowdSec decisions in force in the block list, by origin (crowdsec, cscli, CAPI, lists, ...)",
+        c.by_origin
+            .iter()
+            .map(|(o, n)| (l(&[("origin", o)]), *n as f64)),
+    )?;
+    counter(
+        enc,
+        "mailguard_crowdsec_syncs",
+        "answers of the LAPI's decision stream taken into the maps, by kind (full, delta)",
+        [
+            (l(&[("kind", "full")]), c.full_syncs),
+            (l(&[("kind", "delta")]), c.delta_syncs),
+        ],
+    )?;
+    counter(
+        enc,
+        "mailguard_crowdsec_failures",
+        "reads of the LAPI that failed (unreachable, refused key, garbage) or answers the maps refused",
+        [(Labels::new(), c.failures)],
+    )?;
+    gauge(
+        enc,
+        "mailguard_crowdsec_last_sync_timestamp_seconds",
+        "when the last answer of the LAPI was taken into the maps (0: never)",
+        [(Labels::new(), c.last_sync.unwrap_or(0) as f64)],
+    )?;
+    if let Some(a) = &c.agent {
+        counter(
+            enc,
+            "mailguard_crowdsec_pushed",
+            "this host's bans pushed to the LAPI as alerts (the agent)",
+            [(Labels::new(), a.pushed)],
+        )?;
+        counter(
+            enc,
+            "mailguard_crowdsec_push_failures",
+            "pushes of this host's bans that failed (the bans wait and are sent again)",
+            [(Labels::new(), a.failures)],
+        )?;
+        gauge(
+            enc,
+            "mailguard_crowdsec_push_queue",
+            "this host's bans waiting to be pushed",
+            [(Labels::new(), a.queued as f64)],
+        )?;
+    }
+    counter(
+        enc,
+        "mailguard_crowdsec_not_enforced",
+        "decisions not enforced, by why (local, mx_allow, trusted, live_session: must never be blocked; not_taken: another type, scope or origin; unreadable)",
+        c.spared.iter().map(|(w, n)| (l(&[("why", w)]), *n)).chain([
+            (l(&[("why", "not_taken")]), c.not_taken),
+            (l(&[("why", "unreadable")]), c.bad),
+        ]),
     )
 }
 
@@ -273,6 +340,9 @@ impl Collector for MapCollector {
             )?;
             if let Some(bans) = &state.bans {
                 ban_metrics(&mut enc, bans)?;
+            }
+            if let Some(c) = &state.crowdsec {
+                crowdsec_metrics(&mut enc, c)?;
             }
         }
         match state::pinned_counters(&self.dirs) {

@@ -6,6 +6,9 @@
 //! - `signals`: how the daemon waits for signals, requests and link events
 //! - `state`: the run directory and the state file other commands read
 //! - `lockout`: the live sessions a change would cut (refused unless forced)
+//! - `spare`: what a ban or a remote decision must never block
+//! - `bans`: the bans from the mail logs and Dovecot's policy reports
+//! - `crowdsec`: a CrowdSec Local API's decisions, enforced
 //! - `budget_view`: the budgets as they stand in the pinned maps
 //! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
 
@@ -13,10 +16,12 @@ pub mod bans;
 pub mod budget_view;
 pub mod confirm;
 pub mod control;
+pub mod crowdsec;
 pub mod lockout;
 pub mod metrics;
 pub mod metrics_server;
 pub mod run;
 mod serve;
 pub mod signals;
+pub mod spare;
 pub mod state;

@@ -19,6 +19,7 @@ use crate::{
     config::{self, Config, ConfigError, Warning},
     daemon::bans::BanKeeper,
     daemon::confirm::{self, AtStart, UndoKind},
+    daemon::crowdsec::CrowdsecKeeper,
     daemon::lockout,
     daemon::metrics::{self, DaemonFacts},
     daemon::signals::Signals,
@@ -230,6 +231,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
         }) => {
             let facts = Arc::new(DaemonFacts::default());
             let bans = BanKeeper::start(&config, &mut keeper.bans);
+            let crowdsec = CrowdsecKeeper::start(&config.crowdsec);
             raise_open_files_limit();
             if let Some(listen) = config.metrics_listen {
                 let cpus = crate::kernel::policy::HostFacts::of_this_host().map_or(1, |h| h.cpus);
@@ -249,6 +251,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 pending: None,
                 keeper,
                 bans,
+                crowdsec,
                 bans_published: Instant::now(),
                 bans_unpublished: false,
                 contents,
@@ -389,6 +392,7 @@ pub(super) fn start(
         kernel_degraded: KernelFeatures::probed().degraded.clone(),
         detached_since: None,
         bans: None,
+        crowdsec: None,
     };
     state.write(&opts.dirs)?;
     log::info!(

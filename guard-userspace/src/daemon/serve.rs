@@ -15,6 +15,7 @@ use crate::{
     daemon::bans::BanKeeper,
     daemon::confirm::{self, UndoKind},
     daemon::control::{ControlServer, Request, Response, answer},
+    daemon::crowdsec::CrowdsecKeeper,
     daemon::lockout,
     daemon::metrics::DaemonFacts,
     daemon::signals::Signals,
@@ -62,6 +63,7 @@ pub(super) struct Daemon<'a> {
     pub(super) keeper: ListKeeper,
     /// Bans from the mail logs and Dovecot's policy reports.
     pub(super) bans: BanKeeper,
+    pub(super) crowdsec: CrowdsecKeeper,
     /// When the state file was last written (for the bans it is written at most 4 times a
     /// second), and whether the bans changed since.
     pub(super) bans_published: Instant,
@@ -100,6 +102,7 @@ impl Daemon<'_> {
                 .map(ControlServer::fd)
                 .chain(self.links.as_ref().map(LinkWatch::fd))
                 .chain(self.bans.fd())
+                .chain(self.crowdsec.fd())
                 .collect();
             if let Some(sig) = signals.wait(timeout, &wake).map_err(RunError::Signals)? {
                 if sig == libc::SIGHUP {
@@ -132,6 +135,7 @@ impl Daemon<'_> {
                 }
             }
             self.keep_bans();
+            self.keep_crowdsec();
             self.follow_interface();
             self.keep_lists()?;
             if self
@@ -195,6 +199,7 @@ impl Daemon<'_> {
             &self.contents.trusted,
             &live,
         );
+        self.crowdsec.share(drained.new_bans);
         if drained.banned {
             let writing = Instant::now();
             match self.sync_maps() {
@@ -220,6 +225,60 @@ impl Daemon<'_> {
         self.bans_unpublished |= drained.counted;
         if self.bans_unpublished && self.bans_published.elapsed() >= Duration::from_millis(250) {
             self.publish();
+        }
+    }
+
+    /// Takes the LAPI's answers: each is written into the maps as a swap; one the maps cannot
+    /// take (more entries than the block list holds) is refused whole, and the decisions in
+    /// force stay.
+    fn keep_crowdsec(&mut self) {
+        let ports = lockout::watched_ports(&[&self.config]);
+        let live = || lockout::live_sessions(&ports);
+        let (pending, came) = self.crowdsec.drain(
+            &self.keeper.crowdsec,
+            &self.contents.mx_allow,
+            &self.contents.trusted,
+            &live,
+        );
+        // The state file (`status`, the metrics) shows the outcome within a quarter second.
+        self.bans_unpublished |= came;
+        let mut changed = false;
+        for p in pending {
+            if p.full || p.next != self.keeper.crowdsec {
+                let writing = Instant::now();
+                let before = std::mem::replace(&mut self.keeper.crowdsec, p.next.clone());
+                match self.sync_maps() {
+                    Ok(()) => {
+                        self.crowdsec.applied(&p, writing.elapsed());
+                        if before != self.keeper.crowdsec {
+                            log::info!(
+                                "crowdsec: {} decisions in force ({} answer applied in {:.1} ms)",
+                                self.keeper.crowdsec.decisions.len(),
+                                if p.full { "full" } else { "delta" },
+                                writing.elapsed().as_secs_f64() * 1000.0
+                            );
+                            changed = true;
+                        }
+                    }
+                    Err(e) => {
+                        self.keeper.crowdsec = before;
+                        self.crowdsec.refused(e.to_string());
+                        // What the maps hold now is what they held (the swap failed before
+                        // writing, or was read back): write the set in force again.
+                        if let Err(e) = self.sync_maps() {
+                            log::error!("crowdsec: restoring the decisions in force: {e}");
+                        }
+                        // Later answers build on the refused one: the next full read sets
+                        // things right.
+                        break;
+                    }
+                }
+            } else {
+                self.crowdsec.applied(&p, Duration::ZERO);
+            }
+        }
+        if changed {
+            self.keeper.save_crowdsec(&self.config.lists);
         }
     }
 
@@ -461,6 +520,7 @@ impl Daemon<'_> {
             written?;
         }
         if self.keeper.expire(&self.config.lists) {
+            self.crowdsec.recount(&self.keeper.crowdsec);
             self.bans.publish_banned(&self.keeper.bans);
             self.bans.touched();
             self.sync_maps()?;
@@ -527,6 +587,9 @@ impl Daemon<'_> {
             .bans
             .enabled()
             .then(|| self.bans.summary(&self.keeper.bans));
+        self.state.crowdsec = (self.crowdsec.enabled()
+            || !self.keeper.crowdsec.decisions.is_empty())
+        .then(|| self.crowdsec.summary());
         self.bans_published = Instant::now();
         self.bans_unpublished = false;
         if let Err(e) = self.state.write(&self.opts.dirs) {
@@ -618,6 +681,9 @@ impl Daemon<'_> {
             self.keeper.refresh_soon();
         }
         if let Some(note) = self.bans.reload(&self.config, &mut self.keeper.bans) {
+            notes.push(note);
+        }
+        if let Some(note) = self.crowdsec.reload(&self.config.crowdsec) {
             notes.push(note);
         }
         self.lift_exempt_bans();

@@ -61,6 +61,9 @@ pub struct RunState {
     /// The bans from the mail logs, when `[bans]` is enabled.
     #[serde(default)]
     pub bans: Option<crate::daemon::bans::BanSummary>,
+    /// The CrowdSec bouncer, when `[crowdsec]` is enabled.
+    #[serde(default)]
+    pub crowdsec: Option<crate::daemon::crowdsec::CrowdsecSummary>,
 }
 
 #[derive(Debug, thiserror::Error)]

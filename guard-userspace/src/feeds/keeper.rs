@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use crate::{
     config::lists::{ListName, Lists},
     feeds::ban_state::BanState,
+    feeds::crowdsec::decisions::DecisionSet,
     feeds::saved::{self, ListEntry, ListState, now_unix},
     feeds::spf,
     kernel::policy::Extra,
@@ -37,6 +38,8 @@ pub struct ListKeeper {
     pub state: ListState,
     /// Bans from the mail logs (`bans.json`): block list entries with an end.
     pub bans: BanState,
+    /// A CrowdSec LAPI's decisions in force (`crowdsec.json`): block list entries with an end.
+    pub crowdsec: DecisionSet,
     fetching: Option<(mpsc::Receiver<Outcome>, bool)>,
     next_refresh: Instant,
     waiting: Vec<UnixStream>,
@@ -65,56 +68,81 @@ impl ListKeeper {
             .unwrap_or_else(|e| unreadable(e, "starting from the configuration's entries only"));
         let bans = BanState::load(&config.state_dir)
             .unwrap_or_else(|e| unreadable(e, "starting without the bans it held"));
+        let crowdsec = DecisionSet::load(&config.state_dir).unwrap_or_else(|e| {
+            unreadable(
+                e,
+                "starting without the CrowdSec decisions it held (the LAPI gives them again)",
+            )
+        });
         ListKeeper {
             state,
             bans,
+            crowdsec,
             fetching: None,
             next_refresh: Instant::now(),
             waiting: Vec::new(),
         }
     }
 
-    /// The entries beyond the configuration's, for the maps: fetched and run-time ones, and
-    /// the bans in force.
+    /// The entries beyond the configuration's, for the maps: fetched and run-time ones, the
+    /// bans and the CrowdSec decisions in force.
     pub fn extra(&self, config: &Lists) -> Extra {
         let now = now_unix();
         let mut extra = self.state.extra(config, now);
         let block = extra.entry(ListName::Block).or_default();
-        for (net, ban) in self.bans.bans.iter().filter(|(_, b)| b.until > now) {
+        let timed = self
+            .bans
+            .bans
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(net, b)| (*net, b.until))
+            .chain(
+                self.crowdsec
+                    .in_force(now)
+                    .into_iter()
+                    .map(|(net, (until, _))| (net, until)),
+            );
+        for (net, until) in timed {
             // An entry for ever (0) stays for ever; of two ends, the later.
             block
-                .entry(*net)
-                .and_modify(|e| *e = if *e == 0 { 0 } else { (*e).max(ban.until) })
-                .or_insert(ban.until);
+                .entry(net)
+                .and_modify(|e| *e = if *e == 0 { 0 } else { (*e).max(until) })
+                .or_insert(until);
         }
         extra
     }
 
-    /// Every entry of `list` with its origins, the bans (`ban:RULE`) among them.
+    /// Every entry of `list` with its origins, the bans (`ban:RULE`) and CrowdSec decisions
+    /// (`crowdsec:ORIGIN`) among them.
     pub fn entries(&self, config: &Lists, list: ListName) -> Vec<ListEntry> {
         let now = now_unix();
-        let mut entries = self.state.entries(config, list, now);
+        let entries = self.state.entries(config, list, now);
         if list != ListName::Block {
             return entries;
         }
-        for (net, ban) in self.bans.bans.iter().filter(|(_, b)| b.until > now) {
-            let origin = format!("ban:{}", ban.rule);
-            match entries.iter_mut().find(|e| e.cidr == *net) {
-                Some(e) => {
-                    e.origins.push(origin);
-                    e.expires = e.expires.map(|x| x.max(ban.until));
-                    e.ban = Some(ban.clone());
+        let mut by_net: std::collections::BTreeMap<IpNet, ListEntry> =
+            entries.into_iter().map(|e| (e.cidr, e)).collect();
+        let mut add =
+            |net: IpNet, origin: String, until: u64, ban: Option<&crate::feeds::ban_state::Ban>| {
+                let e = by_net.entry(net).or_insert_with(|| ListEntry {
+                    cidr: net,
+                    origins: Vec::new(),
+                    expires: Some(until),
+                    ban: None,
+                });
+                e.origins.push(origin);
+                e.expires = e.expires.map(|x| x.max(until));
+                if let Some(b) = ban {
+                    e.ban = Some(b.clone());
                 }
-                None => entries.push(ListEntry {
-                    cidr: *net,
-                    origins: vec![origin],
-                    expires: Some(ban.until),
-                    ban: Some(ban.clone()),
-                }),
-            }
+            };
+        for (net, ban) in self.bans.bans.iter().filter(|(_, b)| b.until > now) {
+            add(*net, format!("ban:{}", ban.rule), ban.until, Some(ban));
         }
-        entries.sort_by_key(|e| e.cidr);
-        entries
+        for (net, (until, origins)) in self.crowdsec.in_force(now) {
+            add(net, format!("crowdsec:{}", origins.join("+")), until, None);
+        }
+        by_net.into_values().collect()
     }
 
     /// Whether a refresh is running.
@@ -134,7 +162,17 @@ impl ListKeeper {
             self.save(config);
         }
         // The bans' file is saved by the daemon's ban keeper, with the logs' places.
-        changed | self.bans.expire(now_unix())
+        let decisions = self.crowdsec.expire(now_unix());
+        if decisions {
+            self.save_crowdsec(config);
+        }
+        changed | self.bans.expire(now_unix()) | decisions
+    }
+
+    pub fn save_crowdsec(&self, config: &Lists) {
+        if let Err(e) = self.crowdsec.save(&config.state_dir) {
+            log::error!("crowdsec: {e}");
+        }
     }
 
     pub fn save(&self, config: &Lists) {

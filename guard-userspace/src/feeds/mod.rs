@@ -13,11 +13,13 @@
 //!   hand their events to the daemon
 //! - `auth_policy`: Dovecot's authentication policy service, answered
 //! - `ban_state`: the bans in force, the sources' places and the rules' counts (`bans.json`)
+//! - `crowdsec`: a CrowdSec Local API's decisions (the stream read, checked and kept)
 
 pub mod auth_policy;
 pub mod ban_sources;
 pub mod ban_state;
 pub mod bans;
+pub mod crowdsec;
 pub mod dns;
 pub mod follow;
 pub mod journal;

@@ -68,6 +68,28 @@ pub struct Mailguard {
 impl Mailguard {
     pub fn start(ns: &Netns, lab_dir: &Path, config: &Path, extra_args: &[&str]) -> Mailguard {
         let pin_dir = leftovers::pin_dir_of(std::process::id());
+        Mailguard::start_with(ns, lab_dir, config, extra_args, pin_dir)
+    }
+
+    /// A mailguard on interface `iface` of `ns`, with its run directory under `dir` and its
+    /// pins in `pin_dir` (a second mail host's).
+    pub fn start_on(
+        ns: &Netns,
+        dir: &Path,
+        config: &Path,
+        iface: &str,
+        pin_dir: PathBuf,
+    ) -> Mailguard {
+        Mailguard::start_with(ns, dir, config, &["--iface", iface], pin_dir)
+    }
+
+    fn start_with(
+        ns: &Netns,
+        lab_dir: &Path,
+        config: &Path,
+        extra_args: &[&str],
+        pin_dir: PathBuf,
+    ) -> Mailguard {
         let run_dir = lab_dir.join("run");
         let mut cmd = ns.command(mailguard_bin().to_str().expect("UTF-8 path"));
         cmd.arg("--pin-dir")

@@ -30,10 +30,12 @@ use crate::{
     netns::{Netns, sh},
 };
 
+pub mod crowdsec;
 pub mod daemon;
 pub mod floods;
 pub mod probes;
 pub mod services;
+pub use crowdsec::*;
 pub use daemon::*;
 pub use floods::*;
 pub use probes::*;
@@ -45,6 +47,12 @@ pub const CLIENT4: &str = "198.18.0.2";
 pub const CLIENT6: &str = "2001:db8::2";
 pub const ATTACKER4: &str = "198.18.0.66";
 pub const ATTACKER6: &str = "2001:db8::66";
+/// The fleet (`Lab::add_fleet`): a second mail host, and the host of CrowdSec's Local API.
+pub const MAIL2_4: &str = "198.18.0.3";
+pub const MAIL2_6: &str = "2001:db8::3";
+pub const MAIL2_IFACE: &str = "mg-mail20";
+pub const LAPI4: &str = "198.18.0.9";
+pub const LAPI6: &str = "2001:db8::9";
 
 /// The interface of the mail host that mailguard guards.
 pub const MAIL_IFACE: &str = "mg-mail0";
@@ -100,6 +108,13 @@ pub struct Lab {
     pub mail: Host,
     pub client: Host,
     pub attacker: Host,
+    /// The fleet, after `add_fleet`: a second mail host with its own mailguard, and the LAPI's
+    /// host. Dropped before the switch (fields drop in order).
+    pub mailguard2: Option<Mailguard>,
+    pub crowdsec: Option<CrowdsecLapi>,
+    pub mail2: Option<Host>,
+    pub lapi: Option<Host>,
+    _fleet_xdp: Option<aya::Ebpf>,
     pub switch: Netns,
     pub dir: TempDir,
     _lock: LabLock,
@@ -113,7 +128,7 @@ impl Lab {
         for line in leftovers::sweep(false) {
             println!("lab: leftovers of an earlier run that did not end cleanly: {line}");
         }
-        let [switch_ns, mail_ns, client_ns, attacker_ns] = leftovers::NAMESPACES;
+        let [switch_ns, mail_ns, client_ns, attacker_ns, _, _] = leftovers::NAMESPACES;
         let dir = TempDir::new(leftovers::LAB_DIR_PREFIX);
         let switch = Netns::create(switch_ns);
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -137,10 +152,71 @@ impl Lab {
             mail,
             client,
             attacker,
+            mailguard2: None,
+            crowdsec: None,
+            mail2: None,
+            lapi: None,
+            _fleet_xdp: None,
             switch,
             dir,
             _lock: lock,
         }
+    }
+
+    /// Adds the fleet: a second mail host (`MAIL2_4`, `MAIL2_6`) with a plain listener on 22,
+    /// and the host of CrowdSec's Local API (`LAPI4`, `LAPI6`), both on the switch.
+    pub fn add_fleet(&mut self) {
+        let [_, _, _, _, mail2_ns, lapi_ns] = leftovers::NAMESPACES;
+        let host = |name: &str, short: &str, v4: &'static str, v6: &'static str| {
+            let ns = Netns::create(name);
+            let iface = link_host(&self.switch, &ns, short, v4, v6);
+            Host { ns, iface, v4, v6 }
+        };
+        let mail2 = host(mail2_ns, "mail2", MAIL2_4, MAIL2_6);
+        let lapi = host(lapi_ns, "lapi", LAPI4, LAPI6);
+        assert_eq!(mail2.iface, MAIL2_IFACE);
+        self._fleet_xdp = Some(pass_on_switch_ports(&self.switch, &["sw-mail2", "sw-lapi"]));
+        self.listeners.push(Listener::tcp(&mail2.ns, SSH_PORT));
+        self.mail2 = Some(mail2);
+        self.lapi = Some(lapi);
+    }
+
+    /// Starts CrowdSec's Local API on the LAPI host (after `add_fleet`), with its database in
+    /// the lab directory; `restart_crowdsec` starts it again over the same database.
+    pub fn start_crowdsec(&mut self) -> &CrowdsecLapi {
+        let lapi = self.lapi.as_ref().expect("add_fleet first");
+        let c = CrowdsecLapi::start(&lapi.ns, &self.dir.path.join("crowdsec"), LAPI4);
+        self.crowdsec = Some(c);
+        self.crowdsec.as_ref().expect("just set")
+    }
+
+    /// Writes `config` (with a state directory of its own) and starts mailguard on the second
+    /// mail host with it.
+    pub fn start_mailguard2(&mut self, config: &str) -> &Mailguard {
+        let mail2 = self.mail2.as_ref().expect("add_fleet first");
+        let root = self.dir.path.join("mail2");
+        fs::create_dir_all(&root).expect("mail2 directory");
+        let config = if config.contains("state_dir") {
+            config.to_string()
+        } else {
+            let line = format!("state_dir = \"{}\"\n", root.join("state").display());
+            match config.find("[lists]\n") {
+                Some(at) => {
+                    let after = at + "[lists]\n".len();
+                    format!("{}{line}{}", &config[..after], &config[after..])
+                }
+                None => format!("{config}\n[lists]\n{line}"),
+            }
+        };
+        let path = root.join("mailguard.toml");
+        fs::write(&path, config).expect("write mailguard config");
+        let pin_dir = std::path::PathBuf::from(format!(
+            "{}-mail2",
+            leftovers::pin_dir_of(std::process::id()).display()
+        ));
+        let mg = Mailguard::start_on(&mail2.ns, &root, &path, MAIL2_IFACE, pin_dir);
+        self.mailguard2 = Some(mg);
+        self.mailguard2.as_ref().expect("just set")
     }
 
     /// Deletes the mail host's interface and makes it again, with the same name and addresses:

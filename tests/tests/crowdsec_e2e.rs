@@ -1,0 +1,503 @@
+//! Tier 3, CrowdSec: two mail hosts, each with its own mailguard, bouncers of one real
+//! CrowdSec Local API (Debian's `crowdsec` without agent or Central API, its database in the lab
+//! directory). `cscli decisions add` and `delete` for addresses and ranges, IPv4 and IPv6, reach
+//! both NICs within the poll interval plus a second; what must never be blocked is not; the
+//! LAPI stopped keeps the decisions in force, and restarted, the sync resumes; a refused key is
+//! named; a hundred thousand decisions.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{
+    lab::{
+        ATTACKER4, ATTACKER6, CLIENT4, CLIENT6, Lab, MAIL2_4, MAIL2_6, MAIL4, MAIL6, Mailguard,
+        SSH_PORT, addr, tcp_connects,
+    },
+    netns::Netns,
+};
+use serde_json::Value;
+
+/// The poll interval the hosts use here, in seconds.
+const POLL: u64 = 1;
+
+/// A host's configuration: SSH open, budgets that never refuse, the bouncer of `lapi` with the
+/// key in `key`; `extra`: more TOML.
+fn config(lapi: &str, key: &std::path::Path, iface: &str, extra: &str) -> String {
+    format!(
+        "interface = \"{iface}\"\nmail_ports = [25, 587]\n\
+         [[open_ports]]\nport = 22\n\
+         [budgets]\nsyn_ceiling = 0\n[budgets.mx]\nrate = 0\nmax_connections = 0\n\
+         [budgets.submission]\nrate = 0\nmax_connections = 0\n\
+         {extra}\n\
+         [crowdsec]\nenabled = true\nlapi_url = \"{lapi}\"\nbouncer_key_file = \"{}\"\n\
+         poll_interval = \"{POLL}s\"\n",
+        key.display()
+    )
+}
+
+/// A lab with the fleet and the LAPI running, and a bouncer key for each mail host; mailguard
+/// not started yet.
+fn fleet_without_guards() -> Lab {
+    let mut lab = Lab::create();
+    lab.add_fleet();
+    lab.listen(|l| &l.mail.ns, SSH_PORT);
+    lab.start_crowdsec();
+    for h in ["a", "b"] {
+        let file = lab.dir.path.join(format!("bouncer-{h}.key"));
+        lab.crowdsec
+            .as_ref()
+            .expect("started")
+            .bouncer_key(&format!("mailguard-{h}"), &file);
+    }
+    lab
+}
+
+/// Starts mailguard on both mail hosts (`extra` in both configurations).
+fn start_guards(lab: &mut Lab, extra: &str) {
+    let url = lab.crowdsec.as_ref().expect("started").url();
+    let key = |h: &str| lab.dir.path.join(format!("bouncer-{h}.key"));
+    let (a, b) = (
+        config(&url, &key("a"), "mg-mail0", extra),
+        config(&url, &key("b"), "mg-mail20", extra),
+    );
+    lab.start_mailguard(&a, &[]);
+    lab.start_mailguard2(&b);
+}
+
+/// The fleet with mailguard on both mail hosts.
+fn fleet(extra: &str) -> Lab {
+    let mut lab = fleet_without_guards();
+    start_guards(&mut lab, extra);
+    lab
+}
+
+fn quick(ns: &Netns, to: SocketAddr) -> bool {
+    tcp_connects(ns, to, Duration::from_millis(300))
+}
+
+/// The SSH ports of both hosts, over the family of `attacker_ip`.
+fn targets(v6: bool) -> [SocketAddr; 2] {
+    if v6 {
+        [addr(MAIL6, SSH_PORT), addr(MAIL2_6, SSH_PORT)]
+    } else {
+        [addr(MAIL4, SSH_PORT), addr(MAIL2_4, SSH_PORT)]
+    }
+}
+
+/// Waits until `ns` reaches both `to` (`open`) or neither; returns the time it took: when the
+/// last probe of the round that found it so began (a dropped probe waits out its timeout).
+fn until_both(ns: &Netns, to: [SocketAddr; 2], open: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut last_probe = Duration::ZERO;
+        let states = to.map(|t| {
+            last_probe = started.elapsed();
+            quick(ns, t)
+        });
+        if states.iter().all(|s| *s == open) {
+            return last_probe;
+        }
+        assert!(
+            started.elapsed() < within,
+            "after {within:?}, reachable: {states:?} (wanted {open} at both hosts)"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn crowdsec_status(mg: &Mailguard) -> Value {
+    mg.status()["crowdsec"].clone()
+}
+
+/// The block list's entries: (CIDR, origins).
+fn block_entries(mg: &Mailguard) -> Vec<(String, Vec<String>)> {
+    let out = mg.cli(&["block", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["cidr"].as_str().unwrap().to_string(),
+                e["origins"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cscli_decisions_reach_both_hosts_and_deletes_let_in() {
+    let lab = fleet("");
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    let attacker = &lab.attacker.ns;
+    let limit = Duration::from_secs(POLL + 1);
+    for (scope, value, v6) in [
+        ("--ip", ATTACKER4, false),
+        ("--ip", ATTACKER6, true),
+        ("--range", "198.18.0.64/26", false),
+        ("--range", "2001:db8::64/126", true),
+    ] {
+        until_both(attacker, targets(v6), true, Duration::from_secs(5));
+        lapi.cscli_ok(&["decisions", "add", scope, value, "--duration", "1h"]);
+        let took = until_both(attacker, targets(v6), false, Duration::from_secs(10));
+        println!("crowdsec: decision {scope} {value} dropped at both hosts {took:?} after cscli");
+        assert!(took <= limit, "{scope} {value}: {took:?}, over {limit:?}");
+        // The client is not touched.
+        assert!(quick(
+            &lab.client.ns,
+            addr(if v6 { MAIL6 } else { MAIL4 }, SSH_PORT)
+        ));
+        for mg in [lab.mailguard(), lab.mailguard2.as_ref().expect("host B")] {
+            let entries = block_entries(mg);
+            assert!(
+                entries
+                    .iter()
+                    .any(|(_, o)| o == &["crowdsec:cscli".to_string()]),
+                "{entries:?}"
+            );
+            assert_eq!(crowdsec_status(mg)["by_origin"]["cscli"], 1);
+        }
+        lapi.cscli_ok(&["decisions", "delete", scope, value]);
+        let took = until_both(attacker, targets(v6), true, Duration::from_secs(10));
+        println!("crowdsec: deleted {scope} {value}: in again at both hosts {took:?} after cscli");
+        assert!(
+            took <= limit,
+            "delete {scope} {value}: {took:?}, over {limit:?}"
+        );
+    }
+    let status = crowdsec_status(lab.mailguard());
+    assert!(status["last_sync"].as_u64().is_some(), "{status}");
+    assert_eq!(status["failures"], 0, "{status}");
+    // The metrics show the decisions by origin and the syncs.
+    let text = guard_tests::lab::http_get(&lab.mail.ns, "127.0.0.1:9477", "/metrics", "text/plain");
+    assert!(
+        text.contains("mailguard_crowdsec_syncs_total{kind=\"delta\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailguard_crowdsec_failures_total 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_ban_at_one_host_is_dropped_at_the_other() {
+    let mut lab = fleet_without_guards();
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    let password = lab.dir.path.join("machine-a.password");
+    lapi.machine("mailguard-a", &password);
+    // Host A bans from Postfix's log file (five SASL failures: the `auth` rule).
+    let maillog = lab.dir.path.join("mail.log");
+    fs::write(&maillog, "").expect("log file");
+    let url = lapi.url();
+    let a = config(
+        &url,
+        &lab.dir.path.join("bouncer-a.key"),
+        "mg-mail0",
+        &format!(
+            "[bans]\nenabled = true\nfiles = [\"{}\"]\n",
+            maillog.display()
+        ),
+    ) + &format!(
+        "machine_id = \"mailguard-a\"\nmachine_password_file = \"{}\"\n",
+        password.display()
+    );
+    let b = config(&url, &lab.dir.path.join("bouncer-b.key"), "mg-mail20", "");
+    lab.start_mailguard(&a, &[]);
+    lab.start_mailguard2(&b);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        true,
+        Duration::from_secs(5),
+    );
+    let mut lines = String::new();
+    for i in 0..5 {
+        lines.push_str(&format!(
+            "Dec  6 04:26:0{i} mail postfix/submission/smtpd[2211]: warning: unknown[{ATTACKER4}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6\n"
+        ));
+    }
+    let written = Instant::now();
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&maillog)
+            .expect("append");
+        f.write_all(lines.as_bytes()).expect("write");
+    }
+    let took = until_both(
+        &lab.attacker.ns,
+        targets(false),
+        false,
+        Duration::from_secs(10),
+    );
+    println!(
+        "crowdsec: banned at host A, dropped at host B too {took:?} after the log lines ({:?} in all)",
+        written.elapsed()
+    );
+    assert!(took <= Duration::from_secs(POLL + 2), "{took:?}");
+    let b_entries = block_entries(lab.mailguard2.as_ref().expect("host B"));
+    assert!(
+        b_entries
+            .iter()
+            .any(|(c, o)| c == "198.18.0.66/32" && o == &["crowdsec:mailguard".to_string()]),
+        "{b_entries:?}"
+    );
+    // `status` shows the push (with the next answer of the LAPI, within a poll interval).
+    let started = Instant::now();
+    while crowdsec_status(lab.mailguard())["agent"]["pushed"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            crowdsec_status(lab.mailguard())
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // The LAPI holds the alert with its scenario.
+    let alerts = lab
+        .crowdsec
+        .as_ref()
+        .expect("LAPI")
+        .cscli_ok(&["alerts", "list", "--all", "-o", "json"]);
+    assert!(alerts.contains("mailguard/auth"), "{alerts}");
+    // The client is untouched at both.
+    until_both(&lab.client.ns, targets(false), true, Duration::from_secs(2));
+}
+
+#[test]
+fn what_must_never_be_blocked_is_not() {
+    let extra = format!(
+        "[lists.mx_allow]\ncidrs = [\"{CLIENT4}/32\"]\n[lists.trusted]\ncidrs = [\"{CLIENT6}/128\"]\n"
+    );
+    let lab = fleet(&extra);
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    // The filtering provider, the operator's address, and a range over the hosts' own network.
+    lapi.cscli_ok(&["decisions", "add", "--ip", CLIENT4, "--duration", "1h"]);
+    lapi.cscli_ok(&["decisions", "add", "--ip", CLIENT6, "--duration", "1h"]);
+    lapi.cscli_ok(&[
+        "decisions",
+        "add",
+        "--range",
+        "198.18.0.0/24",
+        "--duration",
+        "1h",
+    ]);
+    // And one that is enforced, to know the others were read.
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER6, "--duration", "1h"]);
+    until_both(
+        &lab.attacker.ns,
+        targets(true),
+        false,
+        Duration::from_secs(10),
+    );
+    for mg in [lab.mailguard(), lab.mailguard2.as_ref().expect("host B")] {
+        let status = crowdsec_status(mg);
+        assert_eq!(status["spared"]["mx_allow"], 1, "{status}");
+        assert_eq!(status["spared"]["trusted"], 1, "{status}");
+        assert_eq!(status["spared"]["local"], 1, "{status}");
+        assert_eq!(status["by_origin"]["cscli"], 1, "{status}");
+    }
+    assert!(quick(&lab.client.ns, addr(MAIL4, SSH_PORT)));
+    assert!(quick(&lab.client.ns, addr(MAIL2_6, SSH_PORT)));
+    assert!(
+        quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT)),
+        "the /24 is not enforced"
+    );
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        log.contains("a decision on 198.18.0.2/32 is NOT enforced: in the MX allowlist"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_lapi_stopped_keeps_decisions_and_restarted_resumes() {
+    let mut lab = fleet("");
+    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
+        "decisions",
+        "add",
+        "--ip",
+        ATTACKER4,
+        "--duration",
+        "1h",
+    ]);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        false,
+        Duration::from_secs(10),
+    );
+    lab.crowdsec.as_mut().expect("LAPI").stop();
+    thread::sleep(Duration::from_secs(3 * POLL + 1));
+    assert!(
+        !quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT))
+            && !quick(&lab.attacker.ns, addr(MAIL2_4, SSH_PORT)),
+        "the decision stays while the LAPI is away"
+    );
+    let status = crowdsec_status(lab.mailguard());
+    assert!(status["failures"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot be reached"),
+        "{status}"
+    );
+    // A restart of mailguard while the LAPI is away keeps the decisions too.
+    let key = lab.dir.path.join("bouncer-a.key");
+    let url = lab.crowdsec.as_ref().expect("LAPI").url();
+    lab.stop_mailguard();
+    lab.start_mailguard(&config(&url, &key, "mg-mail0", ""), &[]);
+    assert!(
+        !quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT)),
+        "kept across a restart"
+    );
+    // Back: the sync resumes (after the backoff: at most four poll intervals after 3 s away).
+    lab.crowdsec.as_mut().expect("LAPI").restart();
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER6, "--duration", "1h"]);
+    let took = until_both(
+        &lab.attacker.ns,
+        targets(true),
+        false,
+        Duration::from_secs(20),
+    );
+    println!("crowdsec: the LAPI back, a new decision dropped at both hosts after {took:?}");
+    lapi.cscli_ok(&["decisions", "delete", "--ip", ATTACKER4]);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        true,
+        Duration::from_secs(20),
+    );
+    let status = crowdsec_status(lab.mailguard());
+    assert_eq!(status["failures_in_a_row"], 0, "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+}
+
+#[test]
+fn a_refused_key_is_named_and_nothing_is_enforced() {
+    let mut lab = fleet_without_guards();
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER4, "--duration", "1h"]);
+    let key = lab.dir.path.join("wrong.key");
+    fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+    let url = lapi.url();
+    lab.start_mailguard(&config(&url, &key, "mg-mail0", ""), &[]);
+    let started = Instant::now();
+    let status = loop {
+        let s = crowdsec_status(lab.mailguard());
+        if s["failures"].as_u64().unwrap_or(0) > 0 {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no failure: {s}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HTTP 403"),
+        "{status}"
+    );
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        !log.contains("0123456789abcdef"),
+        "the key is never logged: {log}"
+    );
+    assert!(quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT)));
+}
+
+#[test]
+fn a_hundred_thousand_decisions() {
+    let mut lab = fleet_without_guards();
+    // 100,000 addresses in 2001:db8:1000::/64 and the attacker, imported before the hosts
+    // start: CrowdSec 1.4's SQLite answers "database is locked" to an import of this size while
+    // bouncers poll. The hosts then take them in their first, full, read.
+    let mut csv = String::from("duration,scope,value\n");
+    for i in 0..99_999u32 {
+        csv.push_str(&format!(
+            "1h,ip,2001:db8:1000::{:x}:{:x}\n",
+            i >> 16,
+            i & 0xffff
+        ));
+    }
+    csv.push_str(&format!("1h,ip,{ATTACKER4}\n"));
+    let file = lab.dir.path.join("decisions.csv");
+    fs::write(&file, csv).expect("decisions file");
+    let imported = Instant::now();
+    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
+        "decisions",
+        "import",
+        "-i",
+        file.to_str().expect("path"),
+    ]);
+    println!(
+        "crowdsec: cscli imported 100,000 decisions in {:?}",
+        imported.elapsed()
+    );
+    let started = Instant::now();
+    start_guards(&mut lab, "");
+    for mg in [lab.mailguard(), lab.mailguard2.as_ref().expect("host B")] {
+        let status = loop {
+            let s = crowdsec_status(mg);
+            if s["by_origin"]["cscli-import"] == 100_000 {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "not all 100,000 in force after 60 s: {s}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        };
+        println!(
+            "crowdsec: all 100,000 in force at a host {:?} after both started (debug build; its last answer took {:.2} s from request to maps)",
+            started.elapsed(),
+            status["last_apply_seconds"].as_f64().unwrap_or(0.0)
+        );
+        assert_eq!(
+            block_entries(mg).len(),
+            100_000,
+            "the block list holds every decision"
+        );
+    }
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        false,
+        Duration::from_secs(5),
+    );
+    assert!(quick(&lab.client.ns, addr(MAIL4, SSH_PORT)));
+    // With them in force, a new decision still arrives (its time with an optimised build:
+    // docs/BENCHMARKS.md; this is the debug build).
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER6, "--duration", "1h"]);
+    let took = until_both(
+        &lab.attacker.ns,
+        targets(true),
+        false,
+        Duration::from_secs(20),
+    );
+    println!(
+        "crowdsec: with 100,000 in force, a new decision dropped at both hosts {took:?} after cscli"
+    );
+}
