@@ -278,8 +278,14 @@ fn crowdsec_section_parses_and_its_errors_name_their_place() {
     assert_eq!(c.crowdsec.scopes, vec![crowdsec::Scope::Ip]);
     assert_eq!(c.crowdsec.origins, vec!["cscli", "crowdsec"]);
     let d = parse("[crowdsec]\nenabled = true\n").unwrap().crowdsec;
-    assert_eq!(d.lapi_url, "http://127.0.0.1:8080", "CrowdSec's own default");
-    assert_eq!(d.bouncer_key_file, std::path::Path::new("/etc/mailguard/crowdsec.key"));
+    assert_eq!(
+        d.lapi_url, "http://127.0.0.1:8080",
+        "CrowdSec's own default"
+    );
+    assert_eq!(
+        d.bouncer_key_file,
+        std::path::Path::new("/etc/mailguard/crowdsec.key")
+    );
     assert!(!d.agent(), "no machine: nothing pushed");
     assert!(!parse("").unwrap().crowdsec.enabled);
     let cases = [

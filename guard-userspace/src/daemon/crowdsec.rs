@@ -56,7 +56,8 @@ pub struct Pending {
     pub full: bool,
     pub at: u64,
     pub took: std::time::Duration,
-    pub next: DecisionSet,
+    /// The set it makes; `None`: it changes nothing (an empty delta).
+    pub next: Option<DecisionSet>,
     pub spared: Vec<(IpNet, crate::feeds::bans::Spared)>,
 }
 
@@ -119,9 +120,10 @@ impl CrowdsecKeeper {
         }
     }
 
-    /// A reload: the bouncer restarts when its settings changed.
+    /// A reload: the bouncer (and the agent) start again, reading the key and password files
+    /// again (a rotated key takes effect), with the settings now in force.
     pub fn reload(&mut self, settings: &Crowdsec) -> Option<String> {
-        if *settings == self.settings {
+        if *settings == self.settings && !settings.enabled {
             return None;
         }
         self.settings = settings.clone();
@@ -183,7 +185,11 @@ impl CrowdsecKeeper {
                     at,
                     took,
                 } => {
-                    let base = out.last().map_or(current, |p| &p.next);
+                    let base = out
+                        .iter()
+                        .rev()
+                        .find_map(|p| p.next.as_ref())
+                        .unwrap_or(current);
                     let around = Surroundings::read(live);
                     let pending =
                         self.take(base, answer, full, at, took, &around, mx_allow, trusted);
@@ -236,8 +242,12 @@ impl CrowdsecKeeper {
                 .entry(why.name().to_string())
                 .or_default() += 1;
         }
-        let mut next = base.clone();
-        next.apply(&answer, full);
+        // An empty delta (most answers) changes nothing: no copy of the set.
+        let next = (full || !answer.new.is_empty() || !answer.deleted.is_empty()).then(|| {
+            let mut next = base.clone();
+            next.apply(&answer, full);
+            next
+        });
         Pending {
             full,
             at,
@@ -247,8 +257,13 @@ impl CrowdsecKeeper {
         }
     }
 
-    /// The maps took a pending answer.
-    pub fn applied(&mut self, pending: &Pending, applied_in: std::time::Duration) {
+    /// The maps took a pending answer; `set`: the decisions in force now.
+    pub fn applied(
+        &mut self,
+        pending: &Pending,
+        set: &DecisionSet,
+        applied_in: std::time::Duration,
+    ) {
         let s = &mut self.summary;
         s.last_sync = Some(pending.at);
         s.failures_in_a_row = 0;
@@ -258,7 +273,7 @@ impl CrowdsecKeeper {
         } else {
             s.delta_syncs += 1;
         }
-        s.by_origin = pending.next.by_origin(now_unix());
+        s.by_origin = set.by_origin(now_unix());
         s.last_apply_seconds = (pending.took + applied_in).as_secs_f64();
     }
 

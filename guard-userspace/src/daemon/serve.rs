@@ -243,18 +243,24 @@ impl Daemon<'_> {
         // The state file (`status`, the metrics) shows the outcome within a quarter second.
         self.bans_unpublished |= came;
         let mut changed = false;
-        for p in pending {
-            if p.full || p.next != self.keeper.crowdsec {
+        for mut p in pending {
+            let next = p
+                .next
+                .take()
+                .filter(|n| p.full || *n != self.keeper.crowdsec);
+            if let Some(next) = next {
                 let writing = Instant::now();
-                let before = std::mem::replace(&mut self.keeper.crowdsec, p.next.clone());
+                let before = std::mem::replace(&mut self.keeper.crowdsec, next);
                 match self.sync_maps() {
                     Ok(()) => {
-                        self.crowdsec.applied(&p, writing.elapsed());
+                        self.crowdsec
+                            .applied(&p, &self.keeper.crowdsec, writing.elapsed());
                         if before != self.keeper.crowdsec {
                             log::info!(
-                                "crowdsec: {} decisions in force ({} answer applied in {:.1} ms)",
+                                "crowdsec: {} decisions in force ({} answer read in {:.1} ms, maps written in {:.1} ms)",
                                 self.keeper.crowdsec.decisions.len(),
                                 if p.full { "full" } else { "delta" },
+                                p.took.as_secs_f64() * 1000.0,
                                 writing.elapsed().as_secs_f64() * 1000.0
                             );
                             changed = true;
@@ -274,7 +280,8 @@ impl Daemon<'_> {
                     }
                 }
             } else {
-                self.crowdsec.applied(&p, Duration::ZERO);
+                self.crowdsec
+                    .applied(&p, &self.keeper.crowdsec, Duration::ZERO);
             }
         }
         if changed {

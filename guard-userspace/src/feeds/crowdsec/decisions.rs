@@ -40,10 +40,19 @@ pub struct StreamAnswer {
 #[error("the LAPI's answer is not a decision stream: {0}")]
 pub struct Garbage(pub String);
 
+/// The answer's lists, each decision kept as its text: one that does not read is skipped with
+/// its place, the others still count.
 #[derive(Deserialize)]
-struct RawStream {
-    new: Option<Vec<serde_json::Value>>,
-    deleted: Option<Vec<serde_json::Value>>,
+struct RawStream<'a> {
+    #[serde(borrow)]
+    new: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(borrow)]
+    deleted: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RawDeleted {
+    id: i64,
 }
 
 #[derive(Deserialize)]
@@ -154,9 +163,9 @@ pub fn parse_stream(body: &[u8], config: &Crowdsec, now: u64) -> Result<StreamAn
         }
     };
     for (i, v) in raw.deleted.into_iter().flatten().enumerate() {
-        match v.get("id").and_then(serde_json::Value::as_i64) {
-            Some(id) => answer.deleted.push(id),
-            None => bad(
+        match serde_json::from_str::<RawDeleted>(v.get()) {
+            Ok(d) => answer.deleted.push(d.id),
+            Err(_) => bad(
                 &mut answer,
                 format!("deleted[{i}]"),
                 "no numeric `id`".into(),
@@ -164,11 +173,11 @@ pub fn parse_stream(body: &[u8], config: &Crowdsec, now: u64) -> Result<StreamAn
         }
     }
     for (i, v) in raw.new.into_iter().flatten().enumerate() {
-        let place = format!("new[{i}]");
-        let d: RawDecision = match serde_json::from_value(v) {
+        let place = || format!("new[{i}]");
+        let d: RawDecision = match serde_json::from_str(v.get()) {
             Ok(d) => d,
             Err(e) => {
-                bad(&mut answer, place, e.to_string());
+                bad(&mut answer, place(), e.to_string());
                 continue;
             }
         };
@@ -190,14 +199,14 @@ pub fn parse_stream(body: &[u8], config: &Crowdsec, now: u64) -> Result<StreamAn
         let net = match decision_net(scope, &d.value) {
             Ok(n) => n,
             Err(m) => {
-                bad(&mut answer, format!("{place}.value"), m);
+                bad(&mut answer, format!("{}.value", place()), m);
                 continue;
             }
         };
         let seconds = match go_duration(&d.duration) {
             Ok(s) => s,
             Err(m) => {
-                bad(&mut answer, format!("{place}.duration"), m);
+                bad(&mut answer, format!("{}.duration", place()), m);
                 continue;
             }
         };

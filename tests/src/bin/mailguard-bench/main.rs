@@ -20,6 +20,8 @@
 //!
 //! 7. Bans from the mail logs beside fail2ban: event to drop, bans a second, CPU, restoring
 //!    100,000 bans, parsing (`bans.rs`).
+//! 8. mailguard as a CrowdSec bouncer beside crowdsec-firewall-bouncer (nftables): decision to
+//!    drop, applying 100,000 decisions (`crowdsec.rs`).
 //!
 //! `report.rs` writes the document, `plots.rs` its plots. Before anything is timed, counters prove that every run took the intended path. The
 //! benchmark runs in a network and mount namespace of its own (a private bpffs,
@@ -32,10 +34,11 @@
 //! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
 //! 3), `=lists` (section 4), `=flood` (section 6) or `=flood-top` (its top setting, the XDP
 //! generator of `xdp_flood.rs`) measures those sections, prints them and writes nothing: for
-//! trying a change quickly. `=bans` (section 7) measures it and replaces that section of the
-//! document, leaving the rest.
+//! trying a change quickly. `=bans` (section 7) and `=crowdsec` (section 8) measure that section
+//! and replace it in the document, leaving the rest.
 
 mod bans;
+mod crowdsec;
 mod flood;
 mod isolation;
 mod lists;
@@ -177,6 +180,15 @@ fn run() -> Result<(), String> {
         // This section alone: it replaces its own part of the document, leaving the rest.
         bans::splice(std::path::Path::new(&out), &section)?;
         println!("updated the bans section of {out}");
+        return Ok(());
+    }
+    if only.as_deref() == Some("crowdsec") {
+        unpin_cpus();
+        let results = crowdsec::measure()?;
+        let section = crowdsec::report(&results);
+        print!("{section}");
+        crowdsec::splice(std::path::Path::new(&out), &section)?;
+        println!("updated the CrowdSec section of {out}");
         return Ok(());
     }
     if let Some(which @ ("flood" | "flood-top")) = only.as_deref() {
@@ -375,6 +387,7 @@ fn run() -> Result<(), String> {
     // fails.
     let flood = flood::measure(false);
     let bans = bans::measure();
+    let crowdsec = crowdsec::measure();
 
     let dir = std::path::Path::new(&out)
         .parent()
@@ -430,9 +443,16 @@ fn run() -> Result<(), String> {
             Err(e) => format!(
                 "\n## Bans from the mail logs, beside fail2ban\n\n**Not measured in this run**: {e}\n"
             ),
+        }
+        + &match &crowdsec {
+            Ok(results) => crowdsec::report(results),
+            Err(e) => format!(
+                "\n## CrowdSec: mailguard as a bouncer, beside crowdsec-firewall-bouncer\n\n**Not measured in this run**: {e}\n"
+            ),
         };
     std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote {out}");
     flood.map(|_| ())?;
-    bans.map(|_| ())
+    bans.map(|_| ())?;
+    crowdsec.map(|_| ())
 }
