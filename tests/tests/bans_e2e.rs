@@ -39,35 +39,8 @@ fn bans_status(mg: &Mailguard) -> Value {
     mg.status()["bans"].clone()
 }
 
-/// The block list's entries: (CIDR, origins).
-fn block_entries(mg: &Mailguard) -> Vec<(String, Vec<String>)> {
-    let out = mg.cli(&["block", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| {
-            (
-                e["cidr"].as_str().unwrap().to_string(),
-                e["origins"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|o| o.as_str().unwrap().to_string())
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
 fn banned(mg: &Mailguard, cidr: &str) -> bool {
-    block_entries(mg).iter().any(|(c, _)| c == cidr)
+    mg.block_entries().iter().any(|(c, _)| c == cidr)
 }
 
 /// Waits up to `within` for `what`.
@@ -162,7 +135,7 @@ fn imap_and_smtp_auth_guessers_are_dropped_after_five_failures_and_real_users_ne
         ms(first_drop)
     );
     assert!(banned(mg, "198.18.0.66/32"));
-    let entries = block_entries(mg);
+    let entries = mg.block_entries();
     let (_, origins) = entries.iter().find(|(c, _)| c == "198.18.0.66/32").unwrap();
     assert_eq!(origins, &vec!["ban:auth".to_string()]);
     assert!(matches!(
@@ -434,7 +407,7 @@ fn user_names_and_helo_names_carrying_another_address_ban_nobody_else() {
         assert_eq!(smtp_auth(attacker, MAIL4, t, WRONG), Login::Refused, "{t}");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let entries = block_entries(mg);
+    let entries = mg.block_entries();
     assert!(
         entries
             .iter()

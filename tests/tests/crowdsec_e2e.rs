@@ -2,8 +2,8 @@
 //! CrowdSec Local API (Debian's `crowdsec` without agent or Central API, its database in the lab
 //! directory). `cscli decisions add` and `delete` for addresses and ranges, IPv4 and IPv6, reach
 //! both NICs within the poll interval plus a second; what must never be blocked is not; the
-//! LAPI stopped keeps the decisions in force, and restarted, the sync resumes; a refused key is
-//! named; a hundred thousand decisions.
+//! LAPI stopped keeps the decisions in force, and restarted, the sync resumes; a LAPI answering
+//! garbage or nothing keeps them too; a refused key is named; a hundred thousand decisions.
 
 use std::{
     fs,
@@ -113,33 +113,6 @@ fn crowdsec_status(mg: &Mailguard) -> Value {
     mg.status()["crowdsec"].clone()
 }
 
-/// The block list's entries: (CIDR, origins).
-fn block_entries(mg: &Mailguard) -> Vec<(String, Vec<String>)> {
-    let out = mg.cli(&["block", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| {
-            (
-                e["cidr"].as_str().unwrap().to_string(),
-                e["origins"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|o| o.as_str().unwrap().to_string())
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn cscli_decisions_reach_both_hosts_and_deletes_let_in() {
     let lab = fleet("");
@@ -163,7 +136,7 @@ fn cscli_decisions_reach_both_hosts_and_deletes_let_in() {
             addr(if v6 { MAIL6 } else { MAIL4 }, SSH_PORT)
         ));
         for mg in [lab.mailguard(), lab.mailguard2.as_ref().expect("host B")] {
-            let entries = block_entries(mg);
+            let entries = mg.block_entries();
             assert!(
                 entries
                     .iter()
@@ -252,12 +225,25 @@ fn a_ban_at_one_host_is_dropped_at_the_other() {
         written.elapsed()
     );
     assert!(took <= Duration::from_secs(POLL + 2), "{took:?}");
-    let b_entries = block_entries(lab.mailguard2.as_ref().expect("host B"));
+    let b_entries = lab.mailguard2.as_ref().expect("host B").block_entries();
     assert!(
         b_entries
             .iter()
             .any(|(c, o)| c == "198.18.0.66/32" && o == &["crowdsec:mailguard".to_string()]),
         "{b_entries:?}"
+    );
+    // At host B the block is CrowdSec's: `block del` says where to lift it.
+    let out = lab
+        .mailguard2
+        .as_ref()
+        .expect("host B")
+        .cli(&["block", "del", ATTACKER4]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("198.18.0.66/32 blocked by CrowdSec, not by this host")
+            && err.contains("cscli decisions delete"),
+        "{err}"
     );
     // `status` shows the push (with the next answer of the LAPI, within a poll interval).
     let started = Instant::now();
@@ -475,7 +461,7 @@ fn a_hundred_thousand_decisions() {
             status["last_apply_seconds"].as_f64().unwrap_or(0.0)
         );
         assert_eq!(
-            block_entries(mg).len(),
+            mg.block_entries().len(),
             100_000,
             "the block list holds every decision"
         );
@@ -500,4 +486,145 @@ fn a_hundred_thousand_decisions() {
     println!(
         "crowdsec: with 100,000 in force, a new decision dropped at both hosts {took:?} after cscli"
     );
+}
+
+/// A stand-in for a broken LAPI on the LAPI host, port `port`: every request gets `answer`
+/// (`None`: the connection is held and never answered). Faults the real LAPI cannot be made to
+/// show; it ends when dropped.
+struct BrokenLapi {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl BrokenLapi {
+    fn start(ns: &Netns, port: u16, answer: Option<&'static str>) -> BrokenLapi {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let listener = std::net::TcpListener::bind(("198.18.0.9", port)).expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            ready_tx.send(()).expect("ready");
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf);
+                        match answer {
+                            Some(a) => {
+                                let _ = s.write_all(a.as_bytes());
+                            }
+                            None => held.push(s),
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("stand-in started");
+        BrokenLapi {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BrokenLapi {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until host A's `status` shows a failure whose message holds `words`.
+fn until_failure(mg: &Mailguard, words: &str, within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let s = crowdsec_status(mg);
+        if s["last_error"].as_str().is_some_and(|e| e.contains(words)) {
+            return s;
+        }
+        assert!(started.elapsed() < within, "no `{words}` failure: {s}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_lapi_answering_garbage_or_nothing_keeps_the_decisions() {
+    let lab = fleet("");
+    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
+        "decisions",
+        "add",
+        "--ip",
+        ATTACKER4,
+        "--duration",
+        "1h",
+    ]);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        false,
+        Duration::from_secs(10),
+    );
+    let key = lab.dir.path.join("bouncer-a.key");
+    let lapi_ns = &lab.lapi.as_ref().expect("fleet").ns;
+    let garbage = BrokenLapi::start(
+        lapi_ns,
+        8081,
+        Some(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 18\r\nConnection: close\r\n\r\n<html>oops</html>\n",
+        ),
+    );
+    let silent = BrokenLapi::start(lapi_ns, 8082, None);
+    for (port, words) in [
+        (8081, "is not a decision stream"),
+        (8082, "did not answer within 2 s"),
+    ] {
+        lab.rewrite_mailguard_config(
+            &(config(&format!("http://198.18.0.9:{port}"), &key, "mg-mail0", "")
+                + "timeout = \"2s\"\n"),
+        );
+        lab.mailguard().signal(libc::SIGHUP);
+        let status = until_failure(lab.mailguard(), words, Duration::from_secs(15));
+        println!("crowdsec: LAPI on port {port}: {}", status["last_error"]);
+        assert_eq!(
+            status["by_origin"]["cscli"], 1,
+            "the decision stays: {status}"
+        );
+        assert!(
+            !tcp_connects(
+                &lab.attacker.ns,
+                addr(MAIL4, SSH_PORT),
+                Duration::from_millis(300)
+            ),
+            "still dropped"
+        );
+    }
+    drop((garbage, silent));
+    // The real LAPI again: in sync, no failure in a row.
+    let url = lab.crowdsec.as_ref().expect("LAPI").url();
+    lab.rewrite_mailguard_config(&config(&url, &key, "mg-mail0", ""));
+    lab.mailguard().signal(libc::SIGHUP);
+    let started = Instant::now();
+    while crowdsec_status(lab.mailguard())["failures_in_a_row"] != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not back in sync"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!tcp_connects(
+        &lab.attacker.ns,
+        addr(MAIL4, SSH_PORT),
+        Duration::from_millis(300)
+    ));
 }

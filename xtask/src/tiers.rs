@@ -105,7 +105,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "CrowdSec: two mail hosts bouncing one real LAPI: cscli decisions (ip, range, IPv4, IPv6), what is never blocked, the LAPI stopped and back, a refused key, 100,000 decisions",
+        what: "CrowdSec: two mail hosts bouncing one real LAPI: cscli decisions (ip, range, IPv4, IPv6), a ban shared, what is never blocked, the LAPI stopped, garbage or silent, a refused key, 100,000 decisions",
         args: &[
             "test",
             "-p",

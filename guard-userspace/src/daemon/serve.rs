@@ -421,14 +421,52 @@ impl Daemon<'_> {
                 }
             }
         }
+        // CrowdSec's decisions are lifted where they were made: `block del` says so.
+        let remote = self.keeper.crowdsec.in_force(now_unix());
+        let remote_note = |nets: &[IpNet]| -> String {
+            let held: Vec<String> = nets
+                .iter()
+                .filter_map(|n| {
+                    remote
+                        .get(n)
+                        .map(|(_, origins)| format!("{n} (origin {})", origins.join(", ")))
+                })
+                .collect();
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; still blocked by CrowdSec decisions on {}: `cscli decisions delete --ip ADDRESS` (or `--range`) lifts them",
+                    held.join(", ")
+                )
+            }
+        };
         if !add && list == ListName::Block {
+            let runtime = self.keeper.state.runtime.get(&list);
+            let only_remote: Vec<IpNet> = nets
+                .iter()
+                .filter(|n| {
+                    remote.contains_key(n)
+                        && !self.keeper.bans.bans.contains_key(n)
+                        && !runtime.is_some_and(|r| r.contains_key(n))
+                })
+                .copied()
+                .collect();
+            if !only_remote.is_empty() {
+                return Response::failed(format!(
+                    "{} blocked by CrowdSec, not by this host{}; nothing changed",
+                    join(&only_remote),
+                    remote_note(&only_remote)
+                ));
+            }
             // Lifting bans: `block del` takes bans as well as run-time entries.
             let (banned, rest): (Vec<IpNet>, Vec<IpNet>) = nets
                 .iter()
                 .partition(|n| self.keeper.bans.bans.contains_key(n));
             if !banned.is_empty() {
                 let before = self.keeper.state.clone();
-                let mut message = format!("lifted the ban on {}", join(&banned));
+                let mut message =
+                    format!("lifted the ban on {}{}", join(&banned), remote_note(&nets));
                 if !rest.is_empty() {
                     match self
                         .keeper
@@ -491,6 +529,11 @@ impl Daemon<'_> {
         if let Err(e) = self.sync_maps() {
             return Response::failed(format!("saved, but writing the maps failed: {e}"));
         }
+        let message = if !add && list == ListName::Block {
+            message + &remote_note(&nets)
+        } else {
+            message
+        };
         log::info!("{message}");
         self.publish();
         Response::ok(message)

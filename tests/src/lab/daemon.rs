@@ -215,6 +215,33 @@ impl Mailguard {
         (out.status.code(), json)
     }
 
+    /// The block list's entries (`block list --json`): (CIDR, origins).
+    pub fn block_entries(&self) -> Vec<(String, Vec<String>)> {
+        let out = self.cli(&["block", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["cidr"].as_str().expect("cidr").to_string(),
+                    e["origins"]
+                        .as_array()
+                        .expect("origins")
+                        .iter()
+                        .map(|o| o.as_str().expect("origin").to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Packet count of one reason, from `status --json`.
     pub fn count(&self, reason: &str) -> u64 {
         let status = self.status();

@@ -196,18 +196,7 @@ impl Lab {
         let mail2 = self.mail2.as_ref().expect("add_fleet first");
         let root = self.dir.path.join("mail2");
         fs::create_dir_all(&root).expect("mail2 directory");
-        let config = if config.contains("state_dir") {
-            config.to_string()
-        } else {
-            let line = format!("state_dir = \"{}\"\n", root.join("state").display());
-            match config.find("[lists]\n") {
-                Some(at) => {
-                    let after = at + "[lists]\n".len();
-                    format!("{}{line}{}", &config[..after], &config[after..])
-                }
-                None => format!("{config}\n[lists]\n{line}"),
-            }
-        };
+        let config = with_state_dir(config, &root.join("state"));
         let path = root.join("mailguard.toml");
         fs::write(&path, config).expect("write mailguard config");
         let pin_dir = std::path::PathBuf::from(format!(
@@ -326,20 +315,7 @@ impl Lab {
     /// `config` with the lists' state kept in the lab's directory, unless it says where: a
     /// lab's run-time list edits must never reach the host's own `/var/lib/mailguard`.
     fn with_lab_state_dir(&self, config: &str) -> String {
-        if config.contains("state_dir") {
-            return config.to_string();
-        }
-        let line = format!(
-            "state_dir = \"{}\"\n",
-            self.dir.path.join("state").display()
-        );
-        match config.find("[lists]\n") {
-            Some(at) => {
-                let after = at + "[lists]\n".len();
-                format!("{}{line}{}", &config[..after], &config[after..])
-            }
-            None => format!("{config}\n[lists]\n{line}"),
-        }
+        with_state_dir(config, &self.dir.path.join("state"))
     }
 
     /// Writes `config` to the lab directory and starts mailguard on the mail host with it.
@@ -368,6 +344,21 @@ impl Lab {
 
     pub fn mailguard(&self) -> &Mailguard {
         self.mailguard.as_ref().expect("mailguard is running")
+    }
+}
+
+/// `config` with `[lists] state_dir = dir` unless it names one.
+fn with_state_dir(config: &str, dir: &std::path::Path) -> String {
+    if config.contains("state_dir") {
+        return config.to_string();
+    }
+    let line = format!("state_dir = \"{}\"\n", dir.display());
+    match config.find("[lists]\n") {
+        Some(at) => {
+            let after = at + "[lists]\n".len();
+            format!("{}{line}{}", &config[..after], &config[after..])
+        }
+        None => format!("{config}\n[lists]\n{line}"),
     }
 }
 

@@ -35,6 +35,8 @@ pub enum LapiError {
         machine: String,
         status: u16,
     },
+    #[error("the LAPI at {url} did not answer within {seconds} s (`crowdsec.timeout`)")]
+    Slow { url: String, seconds: u64 },
     #[error("the LAPI at {url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("the LAPI at {url} answered more than {} MiB", MAX_ANSWER >> 20)]
@@ -196,6 +198,7 @@ pub struct Lapi {
     agent: ureq::Agent,
     url: String,
     key: String,
+    timeout: u64,
 }
 
 impl Lapi {
@@ -205,6 +208,7 @@ impl Lapi {
             agent: http_agent(config)?,
             url: config.lapi_url.clone(),
             key,
+            timeout: config.timeout,
         })
     }
 
@@ -233,6 +237,12 @@ impl Lapi {
                 return Err(LapiError::Status {
                     url: self.url.clone(),
                     status,
+                });
+            }
+            Err(ureq::Error::Transport(t)) if t.to_string().contains("timed out") => {
+                return Err(LapiError::Slow {
+                    url: self.url.clone(),
+                    seconds: self.timeout,
                 });
             }
             Err(ureq::Error::Transport(t)) => {

@@ -655,24 +655,9 @@ pub fn report(r: &Results) -> String {
 
 /// Replaces this section in the document at `path` (or appends it).
 pub fn splice(path: &Path, section: &str) -> Result<(), String> {
-    let doc = fs::read_to_string(path).unwrap_or_default();
-    let head = "\n## Bans from the mail logs, beside fail2ban";
-    let kept = match doc.find(head) {
-        Some(at) => {
-            let rest = &doc[at + head.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(doc.len(), |e| at + head.len() + e);
-            format!("{}{}", &doc[..at], &doc[end..])
-        }
-        None => doc,
-    };
-    fs::write(
+    crate::report::splice(
         path,
-        format!(
-            "{}{section}",
-            kept.trim_end_matches('\n').to_string() + "\n"
-        ),
+        "\n## Bans from the mail logs, beside fail2ban",
+        section,
     )
-    .map_err(|e| e.to_string())
 }

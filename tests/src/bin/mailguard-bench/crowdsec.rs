@@ -142,20 +142,14 @@ fn mailguard_in_force(lab: &Lab) -> u32 {
     })
 }
 
-fn version(program: &str, flag: &str) -> String {
-    Command::new(program)
-        .arg(flag)
+/// A Debian package's version (`dpkg-query`).
+fn version(package: &str) -> String {
+    let v = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
         .output()
-        .map(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).to_string()
-                + &String::from_utf8_lossy(&o.stderr);
-            text.lines()
-                .find(|l| l.to_ascii_lowercase().contains("version"))
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{package} {v}")
 }
 
 fn config(url: &str, key: &Path) -> String {
@@ -318,8 +312,8 @@ pub fn measure() -> Result<Results, String> {
     Ok(Results {
         latency,
         apply,
-        bouncer_version: version("crowdsec-firewall-bouncer", "-V"),
-        crowdsec_version: version("crowdsec", "-version"),
+        bouncer_version: version("crowdsec-firewall-bouncer"),
+        crowdsec_version: version("crowdsec"),
     })
 }
 
@@ -439,24 +433,5 @@ pub fn report(r: &Results) -> String {
 }
 
 pub fn splice(path: &Path, section: &str) -> Result<(), String> {
-    let doc = fs::read_to_string(path).unwrap_or_default();
-    let head = "\n## CrowdSec: mailguard as a bouncer";
-    let kept = match doc.find(head) {
-        Some(at) => {
-            let rest = &doc[at + head.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(doc.len(), |e| at + head.len() + e);
-            format!("{}{}", &doc[..at], &doc[end..])
-        }
-        None => doc,
-    };
-    fs::write(
-        path,
-        format!(
-            "{}{section}",
-            kept.trim_end_matches('\n').to_string() + "\n"
-        ),
-    )
-    .map_err(|e| e.to_string())
+    crate::report::splice(path, "\n## CrowdSec: mailguard as a bouncer", section)
 }

@@ -302,3 +302,27 @@ pub(crate) fn report(r: Report) -> String {
     );
     md
 }
+
+/// Replaces the section of the document at `path` that starts with `head` (up to the next
+/// `## ` heading) by `section`, appended at the end; the rest of the document stays.
+pub fn splice(path: &std::path::Path, head: &str, section: &str) -> Result<(), String> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let kept = match doc.find(head) {
+        Some(at) => {
+            let rest = &doc[at + head.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(doc.len(), |e| at + head.len() + e);
+            format!("{}{}", &doc[..at], &doc[end..])
+        }
+        None => doc,
+    };
+    std::fs::write(
+        path,
+        format!(
+            "{}{section}",
+            kept.trim_end_matches('\n').to_string() + "\n"
+        ),
+    )
+    .map_err(|e| e.to_string())
+}
