@@ -109,6 +109,24 @@ fn until_both(ns: &Netns, to: [SocketAddr; 2], open: bool, within: Duration) -> 
     }
 }
 
+/// `cscli decisions add --ip ATTACKER4` for an hour, and the attacker dropped at both hosts.
+fn ban_attacker4(lab: &Lab) {
+    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
+        "decisions",
+        "add",
+        "--ip",
+        ATTACKER4,
+        "--duration",
+        "1h",
+    ]);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        false,
+        Duration::from_secs(10),
+    );
+}
+
 fn crowdsec_status(mg: &Mailguard) -> Value {
     mg.status()["crowdsec"].clone()
 }
@@ -315,20 +333,7 @@ fn what_must_never_be_blocked_is_not() {
 #[test]
 fn the_lapi_stopped_keeps_decisions_and_restarted_resumes() {
     let mut lab = fleet("");
-    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
-        "decisions",
-        "add",
-        "--ip",
-        ATTACKER4,
-        "--duration",
-        "1h",
-    ]);
-    until_both(
-        &lab.attacker.ns,
-        targets(false),
-        false,
-        Duration::from_secs(10),
-    );
+    ban_attacker4(&lab);
     lab.crowdsec.as_mut().expect("LAPI").stop();
     thread::sleep(Duration::from_secs(3 * POLL + 1));
     assert!(
@@ -561,20 +566,7 @@ fn until_failure(mg: &Mailguard, words: &str, within: Duration) -> Value {
 #[test]
 fn a_lapi_answering_garbage_or_nothing_keeps_the_decisions() {
     let lab = fleet("");
-    lab.crowdsec.as_ref().expect("LAPI").cscli_ok(&[
-        "decisions",
-        "add",
-        "--ip",
-        ATTACKER4,
-        "--duration",
-        "1h",
-    ]);
-    until_both(
-        &lab.attacker.ns,
-        targets(false),
-        false,
-        Duration::from_secs(10),
-    );
+    ban_attacker4(&lab);
     let key = lab.dir.path.join("bouncer-a.key");
     let lapi_ns = &lab.lapi.as_ref().expect("fleet").ns;
     let garbage = BrokenLapi::start(

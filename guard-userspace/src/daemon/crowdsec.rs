@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -51,14 +50,13 @@ pub struct CrowdsecSummary {
     pub agent: Option<AgentStats>,
 }
 
-/// An answer to apply: the set it makes, and what it spared.
+/// An answer to apply: the set it makes.
 pub struct Pending {
     pub full: bool,
     pub at: u64,
     pub took: std::time::Duration,
     /// The set it makes; `None`: it changes nothing (an empty delta).
     pub next: Option<DecisionSet>,
-    pub spared: Vec<(IpNet, crate::feeds::bans::Spared)>,
 }
 
 pub struct CrowdsecKeeper {
@@ -253,7 +251,6 @@ impl CrowdsecKeeper {
             at,
             took,
             next,
-            spared,
         }
     }
 

@@ -145,17 +145,7 @@ prometheus:
     /// Stops the LAPI (SIGTERM to the process the lab started); its database stays.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: SIGTERM to the crowdsec this lab started, by pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            super::end_child(&mut child, Duration::from_secs(10));
         }
     }
 

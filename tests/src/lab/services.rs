@@ -278,18 +278,27 @@ service auth {{
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
-        // SAFETY: SIGTERM to the master this lab started, by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end_child(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// Ends a process the lab (or the bench) started: SIGTERM by its pid, then SIGKILL when it is
+/// still running after `grace`; reaped either way.
+pub fn end_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SAFETY: SIGTERM to our own child process, by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Postfix services without chroot: smtp (25) and submission (587) plus the internals.

@@ -100,17 +100,7 @@ prometheus:
 
 impl Drop for FirewallBouncer {
     fn drop(&mut self) {
-        // SAFETY: SIGTERM to the bouncer this bench started, by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        guard_tests::lab::end_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
