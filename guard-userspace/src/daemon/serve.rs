@@ -240,8 +240,6 @@ impl Daemon<'_> {
             &self.contents.trusted,
             &live,
         );
-        // The state file (`status`, the metrics) shows the outcome within a quarter second.
-        self.bans_unpublished |= came;
         let mut changed = false;
         for mut p in pending {
             let next = p
@@ -286,6 +284,11 @@ impl Daemon<'_> {
         }
         if changed {
             self.keeper.save_crowdsec(&self.config.lists);
+        }
+        // An answer comes at most once per poll interval: the state file (`status`, the
+        // metrics) shows its outcome as soon as the maps hold it.
+        if came {
+            self.publish();
         }
     }
 
