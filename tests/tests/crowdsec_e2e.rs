@@ -8,6 +8,7 @@
 use std::{
     fs,
     net::SocketAddr,
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -42,10 +43,21 @@ fn config(lapi: &str, key: &std::path::Path, iface: &str, extra: &str) -> String
 /// A lab with the fleet and the LAPI running, and a bouncer key for each mail host; mailguard
 /// not started yet.
 fn fleet_without_guards() -> Lab {
+    fleet_serving(false).0
+}
+
+/// `fleet_without_guards`, the LAPI serving HTTPS when `https` (then also the file of the CA
+/// that signed its certificate).
+fn fleet_serving(https: bool) -> (Lab, Option<PathBuf>) {
     let mut lab = Lab::create();
     lab.add_fleet();
     lab.listen(|l| &l.mail.ns, SSH_PORT);
-    lab.start_crowdsec();
+    let ca = if https {
+        Some(lab.start_crowdsec_tls())
+    } else {
+        lab.start_crowdsec();
+        None
+    };
     for h in ["a", "b"] {
         let file = lab.dir.path.join(format!("bouncer-{h}.key"));
         lab.crowdsec
@@ -53,7 +65,7 @@ fn fleet_without_guards() -> Lab {
             .expect("started")
             .bouncer_key(&format!("mailguard-{h}"), &file);
     }
-    lab
+    (lab, ca)
 }
 
 /// Starts mailguard on both mail hosts (`extra` in both configurations).
@@ -416,6 +428,56 @@ fn a_refused_key_is_named_and_nothing_is_enforced() {
         "the key is never logged: {log}"
     );
     assert!(quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT)));
+}
+
+#[test]
+fn https_is_read_with_the_operators_ca_and_refused_without_it() {
+    let (mut lab, ca) = fleet_serving(true);
+    let ca = ca.expect("HTTPS");
+    let url = lab.crowdsec.as_ref().expect("LAPI").url();
+    assert!(url.starts_with("https://"), "{url}");
+    let key = |h: &str| lab.dir.path.join(format!("bouncer-{h}.key"));
+    // Host A is given the CA that signed the LAPI's certificate; host B is not.
+    let a = config(&url, &key("a"), "mg-mail0", "") + &format!("ca_file = \"{}\"\n", ca.display());
+    let b = config(&url, &key("b"), "mg-mail20", "");
+    lab.start_mailguard(&a, &[]);
+    lab.start_mailguard2(&b);
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER4, "--duration", "1h"]);
+    let added = Instant::now();
+    while quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT)) {
+        assert!(
+            added.elapsed() < Duration::from_secs(POLL + 2),
+            "host A (with the CA) does not drop the attacker: {}",
+            crowdsec_status(lab.mailguard())
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = crowdsec_status(lab.mailguard());
+    assert_eq!(status["by_origin"]["cscli"], 1, "{status}");
+    assert_eq!(status["failures"], 0, "{status}");
+    // Host B does not trust the certificate: the failure names it, and nothing is enforced.
+    let b = lab.mailguard2.as_ref().expect("host B");
+    let status = loop {
+        let s = crowdsec_status(b);
+        if s["failures"].as_u64().unwrap_or(0) > 0 {
+            break s;
+        }
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "host B reports no failure: {s}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let error = status["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("certificate mailguard does not trust (UnknownIssuer)")
+            && error.contains("ca_file"),
+        "{status}"
+    );
+    assert!(status["last_sync"].is_null(), "{status}");
+    assert!(quick(&lab.attacker.ns, addr(MAIL2_4, SSH_PORT)));
+    println!("crowdsec: without the CA, host B says: {error}");
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "CrowdSec's own nftables bouncer, the peer of mailguard's in benchmarks",
     ),
     (
+        "openssl",
+        "a certificate authority and the LAPI's TLS certificate in the CrowdSec tests",
+    ),
+    (
         "python3-pyinotify",
         "fail2ban's fastest file backend (inotify), so that it is measured at its best",
     ),

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::tls::LabCa;
 use crate::netns::Netns;
 
 /// The LAPI's port on the LAPI host.
@@ -21,10 +22,13 @@ pub struct CrowdsecLapi {
     ns_path: String,
     pub dir: PathBuf,
     listen: String,
+    /// HTTPS, with a certificate of the lab's CA (whose certificate cscli is given).
+    tls: Option<LabCa>,
 }
 
 impl CrowdsecLapi {
-    pub fn start(ns: &Netns, dir: &Path, listen_ip: &str) -> CrowdsecLapi {
+    /// Starts the LAPI listening on `listen_ip`; with `tls`, serving HTTPS with its certificate.
+    pub fn start(ns: &Netns, dir: &Path, listen_ip: &str, tls: Option<LabCa>) -> CrowdsecLapi {
         fs::create_dir_all(dir.join("data")).expect("crowdsec directory");
         let d = dir.display();
         for file in ["profiles.yaml", "simulation.yaml"] {
@@ -37,6 +41,13 @@ impl CrowdsecLapi {
             });
         }
         let listen = format!("{listen_ip}:{LAPI_PORT}");
+        let tls_config = tls.as_ref().map_or(String::new(), |t| {
+            format!(
+                "    tls:\n      cert_file: {}\n      key_file: {}\n",
+                t.cert.display(),
+                t.key.display()
+            )
+        });
         let config = format!(
             "common:
   daemonize: false
@@ -72,7 +83,7 @@ api:
     profiles_path: {d}/profiles.yaml
     trusted_ips:
       - {listen_ip}
-prometheus:
+{tls_config}prometheus:
   enabled: false
 "
         );
@@ -82,6 +93,7 @@ prometheus:
             ns_path: ns.path(),
             dir: dir.to_path_buf(),
             listen,
+            tls,
         };
         // The machine cscli speaks to the LAPI as (decisions add and delete go through it).
         let out = lapi.cscli(&[
@@ -93,7 +105,7 @@ prometheus:
             "-f",
             &format!("{d}/local_api_credentials.yaml"),
             "--url",
-            &format!("http://{}", lapi.listen),
+            &lapi.url(),
         ]);
         assert!(
             out.status.success(),
@@ -106,6 +118,10 @@ prometheus:
 
     fn command(&self, program: &str) -> std::process::Command {
         let mut c = std::process::Command::new("nsenter");
+        if let Some(t) = &self.tls {
+            // cscli (Go) trusts the lab's CA through the file Go reads its roots from.
+            c.env("SSL_CERT_FILE", &t.ca);
+        }
         c.arg(format!("--net={}", self.ns_path))
             .arg("--")
             .arg(program);
@@ -157,7 +173,8 @@ prometheus:
 
     /// The LAPI's base URL, as mailguard's `lapi_url` takes it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.listen)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.listen)
     }
 
     /// Runs `cscli` with the lab LAPI's configuration, in the LAPI host's namespace.

@@ -35,6 +35,7 @@ pub mod daemon;
 pub mod floods;
 pub mod probes;
 pub mod services;
+pub mod tls;
 pub use crowdsec::*;
 pub use daemon::*;
 pub use floods::*;
@@ -184,8 +185,21 @@ impl Lab {
     /// Starts CrowdSec's Local API on the LAPI host (after `add_fleet`), with its database in
     /// the lab directory; `restart_crowdsec` starts it again over the same database.
     pub fn start_crowdsec(&mut self) -> &CrowdsecLapi {
+        self.start_crowdsec_with(None)
+    }
+
+    /// `start_crowdsec`, the LAPI serving HTTPS with a certificate for `LAPI4` that a CA of the
+    /// lab's own signs (made in the lab directory); returns the CA's certificate file.
+    pub fn start_crowdsec_tls(&mut self) -> std::path::PathBuf {
+        let ca = tls::LabCa::make(&self.dir.path.join("ca"), LAPI4);
+        let file = ca.ca.clone();
+        self.start_crowdsec_with(Some(ca));
+        file
+    }
+
+    fn start_crowdsec_with(&mut self, tls: Option<tls::LabCa>) -> &CrowdsecLapi {
         let lapi = self.lapi.as_ref().expect("add_fleet first");
-        let c = CrowdsecLapi::start(&lapi.ns, &self.dir.path.join("crowdsec"), LAPI4);
+        let c = CrowdsecLapi::start(&lapi.ns, &self.dir.path.join("crowdsec"), LAPI4, tls);
         self.crowdsec = Some(c);
         self.crowdsec.as_ref().expect("just set")
     }

@@ -35,6 +35,10 @@ pub enum LapiError {
         machine: String,
         status: u16,
     },
+    #[error(
+        "the LAPI at {url} presented a certificate mailguard does not trust ({reason}): set `crowdsec.ca_file` to the CA that signed it"
+    )]
+    Certificate { url: String, reason: String },
     #[error("the LAPI at {url} did not answer within {seconds} s (`crowdsec.timeout`)")]
     Slow { url: String, seconds: u64 },
     #[error("the LAPI at {url} answered HTTP {status}")]
@@ -108,9 +112,23 @@ fn transport(url: &str, e: ureq::Error) -> LapiError {
             url: url.to_string(),
             status,
         },
-        ureq::Error::Transport(t) => LapiError::Unreachable {
+        ureq::Error::Transport(t) => unreachable(url, &t),
+    }
+}
+
+/// A request that got no answer: a certificate not trusted is named as such, anything else
+/// (refused, no route, a name that does not resolve) is `Unreachable`.
+fn unreachable(url: &str, t: &ureq::Transport) -> LapiError {
+    const CERTIFICATE: &str = "invalid peer certificate: ";
+    let reason = t.to_string();
+    match reason.find(CERTIFICATE) {
+        Some(at) => LapiError::Certificate {
             url: url.to_string(),
-            reason: t.to_string(),
+            reason: reason[at + CERTIFICATE.len()..].to_string(),
+        },
+        None => LapiError::Unreachable {
+            url: url.to_string(),
+            reason,
         },
     }
 }
@@ -245,12 +263,7 @@ impl Lapi {
                     seconds: self.timeout,
                 });
             }
-            Err(ureq::Error::Transport(t)) => {
-                return Err(LapiError::Unreachable {
-                    url: self.url.clone(),
-                    reason: t.to_string(),
-                });
-            }
+            Err(ureq::Error::Transport(t)) => return Err(unreachable(&self.url, &t)),
         };
         let mut body = Vec::new();
         response
