@@ -43,15 +43,20 @@ fn config(lapi: &str, key: &std::path::Path, iface: &str, extra: &str) -> String
 /// A lab with the fleet and the LAPI running, and a bouncer key for each mail host; mailguard
 /// not started yet.
 fn fleet_without_guards() -> Lab {
-    fleet_serving(false).0
+    fleet_serving(false, false).0
 }
 
 /// `fleet_without_guards`, the LAPI serving HTTPS when `https` (then also the file of the CA
-/// that signed its certificate).
-fn fleet_serving(https: bool) -> (Lab, Option<PathBuf>) {
+/// that signed its certificate); with `services`, the mail host runs the lab's services
+/// (Postfix among them) rather than a bare listener on 22.
+fn fleet_serving(https: bool, services: bool) -> (Lab, Option<PathBuf>) {
     let mut lab = Lab::create();
     lab.add_fleet();
-    lab.listen(|l| &l.mail.ns, SSH_PORT);
+    if services {
+        lab.start_services();
+    } else {
+        lab.listen(|l| &l.mail.ns, SSH_PORT);
+    }
     let ca = if https {
         Some(lab.start_crowdsec_tls())
     } else {
@@ -297,6 +302,92 @@ fn a_ban_at_one_host_is_dropped_at_the_other() {
 }
 
 #[test]
+fn a_source_refused_by_its_budget_at_host_a_is_dropped_at_host_b() {
+    let (mut lab, _) = fleet_serving(false, true);
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    let password = lab.dir.path.join("machine-a.password");
+    lapi.machine("mailguard-a", &password);
+    let url = lapi.url();
+    // Host A: at most 2 connections at once per source on port 25, and a source refused 5
+    // times within the window is shared for ten minutes.
+    let a = config(&url, &lab.dir.path.join("bouncer-a.key"), "mg-mail0", "").replacen(
+        "max_connections = 0",
+        "max_connections = 2",
+        1,
+    ) + &format!(
+        "machine_id = \"mailguard-a\"\nmachine_password_file = \"{}\"\n\
+             share_refused = 5\nshare_refused_for = \"10m\"\n",
+        password.display()
+    );
+    let b = config(&url, &lab.dir.path.join("bouncer-b.key"), "mg-mail20", "");
+    lab.start_mailguard(&a, &[]);
+    lab.start_mailguard2(&b);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        true,
+        Duration::from_secs(5),
+    );
+    // The attacker holds two SMTP sessions at host A, then tries for more.
+    let smtp = addr(MAIL4, 25);
+    let _held: Vec<std::net::TcpStream> = (0..2)
+        .map(|i| {
+            lab.attacker
+                .ns
+                .spawn(move || std::net::TcpStream::connect_timeout(&smtp, Duration::from_secs(2)))
+                .join()
+                .expect("thread")
+                .unwrap_or_else(|e| panic!("SMTP session {i} within the cap: {e}"))
+        })
+        .collect();
+    let tried = Instant::now();
+    for _ in 0..8 {
+        assert!(
+            !quick(&lab.attacker.ns, smtp),
+            "a third SMTP session opened beyond the cap of 2"
+        );
+    }
+    // Host A shares it at its next reading of the refusals (every 5 s); host B drops it at
+    // its next poll after the push.
+    let started = Instant::now();
+    while quick(&lab.attacker.ns, addr(MAIL2_4, SSH_PORT)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5 + POLL + 3),
+            "host B does not drop the source host A refused: A {}, B {}",
+            crowdsec_status(lab.mailguard()),
+            crowdsec_status(lab.mailguard2.as_ref().expect("host B"))
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "crowdsec: refused at host A, dropped at host B {:?} after its first refused SYN",
+        tried.elapsed()
+    );
+    let b_entries = lab.mailguard2.as_ref().expect("host B").block_entries();
+    assert!(
+        b_entries
+            .iter()
+            .any(|(c, o)| c == "198.18.0.66/32" && o == &["crowdsec:mailguard".to_string()]),
+        "{b_entries:?}"
+    );
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        log.contains("crowdsec: sharing 198.18.0.66/32 (refused ")
+            && log.contains("new connections by its budget"),
+        "{log}"
+    );
+    let alerts = lab
+        .crowdsec
+        .as_ref()
+        .expect("LAPI")
+        .cscli_ok(&["alerts", "list", "--all", "-o", "json"]);
+    assert!(alerts.contains("mailguard/budget"), "{alerts}");
+    // The legitimate client, never refused, is not shared.
+    assert!(!log.contains(&format!("sharing {CLIENT4}")), "{log}");
+    until_both(&lab.client.ns, targets(false), true, Duration::from_secs(2));
+}
+
+#[test]
 fn what_must_never_be_blocked_is_not() {
     let extra = format!(
         "[lists.mx_allow]\ncidrs = [\"{CLIENT4}/32\"]\n[lists.trusted]\ncidrs = [\"{CLIENT6}/128\"]\n"
@@ -432,7 +523,7 @@ fn a_refused_key_is_named_and_nothing_is_enforced() {
 
 #[test]
 fn https_is_read_with_the_operators_ca_and_refused_without_it() {
-    let (mut lab, ca) = fleet_serving(true);
+    let (mut lab, ca) = fleet_serving(true, false);
     let ca = ca.expect("HTTPS");
     let url = lab.crowdsec.as_ref().expect("LAPI").url();
     assert!(url.starts_with("https://"), "{url}");

@@ -63,7 +63,16 @@ pub struct Crowdsec {
     pub machine_password_file: PathBuf,
     /// The ban rules whose bans are pushed (every rule by default).
     pub share: Vec<String>,
+    /// Sources the budgets refused (over their rate or their connection cap) at least this many
+    /// times within `REFUSAL_WINDOW` are pushed too; 0: they are not.
+    pub share_refused: u32,
+    /// How long the LAPI's decision on such a source lasts, in seconds.
+    pub share_refused_for: u64,
 }
+
+/// The window `share_refused` counts refusals in, in seconds (the daemon reads the sources'
+/// refusal counts this often).
+pub const REFUSAL_WINDOW: u64 = 5;
 
 impl Crowdsec {
     /// Whether mailguard's bans are pushed.
@@ -92,6 +101,8 @@ impl Default for Crowdsec {
             machine_id: String::new(),
             machine_password_file: PathBuf::from(DEFAULT_PASSWORD_FILE),
             share: Vec::new(),
+            share_refused: 0,
+            share_refused_for: 3600,
         }
     }
 }
@@ -111,6 +122,8 @@ pub(crate) struct RawCrowdsec {
     machine_id: Option<Spanned<String>>,
     machine_password_file: Option<Spanned<String>>,
     share: Option<Vec<Spanned<String>>>,
+    share_refused: Option<Spanned<i64>>,
+    share_refused_for: Option<Spanned<String>>,
 }
 
 fn seconds(
@@ -270,6 +283,40 @@ pub(crate) fn validate(
         }
         share.push(r.clone());
     }
+    let share_refused = match &raw.share_refused {
+        None => d.share_refused,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(v) if v <= 1_000_000 => v,
+            _ => {
+                return Err(place.error(
+                    n.span(),
+                    Some("crowdsec.share_refused".into()),
+                    format!(
+                        "{} is out of range (0: not shared, up to 1000000 refusals within {REFUSAL_WINDOW}s)",
+                        n.get_ref()
+                    ),
+                ));
+            }
+        },
+    };
+    if share_refused > 0 && machine_id.is_empty() {
+        let span = raw
+            .share_refused
+            .as_ref()
+            .map_or(whole.clone(), Spanned::span);
+        return Err(place.error(
+            span,
+            Some("crowdsec.share_refused".into()),
+            "sharing refused sources needs `crowdsec.machine_id` (the machine mailguard pushes alerts as)".into(),
+        ));
+    }
+    let share_refused_for = seconds(
+        &raw.share_refused_for,
+        "crowdsec.share_refused_for",
+        60..=30 * 86_400,
+        d.share_refused_for,
+        place,
+    )?;
     let poll_interval = seconds(
         &raw.poll_interval,
         "crowdsec.poll_interval",
@@ -296,5 +343,7 @@ pub(crate) fn validate(
         machine_id,
         machine_password_file,
         share,
+        share_refused,
+        share_refused_for,
     })
 }

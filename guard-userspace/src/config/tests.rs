@@ -287,6 +287,16 @@ fn crowdsec_section_parses_and_its_errors_name_their_place() {
         std::path::Path::new("/etc/mailguard/crowdsec.key")
     );
     assert!(!d.agent(), "no machine: nothing pushed");
+    assert_eq!(
+        d.share_refused, 0,
+        "refused sources are not shared unless asked"
+    );
+    let r = parse(
+        "[crowdsec]\nenabled = true\nmachine_id = \"mx1\"\nshare_refused = 50\nshare_refused_for = \"4h\"\n",
+    )
+    .unwrap()
+    .crowdsec;
+    assert_eq!((r.share_refused, r.share_refused_for), (50, 4 * 3600));
     assert!(!parse("").unwrap().crowdsec.enabled);
     let cases = [
         (
@@ -319,6 +329,18 @@ fn crowdsec_section_parses_and_its_errors_name_their_place() {
             "t.toml:2:12: `crowdsec.origins[0]`: `a b` is not an origin name",
         ),
         ("[crowdsec]\nkey = \"secret\"\n", "unknown field `key`"),
+        (
+            "[crowdsec]\nshare_refused = 20\n",
+            "t.toml:2:17: `crowdsec.share_refused`: sharing refused sources needs `crowdsec.machine_id`",
+        ),
+        (
+            "[crowdsec]\nmachine_id = \"mx1\"\nshare_refused = -1\n",
+            "t.toml:3:17: `crowdsec.share_refused`: -1 is out of range",
+        ),
+        (
+            "[crowdsec]\nmachine_id = \"mx1\"\nshare_refused = 5\nshare_refused_for = \"10s\"\n",
+            "t.toml:4:21: `crowdsec.share_refused_for`: `10s` is out of range (60s to 2592000s)",
+        ),
     ];
     for (text, message) in cases {
         let e = parse(text).unwrap_err();

@@ -331,7 +331,7 @@ impl BanKeeper {
                                     rule: rule.clone(),
                                     since: now,
                                     seconds,
-                                    strike,
+                                    what: format!("banned by rule {rule} (offence {strike})"),
                                 });
                             self.recent.push(RecentBan {
                                 net,

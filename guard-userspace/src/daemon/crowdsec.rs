@@ -290,6 +290,13 @@ impl CrowdsecKeeper {
         }
     }
 
+    /// Sources the budgets refused (`share_refused`): all go to the LAPI.
+    pub fn share_refused(&self, found: Vec<Finding>) {
+        if let Some(agent) = &self.agent {
+            found.into_iter().for_each(|f| agent.share(f));
+        }
+    }
+
     /// What `status` shows, the agent's counts included.
     pub fn summary(&self) -> CrowdsecSummary {
         CrowdsecSummary {

@@ -20,6 +20,7 @@ pub mod crowdsec;
 pub mod lockout;
 pub mod metrics;
 pub mod metrics_server;
+pub mod refusals;
 pub mod run;
 mod serve;
 pub mod signals;

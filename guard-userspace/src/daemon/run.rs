@@ -254,6 +254,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 crowdsec,
                 bans_published: Instant::now(),
                 bans_unpublished: false,
+                refusals: super::refusals::RefusalWatch::default(),
                 contents,
                 config_text: None,
                 links: match LinkWatch::open() {

@@ -18,7 +18,9 @@ use crate::{
     daemon::crowdsec::CrowdsecKeeper,
     daemon::lockout,
     daemon::metrics::DaemonFacts,
+    daemon::refusals::{RefusalWatch, Threshold},
     daemon::signals::Signals,
+    daemon::spare::{self, Surroundings},
     daemon::state::{self, RunState},
     feeds::keeper::ListKeeper,
     feeds::saved::{ListSummary, now_unix},
@@ -27,7 +29,9 @@ use crate::{
     kernel::link_watch::LinkWatch,
     kernel::pins::Pins,
     kernel::policy::Contents,
+    kernel::source_table::SourceTable,
 };
+use guard_common::maps as names;
 
 use super::run::{RunError, RunOptions, config_path, effective_config, now, sd_notify};
 
@@ -64,6 +68,8 @@ pub(super) struct Daemon<'a> {
     /// Bans from the mail logs and Dovecot's policy reports.
     pub(super) bans: BanKeeper,
     pub(super) crowdsec: CrowdsecKeeper,
+    /// The sources the budgets refuse, read for the CrowdSec agent.
+    pub(super) refusals: RefusalWatch,
     /// When the state file was last written (for the bans it is written at most 4 times a
     /// second), and whether the bans changed since.
     pub(super) bans_published: Instant,
@@ -136,6 +142,7 @@ impl Daemon<'_> {
             }
             self.keep_bans();
             self.keep_crowdsec();
+            self.keep_refusals();
             self.follow_interface();
             self.keep_lists()?;
             if self
@@ -290,6 +297,65 @@ impl Daemon<'_> {
         if came {
             self.publish();
         }
+    }
+
+    /// Shares the sources the budgets refuse (`crowdsec.share_refused`) through the CrowdSec
+    /// agent: their refusal counts are read from XDP's source table every few seconds. What
+    /// must never be blocked is not shared (logged).
+    fn keep_refusals(&mut self) {
+        let c = &self.config.crowdsec;
+        if !c.agent() || c.share_refused == 0 || !self.refusals.due() {
+            return;
+        }
+        let table = match state::pinned(&self.opts.dirs, names::SOURCES) {
+            Ok(map) => SourceTable::open(&map).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("crowdsec: the sources' refusals cannot be read: {e}");
+                return;
+            }
+        };
+        let threshold = Threshold {
+            refused: c.share_refused,
+            seconds: c.share_refused_for,
+            prefix_v4: self.config.budgets.source_prefix_v4,
+            prefix_v6: self.config.budgets.source_prefix_v6,
+        };
+        let found = self.refusals.read(table.in_use(), threshold, now_unix());
+        if found.is_empty() {
+            return;
+        }
+        let ports = lockout::watched_ports(&[&self.config]);
+        let around = Surroundings::read(&|| lockout::live_sessions(&ports));
+        let mut shared = Vec::new();
+        for f in found {
+            match spare::why(
+                &f.net,
+                &around,
+                &self.contents.mx_allow,
+                &self.contents.trusted,
+            ) {
+                Some(why) => log::warn!(
+                    "crowdsec: {} {}: NOT shared: {}",
+                    f.net,
+                    f.what,
+                    spare::explain(why)
+                ),
+                None => {
+                    log::info!(
+                        "crowdsec: sharing {} ({}) for {}",
+                        f.net,
+                        f.what,
+                        crate::config::durations::human_duration(f.seconds)
+                    );
+                    shared.push(f);
+                }
+            }
+        }
+        self.crowdsec.share_refused(shared);
     }
 
     /// Keeps the XDP program on the interface: when the interface goes away (a network

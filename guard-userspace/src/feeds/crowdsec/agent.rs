@@ -27,7 +27,8 @@ pub struct Finding {
     /// Unix seconds.
     pub since: u64,
     pub seconds: u64,
-    pub strike: u32,
+    /// What the source did, for the alert's message ("banned by rule auth (offence 2)").
+    pub what: String,
 }
 
 /// What the agent did, for `status` and the metrics.
@@ -122,7 +123,7 @@ pub fn alert(f: &Finding, host: &str) -> serde_json::Value {
         "scenario": scenario,
         "scenario_hash": "",
         "scenario_version": "",
-        "message": format!("mailguard on {host}: {} banned by rule {} (offence {})", f.net, f.rule, f.strike),
+        "message": format!("mailguard on {host}: {} {}", f.net, f.what),
         "events_count": 1,
         "start_at": at,
         "stop_at": at,
@@ -239,7 +240,7 @@ mod tests {
             rule: "auth".into(),
             since: 1_796_531_163,
             seconds: 600,
-            strike: 1,
+            what: "banned by rule auth (offence 1)".into(),
         };
         let a = alert(&f, "mx1");
         assert_eq!(a["scenario"], "mailguard/auth");
@@ -249,10 +250,14 @@ mod tests {
         assert_eq!(a["decisions"][0]["duration"], "600s");
         assert_eq!(a["decisions"][0]["origin"], "mailguard");
         assert_eq!(a["start_at"], "2026-12-06T04:26:03Z");
+        assert_eq!(
+            a["message"],
+            "mailguard on mx1: 198.18.0.66/32 banned by rule auth (offence 1)"
+        );
         let net = Finding {
             net: "2001:db8:66::/64".parse().unwrap(),
             rule: "auth_net".into(),
-            ..f
+            ..f.clone()
         };
         let a = alert(&net, "mx1");
         assert_eq!(a["source"]["scope"], "Range");
