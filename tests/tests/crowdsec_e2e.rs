@@ -572,6 +572,107 @@ fn https_is_read_with_the_operators_ca_and_refused_without_it() {
 }
 
 #[test]
+fn a_set_larger_than_the_block_list_is_refused_whole_and_taken_once_it_fits() {
+    let mut lab = fleet_without_guards();
+    // The block list nearly full from a file: room for 5 more IPv4 entries.
+    let room = 5;
+    let file = lab.dir.path.join("block.txt");
+    let mut text = String::new();
+    for i in 0..guard_common::LIST_MAX_ENTRIES as u32 - room {
+        let a = std::net::Ipv4Addr::from(0xf000_0000u32 | i);
+        text.push_str(&format!("{a}\n"));
+    }
+    fs::write(&file, text).expect("block list file");
+    let url = lab.crowdsec.as_ref().expect("LAPI").url();
+    let a = config(
+        &url,
+        &lab.dir.path.join("bouncer-a.key"),
+        "mg-mail0",
+        &format!("[lists.block]\nfiles = [\"{}\"]\n", file.display()),
+    );
+    let started = Instant::now();
+    lab.start_mailguard(&a, &[]);
+    let in_file = u64::from(guard_common::LIST_MAX_ENTRIES as u32 - room);
+    let block_ipv4 = |lab: &Lab| {
+        lab.mailguard().status()["lists"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["list"] == "block"))
+            .and_then(|l| l["ipv4"].as_u64())
+    };
+    while block_ipv4(&lab) != Some(in_file) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the block list file is not in force: {}",
+            lab.mailguard().status()["lists"]
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "crowdsec: {in_file} block list entries from a file in force {:?} after mailguard started (debug build)",
+        started.elapsed()
+    );
+    let lapi = lab.crowdsec.as_ref().expect("LAPI");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER4, "--duration", "1h"]);
+    let dropped = |lab: &Lab| !quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT));
+    let added = Instant::now();
+    while !dropped(&lab) {
+        assert!(
+            added.elapsed() < Duration::from_secs(30),
+            "the attacker's decision not enforced: {}",
+            crowdsec_status(lab.mailguard())
+        );
+    }
+    // Six more in one import: one more than there is room for.
+    let csv = lab.dir.path.join("six.csv");
+    let mut rows = String::from("duration,scope,value\n");
+    for i in 1..=room + 1 {
+        rows.push_str(&format!("1h,ip,240.16.0.{i}\n"));
+    }
+    fs::write(&csv, rows).expect("decisions file");
+    lapi.cscli_ok(&["decisions", "import", "-i", csv.to_str().expect("path")]);
+    let status = until_failure(lab.mailguard(), "do not fit", Duration::from_secs(30));
+    let error = status["last_error"].as_str().unwrap_or("");
+    println!("crowdsec: refused: {error}");
+    assert!(
+        error.contains("list `block`") && error.contains("IPv4 entries do not fit"),
+        "{status}"
+    );
+    // Nothing in force is lost: the decision before, the file's entries, the client's way in.
+    assert_eq!(status["by_origin"]["cscli"], 1, "{status}");
+    assert!(status["by_origin"]["cscli-import"].is_null(), "{status}");
+    assert!(dropped(&lab), "the decision in force before was lost");
+    assert!(quick(&lab.client.ns, addr(MAIL4, SSH_PORT)));
+    let log = lab.mailguard().log().join("\n");
+    assert!(
+        log.contains("the LAPI's decisions were NOT applied")
+            && log.contains("the decisions in force stay, whole"),
+        "{log}"
+    );
+    // Room made at the LAPI: the next full read (after the backoff) is taken.
+    for i in 1..=2 {
+        lapi.cscli_ok(&["decisions", "delete", "--ip", &format!("240.16.0.{i}")]);
+    }
+    let deleted = Instant::now();
+    let status = loop {
+        let s = crowdsec_status(lab.mailguard());
+        if s["by_origin"]["cscli-import"] == room - 1 && s["failures_in_a_row"] == 0 {
+            break s;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(30),
+            "the set that fits again is not taken: {s}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status["last_error"].is_null(), "{status}");
+    println!(
+        "crowdsec: taken {:?} after room was made",
+        deleted.elapsed()
+    );
+    assert!(dropped(&lab));
+}
+
+#[test]
 fn a_hundred_thousand_decisions() {
     let mut lab = fleet_without_guards();
     // 100,000 addresses in 2001:db8:1000::/64 and the attacker, imported before the hosts

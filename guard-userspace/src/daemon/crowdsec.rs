@@ -274,12 +274,16 @@ impl CrowdsecKeeper {
         s.last_apply_seconds = (pending.took + applied_in).as_secs_f64();
     }
 
-    /// The maps refused a pending answer (`why`): the set in force stays.
+    /// The maps refused a pending answer (`why`): the set in force stays, and the bouncer reads
+    /// everything again after its backoff.
     pub fn refused(&mut self, why: String) {
         log::error!(
             "crowdsec: the LAPI's decisions were NOT applied: {why}; the decisions in force stay, whole"
         );
         self.failed(why);
+        if let Some(b) = &self.bouncer {
+            b.refused(self.summary.failures_in_a_row);
+        }
     }
 
     /// New bans of this host: those of the rules `share` names go to the LAPI.

@@ -2,7 +2,8 @@
 //! the start, after any failure, and every resync interval; otherwise what changed), and hands
 //! each answer to the daemon with a wake-up on a descriptor the serve loop waits on. Failures
 //! back off (the poll interval doubled each time, up to five minutes); the daemon keeps the
-//! decisions in force meanwhile.
+//! decisions in force meanwhile. An answer the daemon's maps refused (a set larger than the
+//! block list) is told back: the next read is a full one, after the same backoff.
 
 use std::{
     os::{fd::AsRawFd, unix::net::UnixStream},
@@ -42,12 +43,26 @@ pub enum Report {
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// The wait before the next attempt after `in_a_row` failures: the poll interval doubled for
+/// each after the first, at most `MAX_BACKOFF`.
+fn backoff(poll: Duration, in_a_row: u64) -> Duration {
+    poll.saturating_mul(1 << in_a_row.clamp(1, 17) - 1)
+        .min(MAX_BACKOFF)
+}
+
+/// What the daemon tells the thread.
+enum Ask {
+    /// The maps refused an answer (`in_a_row` failures and refusals so far): read everything
+    /// again, after the backoff.
+    Refused { in_a_row: u64 },
+}
+
 /// The daemon's side: reports, the descriptor that wakes it, and the thread (ended on drop).
 pub struct Bouncer {
     rx: mpsc::Receiver<Report>,
     wake: UnixStream,
     /// Dropping it ends the thread at its next wait.
-    _stop: mpsc::Sender<()>,
+    asks: mpsc::Sender<Ask>,
 }
 
 impl Bouncer {
@@ -62,25 +77,26 @@ impl Bouncer {
         let _ = wake.set_nonblocking(true);
         let _ = wake_tx.set_nonblocking(true);
         let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (asks, asks_rx) = mpsc::channel::<Ask>();
         let url = config.lapi_url.clone();
         let config = config.clone();
         thread::Builder::new()
             .name("crowdsec".into())
-            .spawn(move || run(&lapi, &config, &tx, &wake_tx, &stop_rx))
+            .spawn(move || run(&lapi, &config, &tx, &wake_tx, &asks_rx))
             .map_err(|e| LapiError::Unreachable {
                 url,
                 reason: format!("cannot start the bouncer thread: {e}"),
             })?;
-        Ok(Bouncer {
-            rx,
-            wake,
-            _stop: stop_tx,
-        })
+        Ok(Bouncer { rx, wake, asks })
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.wake.as_raw_fd()
+    }
+
+    /// The maps refused the last answer (`in_a_row` failures and refusals so far).
+    pub fn refused(&self, in_a_row: u64) {
+        let _ = self.asks.send(Ask::Refused { in_a_row });
     }
 
     /// Every report waiting now.
@@ -96,7 +112,7 @@ fn run(
     config: &Crowdsec,
     tx: &mpsc::Sender<Report>,
     wake: &UnixStream,
-    stop: &mpsc::Receiver<()>,
+    asks: &mpsc::Receiver<Ask>,
 ) {
     let poll = Duration::from_secs(config.poll_interval);
     let resync = Duration::from_secs(config.resync_interval);
@@ -130,9 +146,7 @@ fn run(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let retry_in = poll
-                    .saturating_mul(1 << failures.min(16).saturating_sub(1))
-                    .min(MAX_BACKOFF);
+                let retry_in = backoff(poll, failures.into());
                 let report = Report::Failed {
                     error,
                     at: now_unix(),
@@ -145,9 +159,30 @@ fn run(
             }
         };
         let _ = std::io::Write::write(&mut &*wake, &[1]);
-        match stop.recv_timeout(wait) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        let mut next = Instant::now() + wait;
+        loop {
+            match asks.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(Ask::Refused { in_a_row }) => {
+                    full_due = Instant::now();
+                    next = Instant::now() + backoff(poll, in_a_row);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_poll_interval_up_to_five_minutes() {
+        let poll = Duration::from_secs(10);
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(poll, n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(poll, 0), poll);
+        assert_eq!(backoff(poll, u64::MAX), MAX_BACKOFF);
     }
 }

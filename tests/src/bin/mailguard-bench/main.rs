@@ -39,6 +39,7 @@
 
 mod bans;
 mod crowdsec;
+mod crowdsec_wire;
 mod flood;
 mod isolation;
 mod lists;

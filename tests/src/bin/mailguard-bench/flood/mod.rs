@@ -30,7 +30,7 @@ use crate::xdp_flood::XdpFlood;
 
 mod attack;
 mod report;
-mod wire;
+pub(crate) mod wire;
 
 use attack::{Flood, generator_kept_up, start_flood};
 pub use report::{plot, report};
