@@ -11,8 +11,8 @@ use std::{
 };
 
 use guard_tests::lab::{
-    ATTACKER4, CLIENT4, Lab, Login, MAIL_IFACE, MAIL4, MAIL6, Scan, imap_login, nmap_syn_scan,
-    smtp_auth, swaks, tcp_banner, tcp_connects,
+    ATTACKER4, ATTACKER6, CLIENT4, Lab, Login, MAIL_IFACE, MAIL2_4, MAIL2_6, MAIL2_IFACE, MAIL4,
+    MAIL6, Scan, imap_login, nmap_syn_scan, smtp_auth, swaks, tcp_banner, tcp_connects,
 };
 
 /// The lines of mailguard's log that contain `what`, without the time and level.
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     }
 }
 
-const STEPS: u32 = 10;
+const STEPS: u32 = 11;
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}/{STEPS}] {text}");
@@ -123,6 +123,101 @@ fn show_scan(who: &str, scan: &Scan) {
         list(&scan.closed),
         list(&scan.filtered)
     );
+}
+
+/// Step 10: the second MX and the LAPI join the lab; `cscli decisions add` drops the attacker
+/// at both NICs, `cscli decisions delete` lets it in again.
+fn fleet(lab: &mut Lab, mx_config: &str) {
+    lab.add_fleet();
+    lab.start_crowdsec();
+    let lapi = lab.crowdsec.as_ref().expect("started");
+    let url = lapi.url();
+    println!(
+        "      second MX {MAIL2_4} / {MAIL2_6}; CrowdSec's Local API (Debian's crowdsec, offline) at {url}"
+    );
+    let key = |h: &str| lab.dir.path.join(format!("bouncer-{h}.key"));
+    for h in ["mx1", "mx2"] {
+        lapi.bouncer_key(&format!("mailguard-{h}"), &key(h));
+        println!("      cscli bouncers add mailguard-{h}  (the key in a file mailguard reads)");
+    }
+    let crowdsec = |h: &str| {
+        format!(
+            "\n[crowdsec]\nenabled = true\nlapi_url = \"{url}\"\nbouncer_key_file = \"{}\"\npoll_interval = \"1s\"\n",
+            key(h).display()
+        )
+    };
+    println!("      | [crowdsec]");
+    println!("      | enabled = true");
+    println!("      | lapi_url = \"{url}\"");
+    println!("      | poll_interval = \"1s\"");
+    lab.rewrite_mailguard_config(&format!("{mx_config}{}", crowdsec("mx1")));
+    let out = lab.mailguard().cli(&["reload"]);
+    println!(
+        "      mx1: mailguard reload: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(out.status.success(), "reload with [crowdsec] failed");
+    let mx2 = format!(
+        "interface = \"{MAIL2_IFACE}\"\nmail_ports = [25, 587]\n[[open_ports]]\nport = 22\n{}",
+        crowdsec("mx2")
+    );
+    lab.start_mailguard2(&mx2);
+    println!("      mx2: mailguard run (SSH open, the same [crowdsec] section)");
+    let targets = [
+        (
+            "mx1 port 587",
+            SocketAddr::new(MAIL6.parse().expect("IPv6"), 587),
+        ),
+        (
+            "mx2 port 22",
+            SocketAddr::new(MAIL2_6.parse().expect("IPv6"), 22),
+        ),
+    ];
+    let reach =
+        || targets.map(|(_, t)| tcp_connects(&lab.attacker.ns, t, Duration::from_millis(500)));
+    let show = |what: &str, r: [bool; 2]| {
+        for ((name, _), open) in targets.iter().zip(r) {
+            println!(
+                "      {what}: the attacker ({ATTACKER6}) to {name}: {}",
+                if open { "connects" } else { "dropped" }
+            );
+        }
+    };
+    let before = reach();
+    show("before", before);
+    assert!(
+        before.iter().all(|o| *o),
+        "the attacker could not reach the fleet before"
+    );
+    let lapi = lab.crowdsec.as_ref().expect("started");
+    lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER6, "--duration", "1h"]);
+    let added = Instant::now();
+    println!("      cscli decisions add --ip {ATTACKER6} --duration 1h");
+    while reach().iter().any(|o| *o) {
+        assert!(
+            added.elapsed() < Duration::from_secs(10),
+            "the decision was not enforced at both MX hosts"
+        );
+    }
+    show(&format!("{:.1?} later", added.elapsed()), [false, false]);
+    let out = lab
+        .mailguard2
+        .as_ref()
+        .expect("mx2")
+        .cli(&["block", "list"]);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("      mx2 | {line}");
+    }
+    lapi.cscli_ok(&["decisions", "delete", "--ip", ATTACKER6]);
+    let deleted = Instant::now();
+    println!("      cscli decisions delete --ip {ATTACKER6}");
+    while reach() != [true, true] {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "the deleted decision still drops the attacker"
+        );
+    }
+    show(&format!("{:.1?} later", deleted.elapsed()), [true, true]);
 }
 
 fn demo() {
@@ -463,7 +558,13 @@ fn demo() {
         println!("      {line}");
     }
 
-    step(10, "mailguard status and mailguard top");
+    step(
+        10,
+        "a fleet: a second MX with its own mailguard, both bouncers of one CrowdSec Local API",
+    );
+    fleet(&mut lab, &mx_config);
+
+    step(11, "mailguard status and mailguard top");
     let out = lab.mailguard().cli(&["status"]);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("      {line}");

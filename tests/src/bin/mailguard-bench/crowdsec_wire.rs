@@ -116,7 +116,10 @@ fn blast(lab: &Lab, frame: Vec<u8>) -> Result<(u64, u64), String> {
                 }
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
                 if fd < 0 {
-                    return Err(format!("packet socket: {}", std::io::Error::last_os_error()));
+                    return Err(format!(
+                        "packet socket: {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
                 let name = std::ffi::CString::new(iface.as_str()).expect("name");
                 let mut sll: libc::sockaddr_ll = std::mem::zeroed();
@@ -249,8 +252,16 @@ pub fn measure(lab: &Lab, entries: [u32; 2]) -> Result<[WireRow; 2], String> {
     println!(
         "crowdsec: wire cost at {:?} entries: mailguard {:?}, firewall bouncer {:?} ns per frame ({:.0?})",
         entries,
-        rows[0].ns_per_frame.iter().map(|v| v.round()).collect::<Vec<_>>(),
-        rows[1].ns_per_frame.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        rows[0]
+            .ns_per_frame
+            .iter()
+            .map(|v| v.round())
+            .collect::<Vec<_>>(),
+        rows[1]
+            .ns_per_frame
+            .iter()
+            .map(|v| v.round())
+            .collect::<Vec<_>>(),
         started.elapsed()
     );
     Ok(rows)
