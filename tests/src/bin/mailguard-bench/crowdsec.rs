@@ -252,7 +252,7 @@ pub fn measure() -> Result<Results, String> {
         "--duration",
         "4h",
     ]);
-    until_in_force(&lab, 1, 1)?;
+    until_banned(&lab, 1)?;
     let mut wire = Vec::new();
     wire.extend(crate::crowdsec_wire::measure(&lab, [1, 1])?);
     lab.stop_mailguard();
@@ -319,11 +319,10 @@ pub fn measure() -> Result<Results, String> {
     // Per-packet cost with the hundred thousand in force (and the frames' source): mailguard
     // started again beside the bouncer, which holds what it applied.
     lab.start_mailguard(&config(&url, &key_file), &[]);
-    let fw_n = nft_elements(mail2(&lab));
-    until_in_force(&lab, MANY + 1, fw_n)?;
+    until_banned(&lab, MANY + 1)?;
     wire.extend(crate::crowdsec_wire::measure(
         &lab,
-        [mailguard_in_force(&lab), fw_n],
+        [mailguard_in_force(&lab), nft_elements(mail2(&lab))],
     )?);
     drop(fw);
     Ok(Results {
@@ -335,19 +334,30 @@ pub fn measure() -> Result<Results, String> {
     })
 }
 
-/// Waits (at most a minute) until mailguard holds `mailguard` decisions and the bouncer's sets
-/// `bouncer` elements.
-fn until_in_force(lab: &Lab, mailguard: u32, bouncer: u32) -> Result<(), String> {
+/// Waits (at most a minute) until both tools hold the decision on the frames' source, and
+/// mailguard holds `mailguard` decisions in all.
+fn until_banned(lab: &Lab, mailguard: u32) -> Result<(), String> {
+    let banned6 = crate::crowdsec_wire::BANNED6;
     let started = Instant::now();
     loop {
-        let now = (mailguard_in_force(lab), nft_elements(mail2(lab)));
-        if now.0 >= mailguard && now.1 >= bouncer {
+        let at_mailguard = lab
+            .mailguard()
+            .block_entries()
+            .iter()
+            .any(|(cidr, _)| *cidr == format!("{banned6}/128"));
+        let at_bouncer = mail2(lab)
+            .command("nft")
+            .args(["get", "element", "ip6", "crowdsec6", "crowdsec6-blacklists"])
+            .arg(format!("{{ {banned6} }}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let n = mailguard_in_force(lab);
+        if at_mailguard && at_bouncer && n >= mailguard {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(60) {
             return Err(format!(
-                "after a minute, {} decisions in force at mailguard (of {mailguard}), {} at the bouncer (of {bouncer})",
-                now.0, now.1
+                "after a minute, the decision on {banned6} in force: at mailguard {at_mailguard} ({n} decisions of {mailguard}), at the bouncer {at_bouncer}"
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
