@@ -578,7 +578,7 @@ fn a_set_larger_than_the_block_list_is_refused_whole_and_taken_once_it_fits() {
     let room = 5;
     let file = lab.dir.path.join("block.txt");
     let mut text = String::new();
-    for i in 0..guard_common::LIST_MAX_ENTRIES as u32 - room {
+    for i in 0..guard_common::LIST_MAX_ENTRIES - room {
         let a = std::net::Ipv4Addr::from(0xf000_0000u32 | i);
         text.push_str(&format!("{a}\n"));
     }
@@ -592,7 +592,7 @@ fn a_set_larger_than_the_block_list_is_refused_whole_and_taken_once_it_fits() {
     );
     let started = Instant::now();
     lab.start_mailguard(&a, &[]);
-    let in_file = u64::from(guard_common::LIST_MAX_ENTRIES as u32 - room);
+    let in_file = u64::from(guard_common::LIST_MAX_ENTRIES - room);
     let block_ipv4 = |lab: &Lab| {
         lab.mailguard().status()["lists"]
             .as_array()

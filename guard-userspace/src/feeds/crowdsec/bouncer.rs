@@ -46,7 +46,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The wait before the next attempt after `in_a_row` failures: the poll interval doubled for
 /// each after the first, at most `MAX_BACKOFF`.
 fn backoff(poll: Duration, in_a_row: u64) -> Duration {
-    poll.saturating_mul(1 << in_a_row.clamp(1, 17) - 1)
+    poll.saturating_mul(1 << (in_a_row.clamp(1, 17) - 1))
         .min(MAX_BACKOFF)
 }
 
