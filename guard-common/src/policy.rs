@@ -44,10 +44,36 @@ pub struct Settings {
     /// `index_generation_bit`; IPv4 lists by `INDEX_*`, IPv6 ones by `v6_list`; see
     /// `list_index`).
     pub index: u32,
-    /// Zero; room for later switches without changing the value size.
-    pub reserved: [u32; 2],
+    /// SYN cookies: `COOKIES_*` mode and bits, and the window scale the SYN-ACK offers
+    /// (`COOKIE_WSCALE_SHIFT`). Zero (off) in maps pinned by a version without them.
+    pub cookies: u32,
+    /// The MSS a SYN-ACK made in XDP offers: IPv4 in the low 16 bits, IPv6 in the high 16.
+    pub cookie_mss: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+
+/// `Settings::cookies` mode (the low two bits): no SYN cookies from XDP.
+pub const COOKIES_OFF: u32 = 0;
+/// A SYN the SYN ceiling would drop is answered with a cookie instead.
+pub const COOKIES_UNDER_FLOOD: u32 = 1;
+/// Every SYN from a source not known to have completed a connection is answered with a cookie.
+pub const COOKIES_ALWAYS: u32 = 2;
+pub const COOKIES_MODE_MASK: u32 = 0b11;
+/// The SYN-ACK may carry timestamps (the cookie's window scale and SACK bits in its TSval):
+/// set only when the kernel adds no per-connection offset to its timestamps
+/// (`net.ipv4.tcp_timestamps` = 2), which would garble those bits.
+pub const COOKIES_TIMESTAMPS: u32 = 1 << 2;
+/// Where the window scale the SYN-ACK offers sits in `Settings::cookies` (4 bits): the one the
+/// kernel computes for the connection it makes from the cookie.
+pub const COOKIE_WSCALE_SHIFT: u32 = 4;
+
+impl Settings {
+    /// The SYN cookie mode (`COOKIES_OFF`, `COOKIES_UNDER_FLOOD`, `COOKIES_ALWAYS`).
+    #[inline(always)]
+    pub const fn cookie_mode(&self) -> u32 {
+        self.cookies & COOKIES_MODE_MASK
+    }
+}
 
 impl Settings {
     #[inline(always)]
@@ -267,7 +293,8 @@ mod tests {
         let s = Settings {
             flags: SETTING_MONITOR,
             index: 0,
-            reserved: [0; 2],
+            cookies: 0,
+            cookie_mss: 0,
         };
         assert!(s.has(SETTING_MONITOR));
         assert!(!s.has(SETTING_ECHO_ALLOW));

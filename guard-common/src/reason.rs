@@ -7,7 +7,8 @@
 pub enum Verdict {
     Drop = 1,
     Pass = 2,
-    /// Sent back out of the interface it came in on (a TCP RST made from the packet).
+    /// Sent back out of the interface it came in on (a TCP RST, or a SYN-ACK with a SYN cookie,
+    /// made from the packet).
     Tx = 3,
 }
 
@@ -150,6 +151,10 @@ reasons! {
         "to port 25 in MX-only mode from a source outside the MX allowlist";
     Internal = 33, Pass, "internal",
         "passed unjudged: the XDP program could not read its own per-CPU scratch slot (never expected)";
+    SynCookie = 34, Tx, "syn_cookie",
+        "new connection from a source not known to have completed one, answered in XDP with the kernel's SYN cookie (syn_cookies)";
+    SynCookieUnavailable = 35, Drop, "syn_cookie_unavailable",
+        "as syn_cookie, but no cookie could be made (no listener, the kernel not making cookies, IP options): dropped as over the SYN ceiling";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in
@@ -165,6 +170,17 @@ const _: () = {
         i += 1;
     }
 };
+
+impl Reason {
+    /// How `status` and the metrics name the reason's verdict: `reject` for the RSTs of the
+    /// reject action, `answer` for the SYN-ACKs of SYN cookies (both sent with XDP_TX).
+    pub const fn verdict_label(self) -> &'static str {
+        match self {
+            Reason::SynCookie => "answer",
+            r => r.verdict().name(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

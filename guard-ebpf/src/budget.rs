@@ -24,9 +24,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use guard_common::{
-    BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, ClassBudget, FAMILY_V4, FAMILY_V6,
-    Gcra, INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED, Settings, SourceKey, SourceSlot,
-    SourceState, TRUSTED_V4_USED, TRUSTED_V6_USED, class_counter_slot, effective_count, v6_words,
+    BUDGET_ACTIVE, BUDGET_REJECT, BudgetOutcome, BudgetSettings, COOKIES_ALWAYS, COOKIES_OFF,
+    ClassBudget, FAMILY_V4, FAMILY_V6, Gcra, INDEX_TRUSTED, Reason, SETTING_MONITOR, SLOT_VERIFIED,
+    Settings, SourceKey, SourceSlot, SourceState, TRUSTED_V4_USED, TRUSTED_V6_USED,
+    class_counter_slot, effective_count, v6_words,
 };
 
 use crate::{
@@ -71,9 +72,16 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, settings: &Settings) -> Resu
     let ceiling = Ceiling::ask(&key, cfg, now);
     let found = bucket.find(&key);
 
+    let cookies = settings.cookie_mode();
+    if cookies == COOKIES_ALWAYS && !ceiling.verified(&key, found) {
+        return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCookie));
+    }
     let flags = match ceiling.admit(found) {
         Some(flags) => flags,
-        // Never a RST here: the source is most likely spoofed.
+        // Never a RST here: the source is most likely spoofed. A cookie proves it is not.
+        None if cookies != COOKIES_OFF => {
+            return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCookie));
+        }
         None => return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling)),
     };
 
@@ -147,6 +155,20 @@ impl Ceiling {
             VERIFIED.get_ptr(class0).is_some()
         };
         Ceiling { limit, listed }
+    }
+
+    /// Whether the source has completed a connection: its slot flagged, or listed in
+    /// `VERIFIED` (looked up here when the ceiling did not).
+    #[inline(always)]
+    fn verified(&self, key: &SourceKey, found: Option<*mut SourceSlot>) -> bool {
+        // SAFETY: a map value pointer, valid while the program runs.
+        if found.is_some_and(|s| unsafe { (*s).flags } & SLOT_VERIFIED != 0) {
+            return true;
+        }
+        self.listed || {
+            let class0 = SourceKey { class: 0, ..*key };
+            VERIFIED.get_ptr(class0).is_some()
+        }
     }
 
     /// `None` refuses the SYN, `Some` admits it with the flags for a new slot; `found` is the

@@ -23,6 +23,7 @@ mod settle;
 mod sockets;
 mod sockops;
 mod sources;
+mod syncookie;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use guard_common::{Reason, SETTING_MONITOR, Verdict};
@@ -39,15 +40,25 @@ pub fn mailguard_xdp(mut ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    let reason = policy::decide(&ctx, settings, slot);
+    let mut reason = policy::decide(&ctx, settings, slot);
+    let monitor = settings.has(SETTING_MONITOR);
+    // A SYN answered with a cookie is rewritten before it is counted: when no cookie can be
+    // made it is dropped, as over the SYN ceiling, and counted so. Its layout, as a refused
+    // SYN's, is the one the budget's settle point left.
+    if reason == Reason::SynCookie
+        && !monitor
+        && syncookie::answer_with_cookie(&mut ctx, &slot.last(), settings).is_err()
+    {
+        reason = Reason::SynCookieUnavailable;
+    }
     count(reason);
     match reason.verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
-        // Monitor mode counts drops and rejections but lets the packet through untouched.
-        Verdict::Drop | Verdict::Tx if settings.has(SETTING_MONITOR) => xdp_action::XDP_PASS,
+        // Monitor mode counts drops and answers but lets the packet through untouched.
+        Verdict::Drop | Verdict::Tx if monitor => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        // Only a SYN the budget refused answers with a RST: its layout is the one the
-        // budget's settle point left.
+        Verdict::Tx if reason == Reason::SynCookie => xdp_action::XDP_TX,
+        // A SYN the budget refused with action reject answers with a RST.
         Verdict::Tx => match reject::answer_with_rst(&mut ctx, &slot.last()) {
             Ok(()) => xdp_action::XDP_TX,
             Err(_) => xdp_action::XDP_DROP,

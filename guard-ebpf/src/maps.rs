@@ -16,7 +16,7 @@ use guard_common::{
     source_buckets,
 };
 
-use crate::settle::Scratch;
+use crate::{settle::Scratch, syncookie::CookieScan};
 
 /// Packets counted by reason.
 /// key: `u32` counter slot = `Reason as u32` (host order);
@@ -198,6 +198,12 @@ pub static V6_LENGTHS: Array<V6Lengths> = Array::with_max_entries(V6_LENGTH_TABL
 /// Never pinned: it holds nothing between packets.
 #[map(name = "MG_SCRATCH")]
 pub static SCRATCH: Scratch = PerCpuArray::with_max_entries(1, 0);
+
+/// The SYN cookie's work area (`syncookie.rs`): the SYN's headers and what its options offered.
+/// key: `u32` 0; value: `CookieScan`, one per CPU; capacity 1. Never pinned: it holds nothing
+/// between packets.
+#[map(name = "MG_COOKIE_SCAN")]
+pub static COOKIE_SCAN: PerCpuArray<CookieScan> = PerCpuArray::with_max_entries(1, 0);
 
 // The names above must be the ones userspace looks up.
 const _: () = {

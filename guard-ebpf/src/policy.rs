@@ -270,7 +270,8 @@ fn echo_request(settings: &Settings) -> Reason {
 const FALLBACK_SETTINGS: Settings = Settings {
     flags: SETTING_ECHO_ALLOW,
     index: 0,
-    reserved: [0; 2],
+    cookies: 0,
+    cookie_mss: 0,
 };
 
 /// The run-time switches (one array slot, read once per packet).

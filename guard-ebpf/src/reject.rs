@@ -121,7 +121,7 @@ fn rst<const N: usize>(ctx: &mut XdpContext, l3: usize, v6: bool) -> Result<(), 
 /// two IPv6 addresses are all loaded into registers at once, and their spills would cost the
 /// stack more than the kernel allows a chain of calls.
 #[inline(always)]
-fn addresses_sum(bytes: &[u8]) -> Result<u32, Reason> {
+pub(crate) fn addresses_sum(bytes: &[u8]) -> Result<u32, Reason> {
     // SAFETY: the helper reads `bytes.len()` bytes of the packet, which `bytes` proves present
     // (the verifier checks it too); nothing is written.
     let native = unsafe {

@@ -5,8 +5,10 @@
 use core::{ffi::c_void, mem};
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple},
-    helpers::generated::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    bindings::{BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, bpf_sock, bpf_sock_tuple, tcphdr},
+    helpers::generated::{
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie,
+    },
     programs::XdpContext,
 };
 use guard_common::Reason;
@@ -84,6 +86,60 @@ pub fn tcp_connection_exists(
     let state = unsafe { (*sk).state };
     unsafe { bpf_sk_release(sk as *mut c_void) };
     Ok(state != BPF_TCP_LISTEN)
+}
+
+/// The kernel's SYN cookie for a SYN to a listening socket of the host: (cookie, MSS the cookie
+/// encodes), from `bpf_tcp_gen_syncookie` on the listener `bpf_skc_lookup_tcp` finds. `iph` and
+/// `th` are copies of the SYN's IP header (`iph_len` bytes) and TCP header with its options
+/// (`th_len` bytes, its data offset). `None` when no socket listens there, or the kernel makes
+/// no cookie: its SYN cookies off (`net.ipv4.tcp_syncookies` = 0), or neither set to always (2)
+/// nor the listener's SYN queue full, or its accept queue full. A cookie made this way marks the
+/// listener as having sent cookies recently, which the kernel requires of the returning ACK.
+#[inline(always)]
+pub fn syn_cookie(
+    ctx: &XdpContext,
+    ip: &Ip,
+    iph: &mut [u8; 40],
+    iph_len: u32,
+    th: &mut [u8; 64],
+    th_len: u32,
+) -> Result<Option<(u32, u16)>, Reason> {
+    let (mut t, size) = tuple(ctx, ip, [th[0], th[1]], [th[2], th[3]])?;
+    // SAFETY: as in tcp_connection_exists.
+    let sk = unsafe {
+        bpf_skc_lookup_tcp(
+            ctx.ctx as *mut c_void,
+            &mut t,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a sock_common the lookup returned, read then released below.
+    let state = unsafe { (*sk).state };
+    // 20 to 60 as the verifier sees it, and unchanged for any data offset of 5 to 15 words.
+    let th_len = 20 + (th_len.wrapping_sub(20) & 0x3c).min(40);
+    let made = if state == BPF_TCP_LISTEN {
+        // SAFETY: the helper reads `iph_len` and `th_len` bytes of the two buffers, which are
+        // that long at least; `sk` is the listener.
+        unsafe {
+            bpf_tcp_gen_syncookie(
+                sk as *mut c_void,
+                iph.as_mut_ptr() as *mut c_void,
+                iph_len.min(40),
+                th.as_mut_ptr() as *mut tcphdr,
+                th_len,
+            )
+        }
+    } else {
+        -1
+    };
+    // SAFETY: the reference the lookup took.
+    unsafe { bpf_sk_release(sk as *mut c_void) };
+    Ok((made >= 0).then_some((made as u32, (made >> 32) as u16)))
 }
 
 /// True when the packet matches a connected UDP socket (one with a remote port), the way a

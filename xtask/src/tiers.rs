@@ -119,6 +119,20 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
+        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the kernel's setting put back at unload",
+        args: &[
+            "test",
+            "-p",
+            "guard-tests",
+            "--test",
+            "cookies_e2e",
+            "--",
+            "--test-threads=1",
+            "--show-output",
+        ],
+    },
+    Run {
+        tier: "3 end-to-end",
         what: "the daemon's life: SIGKILL, restart adopting pins, 100 replacements under traffic; the demo interrupted and killed",
         args: &[
             "test",

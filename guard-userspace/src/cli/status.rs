@@ -42,6 +42,10 @@ pub struct Status {
     pub dropped: u64,
     /// Packets answered with a TCP RST (the `reject` action).
     pub rejected: u64,
+    /// SYNs answered in XDP with a SYN cookie.
+    pub answered: u64,
+    /// SYN cookies from XDP, when on.
+    pub syn_cookies: Option<crate::daemon::state::SynCookieState>,
     /// The budgets in force and what they decided.
     pub budgets: BudgetView,
     /// MX-only mode: port 25 accepts only the `mx_allow` list.
@@ -86,7 +90,7 @@ impl Status {
             .iter()
             .map(|&r| ReasonCount {
                 reason: r.name(),
-                verdict: r.verdict().name(),
+                verdict: r.verdict_label(),
                 packets: counters.get(r),
                 description: r.describe(),
             })
@@ -124,6 +128,12 @@ impl Status {
             passed: sum(Verdict::Pass),
             dropped: sum(Verdict::Drop),
             rejected: sum(Verdict::Tx),
+            answered: counters
+                .iter()
+                .filter(|c| c.verdict == "answer")
+                .map(|c| c.packets)
+                .sum(),
+            syn_cookies: state.syn_cookies.clone(),
             budgets,
             counters,
         }
@@ -180,6 +190,7 @@ impl Status {
             let verdict = match c.verdict {
                 "drop" => drop_label,
                 "reject" if self.monitor => "would reject",
+                "answer" if self.monitor => "would answer",
                 v => v,
             };
             let _ = writeln!(
@@ -195,9 +206,37 @@ impl Status {
         };
         let _ = writeln!(
             out,
-            "\npassed {}, {dropped} {}, {rejected} {} (with a TCP RST)",
-            self.passed, self.dropped, self.rejected
+            "\npassed {}, {dropped} {}, {rejected} {} (with a TCP RST){}",
+            self.passed,
+            self.dropped,
+            self.rejected,
+            if self.syn_cookies.is_some() || self.answered > 0 {
+                format!(", answered {} with a SYN cookie", self.answered)
+            } else {
+                String::new()
+            }
         );
+        if let Some(c) = &self.syn_cookies {
+            let _ = writeln!(
+                out,
+                "SYN cookies: {}, {}{}",
+                c.mode,
+                if c.timestamps {
+                    "with timestamps (window scale and SACK kept)"
+                } else {
+                    "MSS only (net.ipv4.tcp_timestamps is not 2: no window scale or SACK for those connections)"
+                },
+                match (&c.problem, c.tcp_syncookies_was) {
+                    (Some(p), _) => format!("; NONE MADE: {p}: SYNs over the ceiling are dropped"),
+                    (None, Some(was)) => {
+                        format!(
+                            "; net.ipv4.tcp_syncookies set to 2 (it was {was}, put back at unload)"
+                        )
+                    }
+                    (None, None) => String::new(),
+                }
+            );
+        }
         out.push_str(&self.budgets.render());
         out.push_str(&list_view::render_summaries(
             &self.lists,

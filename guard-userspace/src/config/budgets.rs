@@ -16,6 +16,19 @@ pub enum Action {
     Reject,
 }
 
+/// When XDP answers a SYN with a SYN cookie (`budgets.syn_cookies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynCookies {
+    /// Never: over the SYN ceiling, a SYN from a source never seen completing a connection is
+    /// dropped.
+    Off,
+    /// Instead of the ceiling's drop: such a SYN is answered with a cookie.
+    UnderFlood,
+    /// Every SYN from such a source, ceiling or not.
+    Always,
+}
+
 /// The budget of one service class. `rate = 0` and `max_connections = 0` leave it unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct ClassLimits {
@@ -59,6 +72,8 @@ pub struct Budgets {
     pub syn_ceiling_burst: u32,
     /// RSTs per second the `reject` action may send, over all CPUs.
     pub reject_limit: f64,
+    /// SYN cookies answered in XDP for sources never seen completing a connection.
+    pub syn_cookies: SynCookies,
     pub mx: ClassLimits,
     pub submission: ClassLimits,
     pub mailbox: ClassLimits,
@@ -74,6 +89,7 @@ impl Default for Budgets {
             syn_ceiling: 10_000.0,
             syn_ceiling_burst: 20_000,
             reject_limit: 100.0,
+            syn_cookies: SynCookies::Off,
             // As generous as Postfix's own default per-client connection limit (50).
             mx: ClassLimits {
                 rate: 20.0,
@@ -120,6 +136,7 @@ pub(crate) struct RawBudgets {
     syn_ceiling: Option<Spanned<Number>>,
     syn_ceiling_burst: Option<Spanned<i64>>,
     reject_limit: Option<Spanned<Number>>,
+    syn_cookies: Option<SynCookies>,
     mx: Option<RawClass>,
     submission: Option<RawClass>,
     mailbox: Option<RawClass>,
@@ -255,6 +272,7 @@ pub(crate) fn validate(raw: Option<RawBudgets>, place: &Place) -> Result<Budgets
             d.reject_limit,
             place,
         )?,
+        syn_cookies: raw.syn_cookies.unwrap_or(d.syn_cookies),
         mx: class(&raw.mx, "mx", d.mx, place)?,
         submission: class(&raw.submission, "submission", d.submission, place)?,
         mailbox: class(&raw.mailbox, "mailbox", d.mailbox, place)?,

@@ -344,6 +344,39 @@ impl Collector for MapCollector {
             if let Some(c) = &state.crowdsec {
                 crowdsec_metrics(&mut enc, c)?;
             }
+            if let Some(c) = &state.syn_cookies {
+                // The kernel's own counts of the cookies it was handed back (the clients' ACKs
+                // to the SYN-ACKs XDP sent, and to its own), in this namespace.
+                let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+                let tcp_ext = |name: &str| -> u64 {
+                    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+                    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+                        return 0;
+                    };
+                    names
+                        .split_whitespace()
+                        .position(|n| n == name)
+                        .and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+                        .unwrap_or(0)
+                };
+                counter(
+                    &mut enc,
+                    "mailguard_syn_cookies_returned",
+                    "SYN cookies the kernel was handed back, by outcome: valid (a connection made) or invalid (the kernel's SyncookiesRecv and SyncookiesFailed)",
+                    [
+                        (l(&[("outcome", "valid")]), tcp_ext("SyncookiesRecv")),
+                        (l(&[("outcome", "invalid")]), tcp_ext("SyncookiesFailed")),
+                    ],
+                )?;
+                let problem: [(Labels, f64); 1] =
+                    [(Vec::new(), if c.problem.is_some() { 1.0 } else { 0.0 })];
+                gauge(
+                    &mut enc,
+                    "mailguard_syn_cookies_unavailable",
+                    "1 while SYN cookies are on but none can be made (see `mailguard status`)",
+                    problem,
+                )?;
+            }
         }
         match state::pinned_counters(&self.dirs) {
             Ok(counters) => counter(
@@ -352,7 +385,7 @@ impl Collector for MapCollector {
                 "packets by the reason of their verdict (in monitor mode drops and rejects are only counted)",
                 Reason::ALL.iter().map(|r| {
                     (
-                        l(&[("reason", r.name()), ("verdict", r.verdict().name())]),
+                        l(&[("reason", r.name()), ("verdict", r.verdict_label())]),
                         counters.get(*r),
                     )
                 }),

@@ -269,6 +269,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 attach_error: None,
             };
             daemon.config_text = text;
+            daemon.keep_syncookies();
             daemon.publish();
             if let Some(within) = opts.confirm_within {
                 log::warn!(
@@ -394,6 +395,7 @@ pub(super) fn start(
         detached_since: None,
         bans: None,
         crowdsec: None,
+        syn_cookies: None,
     };
     state.write(&opts.dirs)?;
     log::info!(

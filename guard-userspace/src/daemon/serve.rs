@@ -648,6 +648,60 @@ impl Daemon<'_> {
         Ok(())
     }
 
+    /// Keeps `net.ipv4.tcp_syncookies` as SYN cookies from XDP need it (2 while they are on,
+    /// the value found before once they are off: `kernel::syncookie_sysctl`), and what `status`
+    /// shows of them.
+    pub(super) fn keep_syncookies(&mut self) {
+        use crate::{
+            config::budgets::SynCookies,
+            kernel::{
+                cookies::CookieEnv,
+                syncookie_sysctl::{self, Change},
+            },
+        };
+        let run = &self.opts.dirs.run;
+        let mode = match self.config.budgets.syn_cookies {
+            SynCookies::Off => {
+                match syncookie_sysctl::restore(run) {
+                    Ok(Change::Restored { to }) => {
+                        log::info!("SYN cookies off: net.ipv4.tcp_syncookies put back to {to}");
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::error!("{e}"),
+                }
+                self.state.syn_cookies = None;
+                return;
+            }
+            SynCookies::UnderFlood => "under_flood",
+            SynCookies::Always => "always",
+        };
+        let problem = match syncookie_sysctl::enable(run) {
+            Ok(Change::Enabled { was }) => {
+                log::info!(
+                    "SYN cookies ({mode}): net.ipv4.tcp_syncookies set to 2 (it was {was}; `unload` or syn_cookies = \"off\" puts it back)"
+                );
+                None
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let before = self
+            .state
+            .syn_cookies
+            .as_ref()
+            .and_then(|s| s.problem.clone());
+        if let Some(p) = problem.as_ref().filter(|p| Some(*p) != before.as_ref()) {
+            log::error!("SYN cookies cannot be made: {p}; SYNs over the SYN ceiling are dropped");
+        }
+        let timestamps = CookieEnv::read(Some(&self.state.interface)).tcp_timestamps == 2;
+        self.state.syn_cookies = Some(state::SynCookieState {
+            mode: mode.into(),
+            timestamps,
+            tcp_syncookies_was: syncookie_sysctl::kept(run),
+            problem,
+        });
+    }
+
     /// Writes what the configuration and the lists ask for into the maps, as a swap. When that
     /// fails half-way, what the maps hold is read back as the base of the next update.
     fn sync_maps(&mut self) -> Result<(), GuardError> {
@@ -656,6 +710,7 @@ impl Daemon<'_> {
         match maps.apply_over(&self.contents, &desired, &self.config) {
             Ok(()) => {
                 self.contents = desired;
+                self.keep_syncookies();
                 Ok(())
             }
             Err(e) => {

@@ -64,6 +64,25 @@ pub struct RunState {
     /// The CrowdSec bouncer, when `[crowdsec]` is enabled.
     #[serde(default)]
     pub crowdsec: Option<crate::daemon::crowdsec::CrowdsecSummary>,
+    /// SYN cookies from XDP (`budgets.syn_cookies`): what they are set to and what stands in
+    /// their way, when they are on.
+    #[serde(default)]
+    pub syn_cookies: Option<SynCookieState>,
+}
+
+/// What `status` shows of the SYN cookies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SynCookieState {
+    /// `under_flood` or `always`.
+    pub mode: String,
+    /// Whether the SYN-ACKs carry timestamps (`net.ipv4.tcp_timestamps` = 2).
+    pub timestamps: bool,
+    /// The value of `net.ipv4.tcp_syncookies` mailguard found and set back at unload, when it
+    /// set it to 2.
+    pub tcp_syncookies_was: Option<u32>,
+    /// Why no cookie can be made, when one stands in the way (then SYNs over the ceiling are
+    /// dropped as before).
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +206,14 @@ pub fn lock(dirs: &Dirs) -> Result<DaemonLock, StateError> {
 
 /// Removes the state file (after `unload`).
 pub fn forget(dirs: &Dirs) -> Result<(), StateError> {
+    // What the run changed in the kernel's settings goes back as it was.
+    match crate::kernel::syncookie_sysctl::restore(&dirs.run) {
+        Ok(crate::kernel::syncookie_sysctl::Change::Restored { to }) => {
+            log::info!("net.ipv4.tcp_syncookies put back to {to}");
+        }
+        Ok(_) => {}
+        Err(e) => log::error!("{e}"),
+    }
     let state = dirs.state_file();
     match fs::remove_file(&state) {
         Ok(()) => Ok(()),

@@ -10,6 +10,7 @@
 //! - `link_watch`: rtnetlink: interfaces coming and going, the XDP program on one
 
 pub mod attach;
+pub mod cookies;
 pub mod features;
 pub mod guard;
 pub mod index_v4;
@@ -20,5 +21,6 @@ pub mod pins;
 pub mod policy;
 pub mod policy_maps;
 pub mod source_table;
+pub mod syncookie_sysctl;
 #[cfg(test)]
 mod test_rng;

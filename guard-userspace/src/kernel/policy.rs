@@ -132,10 +132,15 @@ pub fn settings(config: &Config, block: &AddrList, index: u32) -> Settings {
     if !block.v6.is_empty() {
         flags |= SETTING_BLOCK_V6_USED;
     }
+    let (cookies, cookie_mss) = super::cookies::settings_words(
+        config,
+        &super::cookies::CookieEnv::read(config.interface.as_deref()),
+    );
     Settings {
         flags,
         index,
-        reserved: [0; 2],
+        cookies,
+        cookie_mss,
     }
 }
 

@@ -1,0 +1,331 @@
+//! SYN cookies answered in XDP (`syn_cookies`): a SYN to a mail port from a source not known to
+//! have completed a connection is rewritten in place into the SYN-ACK the host's own stack
+//! would send with a SYN cookie, and sent back out (XDP_TX). The cookie is the kernel's own
+//! (`bpf_tcp_gen_syncookie` on the listener, with the kernel's secret), so the source's ACK,
+//! which passes to the kernel like any segment of a mail connection, is validated by the
+//! kernel, which then creates the connection; sock_ops marks the source verified when it is
+//! established. Nothing is kept for a source that never answers: a spoofed flood costs no table
+//! entry, and no SYN of it reaches the listener.
+//!
+//! The SYN-ACK's options are those the kernel's cookie check can decode: the MSS, and when the
+//! SYN carried timestamps (and `COOKIES_TIMESTAMPS` allows them), timestamps whose TSval holds
+//! the window scale and SACK permission in its low six bits as the kernel encodes them
+//! (`cookie_init_timestamp`), with SACK and window scale offered as the SYN asked. Without
+//! timestamps the connection has neither (the kernel's own cookies behave the same).
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use guard_common::{COOKIE_WSCALE_SHIFT, COOKIES_TIMESTAMPS, Reason, Settings};
+use guard_ebpf::checksum::{fold, sum16};
+
+use crate::{
+    maps::COOKIE_SCAN,
+    parse::{self, Ip, TCP_ACK, TCP_SYN, bytes, bytes_mut},
+    reject::{addresses_sum, can_answer},
+    sockets,
+};
+
+const IPV4_HDR: usize = 20;
+const IPV6_HDR: usize = 40;
+/// The SYN-ACK's TCP header: 20 bytes and 20 of options (MSS; SACK permitted or two NOPs and
+/// timestamps; a NOP and the window scale), the end-of-options padding where one is left out.
+const SYNACK_TCP: usize = 40;
+
+const OPT_EOL: u8 = 0;
+const OPT_NOP: u8 = 1;
+const OPT_MSS: u8 = 2;
+const OPT_WSCALE: u8 = 3;
+const OPT_SACK_PERM: u8 = 4;
+const OPT_TIMESTAMP: u8 = 8;
+
+/// The kernel's encoding of options in a cookie's TSval (include/net/tcp.h).
+const TS_OPT_WSCALE_MASK: u32 = 0xf;
+const TS_OPT_SACK: u32 = 1 << 4;
+const TSBITS: u32 = 6;
+const TCP_MAX_WSCALE: u8 = 14;
+
+/// The SYN's headers and what its options offered, worked on in a per-CPU map value
+/// (`COOKIE_SCAN`) rather than on the stack: the kernel limits the stack of the program and
+/// this subprogram together to 512 bytes, and the verifier, which does not follow values in
+/// map memory, sees every turn of the options loop alike and checks it once.
+#[repr(C)]
+pub struct CookieScan {
+    /// The SYN's TCP header with its options (64 bytes, so that every index masked with 63 is
+    /// in it: the kernel's helper reads its data offset's worth).
+    pub th: [u8; 64],
+    /// The SYN's IP header (20 or 40 bytes).
+    pub iph: [u8; 40],
+    /// Where the options loop is in `th`.
+    pub at: u32,
+    /// The window scale the SYN offered; `NO_WSCALE` when none.
+    pub wscale: u32,
+    /// `OFFER_*` bits.
+    pub offer: u32,
+    /// The SYN's TSval (with `OFFER_TIMESTAMPS`).
+    pub tsval: u32,
+}
+
+const NO_WSCALE: u32 = 0xff;
+const OFFER_SACK: u32 = 1;
+const OFFER_TIMESTAMPS: u32 = 2;
+
+/// Rewrites the SYN in the packet (laid out as `ip` says) into a SYN-ACK carrying the kernel's
+/// cookie. A BPF subprogram, as `answer_with_rst`. `Err` when no cookie can be made: IP options
+/// or extension headers, no listener, the kernel not making cookies.
+#[inline(never)]
+pub fn answer_with_cookie(
+    ctx: &mut XdpContext,
+    ip: &Ip,
+    settings: &Settings,
+) -> Result<(), Reason> {
+    if !can_answer(ip) || ip.proto != parse::IPPROTO_TCP {
+        return Err(Reason::SynCookieUnavailable);
+    }
+    let cookies = settings.cookies;
+    let mss = settings.cookie_mss;
+    if ip.v6 {
+        synack::<{ IPV6_HDR + SYNACK_TCP }>(ctx, ip, cookies, (mss >> 16) as u16)
+    } else {
+        synack::<{ IPV4_HDR + SYNACK_TCP }>(ctx, ip, cookies, mss as u16)
+    }
+}
+
+/// Reads the SYN's options from `scan.th` (`th_len` bytes) into `scan`.
+#[inline(always)]
+fn scan_options(scan: *mut CookieScan, th_len: usize) {
+    // SAFETY: `scan` is this CPU's map value, used by nothing else while the program runs.
+    unsafe {
+        use core::ptr::write_volatile;
+        write_volatile(&mut (*scan).at, 20);
+        write_volatile(&mut (*scan).wscale, NO_WSCALE);
+        write_volatile(&mut (*scan).offer, 0);
+        write_volatile(&mut (*scan).tsval, 0);
+    }
+    // Each turn consumes at least one byte of at most 40.
+    for _ in 0..40 {
+        if option_step(scan, th_len) {
+            break;
+        }
+    }
+}
+
+/// One turn of the options loop: reads the option at `scan.at` into `scan` and moves past it;
+/// true at the end of the options. A BPF subprogram: what a turn leaves in registers ends with
+/// it, so the verifier finds the loop's state alike after every kind of option and checks each
+/// turn once.
+#[inline(never)]
+fn option_step(scan: *mut CookieScan, th_len: usize) -> bool {
+    use core::ptr::{read_volatile, write_volatile};
+    // SAFETY: `scan` is this CPU's map value, used by nothing else while the program runs.
+    let i = unsafe { read_volatile(&(*scan).at) } as usize;
+    if i >= th_len || i >= 59 {
+        return true;
+    }
+    // SAFETY: as above.
+    let th = unsafe { &(*scan).th };
+    let kind = th[i & 63];
+    if kind == OPT_EOL {
+        return true;
+    }
+    let len = if kind == OPT_NOP {
+        1
+    } else {
+        th[(i + 1) & 63] as usize
+    };
+    if len == 0 || (kind != OPT_NOP && len < 2) || i + len > th_len {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe {
+        match (kind, len) {
+            (OPT_WSCALE, 3) => write_volatile(
+                &mut (*scan).wscale,
+                th[(i + 2) & 63].min(TCP_MAX_WSCALE) as u32,
+            ),
+            (OPT_SACK_PERM, 2) => write_volatile(
+                &mut (*scan).offer,
+                read_volatile(&(*scan).offer) | OFFER_SACK,
+            ),
+            (OPT_TIMESTAMP, 10) => {
+                write_volatile(
+                    &mut (*scan).offer,
+                    read_volatile(&(*scan).offer) | OFFER_TIMESTAMPS,
+                );
+                write_volatile(
+                    &mut (*scan).tsval,
+                    u32::from_be_bytes([
+                        th[(i + 2) & 63],
+                        th[(i + 3) & 63],
+                        th[(i + 4) & 63],
+                        th[(i + 5) & 63],
+                    ]),
+                );
+            }
+            _ => {}
+        }
+        write_volatile(&mut (*scan).at, (i + len) as u32);
+    }
+    false
+}
+
+/// The cookie's TSval: the kernel's millisecond clock with the low six bits holding the window
+/// scale the SYN offered (15: none) and SACK permission, never ahead of the clock (as
+/// `cookie_init_timestamp`).
+#[inline(always)]
+fn cookie_tsval(wscale: u32, sack: bool) -> u32 {
+    // SAFETY: a helper without arguments.
+    let now = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    let mut options = if wscale == NO_WSCALE {
+        TS_OPT_WSCALE_MASK
+    } else {
+        wscale & TS_OPT_WSCALE_MASK
+    };
+    if sack {
+        options |= TS_OPT_SACK;
+    }
+    let ts = (now >> TSBITS << TSBITS) | options;
+    if ts > now {
+        ts.wrapping_sub(1 << TSBITS)
+    } else {
+        ts
+    }
+}
+
+/// The rewrite, for a packet whose IP header (`N - SYNACK_TCP` bytes, no options or extension
+/// headers) starts at `ip.l3_off`; the SYN-ACK's headers are written through one view of `N`
+/// bytes. `mss`: the MSS the SYN-ACK offers.
+#[inline(always)]
+fn synack<const N: usize>(
+    ctx: &mut XdpContext,
+    ip: &Ip,
+    cookies: u32,
+    mss: u16,
+) -> Result<(), Reason> {
+    const { assert!(N == IPV4_HDR + SYNACK_TCP || N == IPV6_HDR + SYNACK_TCP) };
+    let ip_len = N - SYNACK_TCP;
+    let l3 = ip.l3_off & parse::L3_OFF_MASK;
+    let l4 = l3 + ip_len;
+    let scan = COOKIE_SCAN
+        .get_ptr_mut(0)
+        .ok_or(Reason::SynCookieUnavailable)?;
+    // SAFETY: this CPU's map value, used by nothing else while the program runs.
+    let (iph, th) = unsafe { (&mut (*scan).iph, &mut (*scan).th) };
+    if ip_len == IPV6_HDR {
+        iph.copy_from_slice(bytes::<IPV6_HDR>(ctx, l3)?);
+    } else {
+        iph[..IPV4_HDR].copy_from_slice(bytes::<IPV4_HDR>(ctx, l3)?);
+    }
+    th[..20].copy_from_slice(bytes::<20>(ctx, l4)?);
+    let th_len = ((th[12] >> 4) as usize * 4).min(60);
+    if th_len < 20 || th[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(Reason::Malformed);
+    }
+    let mut off = 20;
+    for _ in 0..10 {
+        if off + 4 > th_len {
+            break;
+        }
+        let word = bytes::<4>(ctx, l4 + off)?;
+        for (k, b) in word.iter().enumerate() {
+            th[(off + k) & 63] = *b;
+        }
+        off += 4;
+    }
+    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
+    let Some((cookie, _)) = sockets::syn_cookie(ctx, ip, iph, ip_len as u32, th, th_len as u32)?
+    else {
+        return Err(Reason::SynCookieUnavailable);
+    };
+    let (timestamps, tsecr, wscale, sack) = if cookies & COOKIES_TIMESTAMPS != 0 {
+        scan_options(scan, th_len);
+        // SAFETY: as above.
+        unsafe {
+            (
+                (*scan).offer & OFFER_TIMESTAMPS != 0,
+                (*scan).tsval,
+                (*scan).wscale,
+                (*scan).offer & OFFER_SACK != 0,
+            )
+        }
+    } else {
+        (false, 0, NO_WSCALE, false)
+    };
+
+    // The frame becomes Ethernet (with its tags), IP and the SYN-ACK's TCP header.
+    let end = l4 + SYNACK_TCP;
+    let len = ctx.data_end() - ctx.data();
+    if len != end {
+        // SAFETY: resizing the frame (shrinking past the TCP header or growing into the
+        // tailroom); packet pointers are derived again below.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx as *mut _, end as i32 - len as i32) } != 0 {
+            return Err(Reason::SynCookieUnavailable);
+        }
+    }
+    // Swapped in place, byte by byte: copies would cost the stack, which the kernel limits to
+    // 512 bytes for the program and this subprogram together.
+    let eth = bytes_mut::<12>(ctx, 0)?;
+    for k in 0..6 {
+        eth.swap(k, 6 + k);
+    }
+
+    let h = bytes_mut::<N>(ctx, l3)?;
+    let mut pseudo: u32 = SYNACK_TCP as u32 + parse::IPPROTO_TCP as u32;
+    if ip_len == IPV6_HDR {
+        h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+        h[4..6].copy_from_slice(&(SYNACK_TCP as u16).to_be_bytes());
+        h[6] = parse::IPPROTO_TCP;
+        h[7] = 64;
+        pseudo += addresses_sum(&h[8..40])?;
+        for k in 0..16 {
+            h.swap(8 + k, 24 + k);
+        }
+    } else {
+        h[..2].copy_from_slice(&[0x45, 0]);
+        h[2..4].copy_from_slice(&((IPV4_HDR + SYNACK_TCP) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&[0, 0]);
+        h[6..8].copy_from_slice(&[0x40, 0]); // DF
+        h[8] = 64;
+        h[9] = parse::IPPROTO_TCP;
+        h[10..12].copy_from_slice(&[0, 0]);
+        pseudo += addresses_sum(&h[12..20])?;
+        for k in 0..4 {
+            h.swap(12 + k, 16 + k);
+        }
+        let c = fold(sum16(&h[..IPV4_HDR]));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    let t = &mut h[ip_len..];
+    t.swap(0, 2);
+    t.swap(1, 3);
+    t[4..8].copy_from_slice(&cookie.to_be_bytes());
+    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+    t[12] = (SYNACK_TCP as u8 / 4) << 4;
+    t[13] = TCP_SYN | TCP_ACK;
+    // The window: ten segments, the least the kernel's own first window offers (SYN windows are
+    // never scaled; the kernel's next segment carries the connection's real window).
+    let window = (mss as u32 * 10).min(u16::MAX as u32) as u16;
+    t[14..16].copy_from_slice(&window.to_be_bytes());
+    t[16..20].copy_from_slice(&[0; 4]); // checksum, urgent pointer
+    t[20..24].copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
+    t[24..40].copy_from_slice(&[OPT_EOL; 16]);
+    if timestamps {
+        let tsval = cookie_tsval(wscale, sack);
+        if sack {
+            t[24..26].copy_from_slice(&[OPT_SACK_PERM, 2]);
+        } else {
+            t[24..26].copy_from_slice(&[OPT_NOP, OPT_NOP]);
+        }
+        t[26..28].copy_from_slice(&[OPT_TIMESTAMP, 10]);
+        t[28..32].copy_from_slice(&tsval.to_be_bytes());
+        t[32..36].copy_from_slice(&tsecr.to_be_bytes());
+        if wscale != NO_WSCALE {
+            let ours = ((cookies >> COOKIE_WSCALE_SHIFT) & 0xf) as u8;
+            t[36..40].copy_from_slice(&[OPT_NOP, OPT_WSCALE, 3, ours.min(TCP_MAX_WSCALE)]);
+        }
+    }
+    let c = fold(pseudo + sum16(&t[..SYNACK_TCP]));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}

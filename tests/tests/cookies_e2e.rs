@@ -1,0 +1,229 @@
+//! Tier 3, SYN cookies (`budgets.syn_cookies`): a client the mail host has never seen connects
+//! through a cookie XDP answered, the kernel takes the cookie back (its `SyncookiesRecv`), and
+//! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
+//! and without. mailguard sets `net.ipv4.tcp_syncookies` to 2 while cookies are on and puts the
+//! operator's value back at `unload`.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use guard_tests::{
+    lab::{Lab, MAIL4, MAIL6, addr, swaks},
+    netns::Netns,
+};
+
+fn config(mode: &str) -> String {
+    format!(
+        "interface = \"mg-mail0\"\nmail_ports = [25, 587]\n[[open_ports]]\nport = 22\n\
+         [budgets]\nsyn_cookies = \"{mode}\"\n"
+    )
+}
+
+fn sysctl(ns: &Netns, name: &str) -> String {
+    let out = ns.run(&["sysctl", "-n", name]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A `TcpExt` counter of namespace `ns` (`/proc/net/netstat`).
+fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+    let out = ns.run(&["cat", "/proc/net/netstat"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no TcpExt {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Connects from `ns` to `to`, reads the SMTP banner, says QUIT; returns the client's window
+/// scale as TCP_INFO reports it for what the server offered (`tcpi_snd_wscale`), 0 without.
+fn smtp_banner(ns: &Netns, to: SocketAddr) -> Result<u8, String> {
+    ns.spawn(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut banner = [0u8; 256];
+        let n = s.read(&mut banner).map_err(|e| format!("banner: {e}"))?;
+        let text = String::from_utf8_lossy(&banner[..n]).into_owned();
+        if !text.starts_with("220 ") {
+            return Err(format!("banner `{text}`"));
+        }
+        s.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
+        let mut info = [0u8; 232];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+        }
+        Ok(info[6] & 0xf)
+    })
+    .join()
+    .map_err(|_| "the client thread panicked".to_string())?
+}
+
+fn lab_with(mode: &str, timestamps: &str) -> (Lab, String) {
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab.mail.ns.run(&[
+        "sysctl",
+        "-q",
+        &format!("net.ipv4.tcp_timestamps={timestamps}"),
+    ]);
+    let before = sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies");
+    lab.start_mailguard(&config(mode), &[]);
+    (lab, before)
+}
+
+#[test]
+fn a_new_client_connects_through_a_cookie_and_delivers() {
+    let (lab, before) = lab_with("always", "1");
+    assert_ne!(
+        before, "2",
+        "the namespace starts with the kernel's default"
+    );
+    assert_eq!(
+        sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"),
+        "2",
+        "mailguard sets it while cookies are on"
+    );
+    let mg = lab.mailguard();
+    let received = tcp_ext(&lab.mail.ns, "SyncookiesRecv");
+    let wscale = smtp_banner(&lab.client.ns, addr(MAIL4, 25)).expect("SMTP through a cookie");
+    assert_eq!(mg.count("syn_cookie"), 1, "the SYN answered in XDP");
+    assert_eq!(
+        tcp_ext(&lab.mail.ns, "SyncookiesRecv"),
+        received + 1,
+        "the kernel took the cookie back"
+    );
+    assert_eq!(wscale, 0, "without timestamps, no window scaling");
+    let metrics =
+        guard_tests::lab::http_get(&lab.mail.ns, "127.0.0.1:9477", "/metrics", "text/plain");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(
+        value("mailguard_packets_total{reason=\"syn_cookie\",verdict=\"answer\"}"),
+        1.0
+    );
+    // The kernel's count includes the metrics request itself: with tcp_syncookies at 2 the
+    // kernel answers every SYN that reaches it with its own cookie, loopback included.
+    assert!(
+        value("mailguard_syn_cookies_returned_total{outcome=\"valid\"}") >= (received + 1) as f64
+    );
+    assert_eq!(value("mailguard_syn_cookies_unavailable"), 0.0);
+    // The client has now completed a connection: its next one is charged to its budget, no
+    // cookie (IPv4 and IPv6 sources are verified apart: the IPv6 one goes through a cookie).
+    swaks(&lab.client.ns, MAIL4, 25, "after a cookie").expect("delivery over IPv4");
+    swaks(&lab.client.ns, MAIL6, 25, "a cookie over IPv6").expect("delivery over IPv6");
+    let postfix = lab.postfix.as_ref().expect("postfix");
+    for subject in ["after a cookie", "a cookie over IPv6"] {
+        assert!(
+            postfix.wait_delivered(subject, Duration::from_secs(10)),
+            "`{subject}` not delivered; maillog:\n{}",
+            postfix.maillog()
+        );
+    }
+    assert_eq!(mg.count("syn_cookie"), 2, "one more, for the IPv6 source");
+    assert!(
+        mg.count("mail_new") >= 1,
+        "the verified source's SYN charged"
+    );
+    assert_eq!(mg.count("syn_cookie_unavailable"), 0);
+    let status = mg.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("SYN cookies: always, MSS only")
+            && text.contains(&format!(
+                "net.ipv4.tcp_syncookies set to 2 (it was {before}"
+            )),
+        "{text}"
+    );
+    // Unload puts the operator's value back.
+    let out = mg.cli(&["unload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"), before);
+}
+
+#[test]
+fn with_plain_timestamps_the_connection_keeps_window_scaling() {
+    let (lab, _) = lab_with("always", "2");
+    let wscale = smtp_banner(&lab.client.ns, addr(MAIL6, 25)).expect("SMTP through a cookie");
+    let mg = lab.mailguard();
+    assert_eq!(mg.count("syn_cookie"), 1);
+    // What the server offered in the SYN-ACK XDP made is what the kernel uses: the connection
+    // works (the banner came, QUIT went) with the window scale the kernel computes.
+    assert!(wscale > 0, "window scaling offered and taken: {wscale}");
+    let text = String::from_utf8_lossy(&mg.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("SYN cookies: always, with timestamps"),
+        "{text}"
+    );
+    // A large transfer through the cookie connection: Postfix takes a 2 MB message.
+    swaks_big(&lab);
+}
+
+/// A 2 MB message from a source never seen over IPv4, through a cookie with timestamps.
+fn swaks_big(lab: &Lab) {
+    let body = "x".repeat(2_000_000);
+    let out = lab
+        .client
+        .ns
+        .command("swaks")
+        .args([
+            "--server",
+            MAIL4,
+            "--port",
+            "25",
+            "--to",
+            "postmaster@lab.test",
+            "--from",
+            "sender@client.test",
+            "--header",
+            "Subject: big through a cookie",
+            "--body",
+            "-",
+            "--timeout",
+            "20",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("swaks");
+    assert!(
+        out.status.success(),
+        "swaks: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        lab.mailguard().count("syn_cookie"),
+        2,
+        "its SYN answered in XDP"
+    );
+}
