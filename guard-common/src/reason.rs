@@ -155,6 +155,8 @@ reasons! {
         "new connection from a source not known to have completed one, answered in XDP with the kernel's SYN cookie (syn_cookies)";
     SynCookieUnavailable = 35, Drop, "syn_cookie_unavailable",
         "as syn_cookie, but no cookie could be made (no listener, the kernel not making cookies, IP options): dropped as over the SYN ceiling";
+    SynCookieAckCapped = 36, Drop, "syn_cookie_ack_capped",
+        "with SYN cookies on, an ACK that would open a connection from a cookie, from a source holding its maximum of concurrent connections";
 }
 
 /// Number of counter slots. Larger than the number of reasons so that later reasons fit in

@@ -131,6 +131,55 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, settings: &Settings) -> Resu
     Ok(counted(class, BudgetOutcome::Within, Reason::MailNew))
 }
 
+/// With SYN cookies on, an ACK to a mail port may answer a cookie, which the kernel turns into
+/// a connection although its SYN was never charged to a budget (the SYN of a source not known
+/// to have completed a connection is answered, not charged). Such an ACK from a source holding
+/// its class's maximum of connections is dropped. Most ACKs cost one load: the bucket's sum of
+/// connections proves the source below its cap; only at the cap is its exact count read, and
+/// the kernel asked whether the ACK belongs to a connection it has (then it passes).
+#[inline(always)]
+pub fn cookie_ack(
+    ctx: &XdpContext,
+    ip: &Ip,
+    class: u8,
+    settings: &Settings,
+    ports: ([u8; 2], [u8; 2]),
+) -> Result<Reason, Reason> {
+    let Some(budget) = BUDGETS.get(class as u32) else {
+        return Ok(Reason::MailOther);
+    };
+    if budget.flags & BUDGET_ACTIVE == 0 || budget.max_connections == 0 {
+        return Ok(Reason::MailOther);
+    }
+    let Some(cfg) = BUDGET_SETTINGS.get(0) else {
+        return Ok(Reason::MailOther);
+    };
+    let (key, trusted) = source(ctx, ip, cfg, class, settings.index)?;
+    if trusted {
+        return Ok(Reason::MailOther);
+    }
+    let Some(bucket) = Bucket::of(key.slot_hash(), cfg.source_buckets) else {
+        return Ok(Reason::MailOther);
+    };
+    if !bucket.may_be_at_cap(budget.max_connections) {
+        return Ok(Reason::MailOther);
+    }
+    let Some(count) = CONNECTIONS.get_ptr(key) else {
+        return Ok(Reason::MailOther);
+    };
+    // SAFETY: a map value pointer, valid while the program runs.
+    if effective_count(unsafe { *count }) < budget.max_connections {
+        return Ok(Reason::MailOther);
+    }
+    Ok(
+        if crate::sockets::tcp_connection_exists(ctx, ip, ports.0, ports.1)? {
+            Reason::MailOther
+        } else {
+            Reason::SynCookieAckCapped
+        },
+    )
+}
+
 /// The global SYN ceiling, which holds back only sources never seen completing a connection.
 /// A slot flagged verified (by sock_ops at an established connection, or here) answers at once.
 /// Any other source spends a ceiling token while there are any, and `VERIFIED` is read only

@@ -12,9 +12,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use guard_common::{
-    MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6, PORT_SOURCE_RESTRICTED,
-    PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY, Settings, Transport,
-    port_rule_index,
+    COOKIES_OFF, MailClass, OPEN_SOURCE_PREFIX_BITS, OpenSourceV4, OpenSourceV6,
+    PORT_SOURCE_RESTRICTED, PortKind, PortRule, Reason, SETTING_ECHO_ALLOW, SETTING_MX_ONLY,
+    Settings, Transport, port_rule_index,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -164,6 +164,14 @@ fn tcp(ctx: &XdpContext, ip: &Ip, settings: &Settings, slot: Slot) -> Result<Rea
             return Ok(Reason::MxOnlyDenied);
         }
         if !bare_syn(&t) {
+            // With SYN cookies on, a bare ACK may open a connection from a cookie.
+            if settings.cookie_mode() != COOKIES_OFF
+                && t.flags() & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK
+            {
+                let ports = (t.sport(), t.dport());
+                let (ack, class) = slot.settle(ip, rule.class);
+                return budget::cookie_ack(ctx, &ack, class, settings, ports);
+            }
             return Ok(Reason::MailOther);
         }
         // A new connection is charged to the source's budget for the port's class, from a
