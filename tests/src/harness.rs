@@ -18,6 +18,19 @@ use mailguard::{
 };
 
 /// Pins the calling thread to the first CPU it may run on.
+/// Runs the calling thread on `cpus` only.
+pub fn run_on(cpus: impl IntoIterator<Item = usize>) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
+    // and write the set passed; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 pub fn pin_to_one_cpu() {
     // SAFETY: cpu_set_t is plain data; the calls read and write only it, for this thread.
     unsafe {

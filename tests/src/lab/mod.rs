@@ -36,6 +36,7 @@ pub mod floods;
 pub mod probes;
 pub mod services;
 pub mod tls;
+pub mod xdp_flood;
 pub use crowdsec::*;
 pub use daemon::*;
 pub use floods::*;

@@ -107,14 +107,10 @@ fn blast(lab: &Lab, frame: Vec<u8>) -> Result<(u64, u64), String> {
     lab.attacker
         .ns
         .spawn(move || -> Result<(u64, u64), String> {
+            guard_tests::harness::run_on([0]);
             // SAFETY: plain system calls on a socket this closure owns and closes; the
             // structures passed are initialised and of the sizes given.
             unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(0, &mut set);
-                if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-                    return Err("cannot pin the sender to CPU 0".into());
-                }
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
                 if fd < 0 {
                     return Err(format!(

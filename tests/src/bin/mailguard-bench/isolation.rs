@@ -45,15 +45,4 @@ pub(crate) fn unpin_cpus() {
     run_on(0..cpus);
 }
 
-/// Lets the calling thread (and what it starts from now on) run on `cpus` only.
-pub(crate) fn run_on(cpus: impl IntoIterator<Item = usize>) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
-    // and write the set passed; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
+pub(crate) use guard_tests::harness::run_on;

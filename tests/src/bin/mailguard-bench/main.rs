@@ -52,7 +52,6 @@ mod report;
 mod sockops;
 mod table_size;
 mod touch;
-mod xdp_flood;
 
 use std::{
     net::{TcpListener, TcpStream},

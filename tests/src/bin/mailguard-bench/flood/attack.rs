@@ -11,7 +11,7 @@ use std::{
 use guard_tests::lab::Lab;
 
 use super::{FLOOD_LEAD, XDP_PACING, wire::tx_packets};
-use crate::xdp_flood::XdpFlood;
+use guard_tests::lab::xdp_flood::XdpFlood;
 
 /// A running flood: trafgen, or the XDP generator.
 pub(crate) enum Flood {

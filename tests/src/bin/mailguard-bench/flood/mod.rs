@@ -26,7 +26,7 @@ use std::{
 
 use guard_tests::lab::{Lab, MAIL_SWITCH_PORT, MAIL4, spoofed_syn_config, swaks};
 
-use crate::xdp_flood::XdpFlood;
+use guard_tests::lab::xdp_flood::XdpFlood;
 
 mod attack;
 mod report;

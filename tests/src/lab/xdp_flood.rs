@@ -16,15 +16,16 @@ use std::{
     time::Instant,
 };
 
+use super::{Lab, MAIL4};
+use crate::{
+    harness::run_on,
+    netns::link_info,
+    packet::{Packet, SYN, tcp},
+    reference,
+};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunAttrs, TestRunOptions},
-};
-use guard_tests::reference;
-use guard_tests::{
-    lab::{Lab, MAIL4},
-    netns::link_info,
-    packet::{Packet, SYN, tcp},
 };
 
 /// Copies of the SYN per test run: a few tens of milliseconds at the rates reached here, so
@@ -74,12 +75,24 @@ impl XdpFlood {
             ));
         }
         packet[..6].copy_from_slice(&mac);
+        // From the attacker's MAC address, which the switch has learnt: what the mail host sends
+        // back (the SYN-ACKs of SYN cookies) goes to the attacker's port alone, as it would to
+        // the router of a real network, rather than to every port as for an unknown address.
+        let attacker = link_info(Some(&lab.attacker.ns), &lab.attacker.iface)["address"]
+            .as_str()
+            .ok_or("no MAC address for the attacker's interface")?
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u8>, String>>()?;
+        if attacker.len() == 6 {
+            packet[6..12].copy_from_slice(&attacker);
+        }
         let port = port.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (stop_t, sent_t) = (stop.clone(), sent.clone());
         let thread = lab.switch.spawn(move || -> Result<(), String> {
-            crate::run_on([cpu]);
+            run_on([cpu]);
             let mut obj = Ebpf::load(reference::SYN_FLOOD).map_err(|e| e.to_string())?;
             let prog = reference::xdp_program(&mut obj, "xdp_syn_flood")?;
             let name = std::ffi::CString::new(port.clone()).map_err(|e| e.to_string())?;
