@@ -2,8 +2,8 @@
 //! through a cookie XDP answered, the kernel takes the cookie back (its `SyncookiesRecv`), and
 //! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
 //! and without; under the XDP generator's spoofed flood, no flood SYN reaches the listener
-//! while a new client and a known one deliver. mailguard sets `net.ipv4.tcp_syncookies` to 2 while cookies are on and puts the
-//! operator's value back at `unload`.
+//! while a new client and a known one deliver. mailguard sets `net.ipv4.tcp_syncookies` to 2
+//! while cookies are on and puts the operator's value back at `unload`.
 
 use std::{
     io::{Read, Write},
