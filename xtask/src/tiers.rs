@@ -119,7 +119,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the kernel's setting put back at unload",
+        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the kernel's setting put back at unload, a spoofed flood from the XDP generator",
         args: &[
             "test",
             "-p",
