@@ -63,6 +63,13 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, settings: &Settings) -> Resu
         ));
     }
     let now = coarse_ns();
+    // With SYN cookies, a source not known to have completed a connection is answered before
+    // its bucket of the rate table is read: a spoofed SYN touches no table that grows with the
+    // sources tracked (`VERIFIED`, asked here, has a size of its own).
+    let cookies = settings.cookie_mode();
+    if cookies == COOKIES_ALWAYS && !listed_verified(&key) {
+        return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCookie));
+    }
     let Some(bucket) = Bucket::of(key.slot_hash(), cfg.source_buckets) else {
         // Fails open: a table smaller than the settings say (a configuration mismatch).
         return Ok(counted(class, BudgetOutcome::Untracked, Reason::MailNew));
@@ -70,18 +77,14 @@ pub fn charge(ctx: &XdpContext, ip: &Ip, class: u8, settings: &Settings) -> Resu
     // The verified sources are looked up (when the ceiling is spent) before the bucket's slots
     // are compared, so that the two memory reads overlap.
     let ceiling = Ceiling::ask(&key, cfg, now);
-    let found = bucket.find(&key);
-
-    let cookies = settings.cookie_mode();
-    if cookies == COOKIES_ALWAYS && !ceiling.verified(&key, found) {
+    if cookies != COOKIES_OFF && ceiling.spent_and_unlisted() {
+        // Never a RST here: the source is most likely spoofed. A cookie proves it is not.
         return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCookie));
     }
+    let found = bucket.find(&key);
+
     let flags = match ceiling.admit(found) {
         Some(flags) => flags,
-        // Never a RST here: the source is most likely spoofed. A cookie proves it is not.
-        None if cookies != COOKIES_OFF => {
-            return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCookie));
-        }
         None => return Ok(counted(class, BudgetOutcome::Ceiling, Reason::SynCeiling)),
     };
 
@@ -180,6 +183,13 @@ pub fn cookie_ack(
     )
 }
 
+/// Whether `key`'s source is in `VERIFIED` (it has completed a connection).
+#[inline(always)]
+fn listed_verified(key: &SourceKey) -> bool {
+    let class0 = SourceKey { class: 0, ..*key };
+    VERIFIED.get_ptr(class0).is_some()
+}
+
 /// The global SYN ceiling, which holds back only sources never seen completing a connection.
 /// A slot flagged verified (by sock_ops at an established connection, or here) answers at once.
 /// Any other source spends a ceiling token while there are any, and `VERIFIED` is read only
@@ -199,25 +209,16 @@ impl Ceiling {
     #[inline(always)]
     fn ask(key: &SourceKey, cfg: &BudgetSettings, now: u64) -> Ceiling {
         let limit = Limit::now(&SYN_CEILING, &cfg.syn_ceiling, now);
-        let listed = matches!(limit, Limit::Spent) && {
-            let class0 = SourceKey { class: 0, ..*key };
-            VERIFIED.get_ptr(class0).is_some()
-        };
+        let listed = matches!(limit, Limit::Spent) && listed_verified(key);
         Ceiling { limit, listed }
     }
 
-    /// Whether the source has completed a connection: its slot flagged, or listed in
-    /// `VERIFIED` (looked up here when the ceiling did not).
+    /// The ceiling is spent and the source is not in `VERIFIED`: its SYN would be refused
+    /// unless its slot is flagged (a source `VERIFIED` has forgotten), which a cookie answer
+    /// does not read.
     #[inline(always)]
-    fn verified(&self, key: &SourceKey, found: Option<*mut SourceSlot>) -> bool {
-        // SAFETY: a map value pointer, valid while the program runs.
-        if found.is_some_and(|s| unsafe { (*s).flags } & SLOT_VERIFIED != 0) {
-            return true;
-        }
-        self.listed || {
-            let class0 = SourceKey { class: 0, ..*key };
-            VERIFIED.get_ptr(class0).is_some()
-        }
+    fn spent_and_unlisted(&self) -> bool {
+        matches!(self.limit, Limit::Spent) && !self.listed
     }
 
     /// `None` refuses the SYN, `Some` admits it with the flags for a new slot; `found` is the
