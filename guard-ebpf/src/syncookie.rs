@@ -29,9 +29,12 @@ use crate::{
 
 const IPV4_HDR: usize = 20;
 const IPV6_HDR: usize = 40;
-/// The SYN-ACK's TCP header: 20 bytes and 20 of options (MSS; SACK permitted or two NOPs and
-/// timestamps; a NOP and the window scale), the end-of-options padding where one is left out.
-const SYNACK_TCP: usize = 40;
+const TCP_HDR: usize = 20;
+/// The SYN-ACK's options: the MSS (4 bytes), then for timestamps 16 more (SACK permitted or two
+/// NOPs, the timestamps, a NOP and the window scale; end-of-options padding where one is left
+/// out).
+const MSS_OPTION: usize = 4;
+const TS_OPTIONS: usize = 20;
 
 const OPT_EOL: u8 = 0;
 const OPT_NOP: u8 = 1;
@@ -86,9 +89,9 @@ pub fn answer_with_cookie(
     let cookies = settings.cookies;
     let mss = settings.cookie_mss;
     if ip.v6 {
-        synack::<{ IPV6_HDR + SYNACK_TCP }>(ctx, ip, cookies, (mss >> 16) as u16)
+        synack::<{ IPV6_HDR + TCP_HDR }>(ctx, ip, cookies, (mss >> 16) as u16)
     } else {
-        synack::<{ IPV4_HDR + SYNACK_TCP }>(ctx, ip, cookies, mss as u16)
+        synack::<{ IPV4_HDR + TCP_HDR }>(ctx, ip, cookies, mss as u16)
     }
 }
 
@@ -193,9 +196,9 @@ fn cookie_tsval(wscale: u32, sack: bool) -> u32 {
     }
 }
 
-/// The rewrite, for a packet whose IP header (`N - SYNACK_TCP` bytes, no options or extension
-/// headers) starts at `ip.l3_off`; the SYN-ACK's headers are written through one view of `N`
-/// bytes. `mss`: the MSS the SYN-ACK offers.
+/// The rewrite, for a packet whose IP header (`N - TCP_HDR` bytes, no options or extension
+/// headers) starts at `ip.l3_off`; the IP header and the fixed part of the TCP header are
+/// written through one view of `N` bytes. `mss`: the MSS the SYN-ACK offers.
 #[inline(always)]
 fn synack<const N: usize>(
     ctx: &mut XdpContext,
@@ -203,8 +206,8 @@ fn synack<const N: usize>(
     cookies: u32,
     mss: u16,
 ) -> Result<(), Reason> {
-    const { assert!(N == IPV4_HDR + SYNACK_TCP || N == IPV6_HDR + SYNACK_TCP) };
-    let ip_len = N - SYNACK_TCP;
+    const { assert!(N == IPV4_HDR + TCP_HDR || N == IPV6_HDR + TCP_HDR) };
+    let ip_len = N - TCP_HDR;
     let l3 = ip.l3_off & parse::L3_OFF_MASK;
     let l4 = l3 + ip_len;
     let scan = COOKIE_SCAN
@@ -253,16 +256,24 @@ fn synack<const N: usize>(
         (false, 0, NO_WSCALE, false)
     };
 
-    // The frame becomes Ethernet (with its tags), IP and the SYN-ACK's TCP header.
-    let end = l4 + SYNACK_TCP;
-    let len = ctx.data_end() - ctx.data();
-    if len != end {
-        // SAFETY: resizing the frame (shrinking past the TCP header or growing into the
-        // tailroom); packet pointers are derived again below.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx as *mut _, end as i32 - len as i32) } != 0 {
+    // The SYN-ACK's options: the MSS, with the timestamps block when the SYN's timestamps are
+    // answered; none for a SYN without options (floods send those, a real client sends its
+    // MSS), whose frame may have no room to grow. The frame becomes Ethernet (with its tags),
+    // IP and the SYN-ACK's TCP header; where it cannot grow that far, timestamps are left out.
+    let mut opts = if th_len == TCP_HDR {
+        0
+    } else if timestamps {
+        TS_OPTIONS
+    } else {
+        MSS_OPTION
+    };
+    if !resize(ctx, l4 + TCP_HDR + opts) {
+        if opts != TS_OPTIONS || !resize(ctx, l4 + TCP_HDR + MSS_OPTION) {
             return Err(Reason::SynCookieUnavailable);
         }
+        opts = MSS_OPTION;
     }
+    let tcp_len = TCP_HDR + opts;
     // Swapped in place, byte by byte: copies would cost the stack, which the kernel limits to
     // 512 bytes for the program and this subprogram together.
     let eth = bytes_mut::<12>(ctx, 0)?;
@@ -271,25 +282,25 @@ fn synack<const N: usize>(
     }
 
     let h = bytes_mut::<N>(ctx, l3)?;
-    let mut pseudo: u32 = SYNACK_TCP as u32 + parse::IPPROTO_TCP as u32;
+    let mut sum: u32 = tcp_len as u32 + parse::IPPROTO_TCP as u32;
     if ip_len == IPV6_HDR {
         h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
-        h[4..6].copy_from_slice(&(SYNACK_TCP as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
         h[6] = parse::IPPROTO_TCP;
         h[7] = 64;
-        pseudo += addresses_sum(&h[8..40])?;
+        sum += addresses_sum(&h[8..40])?;
         for k in 0..16 {
             h.swap(8 + k, 24 + k);
         }
     } else {
         h[..2].copy_from_slice(&[0x45, 0]);
-        h[2..4].copy_from_slice(&((IPV4_HDR + SYNACK_TCP) as u16).to_be_bytes());
+        h[2..4].copy_from_slice(&((IPV4_HDR + tcp_len) as u16).to_be_bytes());
         h[4..6].copy_from_slice(&[0, 0]);
         h[6..8].copy_from_slice(&[0x40, 0]); // DF
         h[8] = 64;
         h[9] = parse::IPPROTO_TCP;
         h[10..12].copy_from_slice(&[0, 0]);
-        pseudo += addresses_sum(&h[12..20])?;
+        sum += addresses_sum(&h[12..20])?;
         for k in 0..4 {
             h.swap(12 + k, 16 + k);
         }
@@ -301,31 +312,46 @@ fn synack<const N: usize>(
     t.swap(1, 3);
     t[4..8].copy_from_slice(&cookie.to_be_bytes());
     t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    t[12] = (SYNACK_TCP as u8 / 4) << 4;
+    t[12] = ((tcp_len / 4) as u8) << 4;
     t[13] = TCP_SYN | TCP_ACK;
     // The window: ten segments, the least the kernel's own first window offers (SYN windows are
     // never scaled; the kernel's next segment carries the connection's real window).
     let window = (mss as u32 * 10).min(u16::MAX as u32) as u16;
     t[14..16].copy_from_slice(&window.to_be_bytes());
     t[16..20].copy_from_slice(&[0; 4]); // checksum, urgent pointer
-    t[20..24].copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
-    t[24..40].copy_from_slice(&[OPT_EOL; 16]);
-    if timestamps {
-        let tsval = cookie_tsval(wscale, sack);
+    sum += sum16(&t[..TCP_HDR]);
+    if opts >= MSS_OPTION {
+        let m = bytes_mut::<MSS_OPTION>(ctx, l4 + TCP_HDR)?;
+        m.copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
+        sum += sum16(m);
+    }
+    if opts == TS_OPTIONS {
+        let o = bytes_mut::<{ TS_OPTIONS - MSS_OPTION }>(ctx, l4 + TCP_HDR + MSS_OPTION)?;
+        o.copy_from_slice(&[OPT_EOL; TS_OPTIONS - MSS_OPTION]);
         if sack {
-            t[24..26].copy_from_slice(&[OPT_SACK_PERM, 2]);
+            o[..2].copy_from_slice(&[OPT_SACK_PERM, 2]);
         } else {
-            t[24..26].copy_from_slice(&[OPT_NOP, OPT_NOP]);
+            o[..2].copy_from_slice(&[OPT_NOP, OPT_NOP]);
         }
-        t[26..28].copy_from_slice(&[OPT_TIMESTAMP, 10]);
-        t[28..32].copy_from_slice(&tsval.to_be_bytes());
-        t[32..36].copy_from_slice(&tsecr.to_be_bytes());
+        o[2..4].copy_from_slice(&[OPT_TIMESTAMP, 10]);
+        o[4..8].copy_from_slice(&cookie_tsval(wscale, sack).to_be_bytes());
+        o[8..12].copy_from_slice(&tsecr.to_be_bytes());
         if wscale != NO_WSCALE {
             let ours = ((cookies >> COOKIE_WSCALE_SHIFT) & 0xf) as u8;
-            t[36..40].copy_from_slice(&[OPT_NOP, OPT_WSCALE, 3, ours.min(TCP_MAX_WSCALE)]);
+            o[12..16].copy_from_slice(&[OPT_NOP, OPT_WSCALE, 3, ours.min(TCP_MAX_WSCALE)]);
         }
+        sum += sum16(o);
     }
-    let c = fold(pseudo + sum16(&t[..SYNACK_TCP]));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let c = fold(sum);
+    bytes_mut::<2>(ctx, l4 + 16)?.copy_from_slice(&c.to_be_bytes());
     Ok(())
+}
+
+/// Makes the frame `end` bytes long (shrinking it past the TCP header, or growing it into its
+/// tailroom); false when the kernel cannot.
+#[inline(always)]
+fn resize(ctx: &mut XdpContext, end: usize) -> bool {
+    let len = ctx.data_end() - ctx.data();
+    // SAFETY: packet pointers are derived again after this call.
+    len == end || unsafe { bpf_xdp_adjust_tail(ctx.ctx as *mut _, end as i32 - len as i32) } == 0
 }

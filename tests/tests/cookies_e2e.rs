@@ -1,7 +1,7 @@
 //! Tier 3, SYN cookies (`budgets.syn_cookies`): a client the mail host has never seen connects
 //! through a cookie XDP answered, the kernel takes the cookie back (its `SyncookiesRecv`), and
 //! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
-//! and without; under the XDP generator's spoofed flood, no flood SYN reaches the listener
+//! and without; under a spoofed flood (trafgen), no flood SYN reaches the listener
 //! while a new client and a known one deliver. mailguard sets `net.ipv4.tcp_syncookies` to 2
 //! while cookies are on and puts the operator's value back at `unload`.
 
@@ -13,7 +13,7 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL_SWITCH_PORT, MAIL4, MAIL6, addr, swaks, xdp_flood::XdpFlood},
+    lab::{Lab, MAIL4, MAIL6, SpoofedFlood, addr, swaks},
     netns::Netns,
 };
 
@@ -249,11 +249,20 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         .collect();
     let kernel_cookies = tcp_ext(&lab.mail.ns, "SyncookiesSent");
     let answered = mg.count("syn_cookie");
-    let flood = XdpFlood::start(&lab, MAIL_SWITCH_PORT, 0).expect("the XDP generator");
+    // trafgen from the attacker, as fast as it sends, every SYN from a random address of
+    // 198.19.0.0/16 (the SYN-ACKs stay in the lab).
+    let flood = SpoofedFlood::start(&lab);
+    let since = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     // A client never seen before (the attacker's namespace, over IPv6) connects through a
     // cookie and delivers, in the middle of the flood.
-    swaks(&lab.attacker.ns, MAIL6, 25, "new under the flood").expect("a new client delivers");
+    // A client's last ACK of the handshake lost in the flood leaves it waiting for a greeting
+    // the server never sends (it made no connection): with cookies, XDP's or the kernel's own,
+    // the client recovers only when it gives up, and an MTA tries again. So may this one, three
+    // times.
+    let attempts = (1..=3)
+        .find(|_| swaks(&lab.attacker.ns, MAIL6, 25, "new under the flood").is_ok())
+        .expect("a new client delivers within three attempts");
     // The known client sends 100 messages over 5 sessions (at most 45 s).
     const MESSAGES: usize = 100;
     let out = lab
@@ -279,8 +288,8 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         ])
         .output()
         .expect("smtp-source");
-    let seconds = flood.since.elapsed().as_secs_f64();
-    let sent = flood.stop().expect("the generator ran");
+    let seconds = since.elapsed().as_secs_f64();
+    drop(flood);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let delivered = || {
         postfix
@@ -295,8 +304,8 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
     let known = delivered();
     let cookies = mg.count("syn_cookie") - answered;
     println!(
-        "cookies: {sent} spoofed SYNs in {seconds:.1} s ({:.0}/s), {cookies} answered with a cookie in XDP; the known client delivered {known} of {MESSAGES} (smtp-source: {})",
-        sent as f64 / seconds,
+        "cookies: {cookies} spoofed SYNs answered with a cookie in XDP in {seconds:.1} s ({:.0}/s); the new client delivered at attempt {attempts}; the known client delivered {known} of {MESSAGES} (smtp-source: {})",
+        cookies as f64 / seconds,
         out.status
     );
     assert!(
@@ -304,11 +313,10 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         "the new client's message"
     );
     assert!(known * 100 >= MESSAGES * 99, "{known} of {MESSAGES}");
-    // What reaches the mail host's XDP is what its CPU, shared with the generator (and with the
-    // switch that carries each SYN-ACK back), takes from the generator's ring: the generator
-    // outruns it, and the rest is dropped in the ring, as a NIC's ring drops what its host
-    // cannot take.
-    assert!(cookies >= 1_000, "the flood was answered in XDP: {cookies}");
+    assert!(
+        cookies >= 10_000,
+        "the flood was too weak to mean anything: {cookies} SYNs answered"
+    );
     // No flood SYN reached the listener: its queues never filled, and the kernel made cookies
     // only for the known client's own connections (its SYNs reach the kernel, which answers them
     // with its own cookies while tcp_syncookies is 2), never for the flood's.
