@@ -11,7 +11,9 @@
 //! SYN carried timestamps (and `COOKIES_TIMESTAMPS` allows them), timestamps whose TSval holds
 //! the window scale and SACK permission in its low six bits as the kernel encodes them
 //! (`cookie_init_timestamp`), with SACK and window scale offered as the SYN asked. Without
-//! timestamps the connection has neither (the kernel's own cookies behave the same).
+//! timestamps the connection has neither (the kernel's own cookies behave the same). A SYN
+//! without options (what flood tools send) is answered without options: its frame may have no
+//! room to grow.
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail},
