@@ -57,15 +57,16 @@ fn tuple(
     }
 }
 
-/// True when the packet matches a TCP socket that is not listening: an established, closing
-/// or connecting (SYN-SENT) connection, or a time-wait entry.
+/// The TCP socket the packet is for, as `bpf_skc_lookup_tcp` finds it, handed to `with` and
+/// released after; `None` when there is none.
 #[inline(always)]
-pub fn tcp_connection_exists(
+fn with_tcp_socket<R>(
     ctx: &XdpContext,
     ip: &Ip,
     sport: [u8; 2],
     dport: [u8; 2],
-) -> Result<bool, Reason> {
+    with: impl FnOnce(*mut bpf_sock) -> R,
+) -> Result<Option<R>, Reason> {
     let (mut t, size) = tuple(ctx, ip, sport, dport)?;
     // SAFETY: the helper reads `size` bytes of `t`, a valid tuple on our stack; the context
     // pointer is the program's own.
@@ -79,13 +80,26 @@ pub fn tcp_connection_exists(
         )
     };
     if sk.is_null() {
-        return Ok(false);
+        return Ok(None);
     }
-    // SAFETY: non-null results of the lookup point to a sock_common the verifier lets us read;
-    // the reference is released right after.
-    let state = unsafe { (*sk).state };
+    let r = with(sk);
+    // SAFETY: the reference the lookup took.
     unsafe { bpf_sk_release(sk as *mut c_void) };
-    Ok(state != BPF_TCP_LISTEN)
+    Ok(Some(r))
+}
+
+/// True when the packet matches a TCP socket that is not listening: an established, closing
+/// or connecting (SYN-SENT) connection, or a time-wait entry.
+#[inline(always)]
+pub fn tcp_connection_exists(
+    ctx: &XdpContext,
+    ip: &Ip,
+    sport: [u8; 2],
+    dport: [u8; 2],
+) -> Result<bool, Reason> {
+    // SAFETY: non-null results of the lookup point to a sock_common the verifier lets us read.
+    let state = with_tcp_socket(ctx, ip, sport, dport, |sk| unsafe { (*sk).state })?;
+    Ok(state.is_some_and(|s| s != BPF_TCP_LISTEN))
 }
 
 /// The kernel's SYN cookie for a SYN to a listening socket of the host: (cookie, MSS the cookie
@@ -104,25 +118,13 @@ pub fn syn_cookie(
     th: &mut [u8; 64],
     th_len: u32,
 ) -> Result<Option<(u32, u16)>, Reason> {
-    let (mut t, size) = tuple(ctx, ip, [th[0], th[1]], [th[2], th[3]])?;
-    // SAFETY: as in tcp_connection_exists.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(
-            ctx.ctx as *mut c_void,
-            &mut t,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
-    if sk.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: a sock_common the lookup returned, read then released below.
-    let state = unsafe { (*sk).state };
     // 20 to 60 as the verifier sees it, and unchanged for any data offset of 5 to 15 words.
     let th_len = 20 + (th_len.wrapping_sub(20) & 0x3c).min(40);
-    let made = if state == BPF_TCP_LISTEN {
+    let made = with_tcp_socket(ctx, ip, [th[0], th[1]], [th[2], th[3]], |sk| {
+        // SAFETY: a sock_common the lookup returned.
+        if unsafe { (*sk).state } != BPF_TCP_LISTEN {
+            return -1;
+        }
         // SAFETY: the helper reads `iph_len` and `th_len` bytes of the two buffers, which are
         // that long at least; `sk` is the listener.
         unsafe {
@@ -134,11 +136,8 @@ pub fn syn_cookie(
                 th_len,
             )
         }
-    } else {
-        -1
-    };
-    // SAFETY: the reference the lookup took.
-    unsafe { bpf_sk_release(sk as *mut c_void) };
+    })?
+    .unwrap_or(-1);
     Ok((made >= 0).then_some((made as u32, (made >> 32) as u16)))
 }
 
