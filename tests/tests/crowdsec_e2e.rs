@@ -144,6 +144,30 @@ fn ban_attacker4(lab: &Lab) {
     );
 }
 
+/// The `[crowdsec]` keys that make host A an agent: machine `mailguard-a`, its password in
+/// `password`.
+fn agent_keys(password: &std::path::Path) -> String {
+    format!(
+        "machine_id = \"mailguard-a\"\nmachine_password_file = \"{}\"\n",
+        password.display()
+    )
+}
+
+/// Starts host A with the configuration `a` and host B as a plain bouncer, and waits until the
+/// attacker reaches both.
+fn start_pair(lab: &mut Lab, a: &str) {
+    let url = lab.crowdsec.as_ref().expect("LAPI").url();
+    let b = config(&url, &lab.dir.path.join("bouncer-b.key"), "mg-mail20", "");
+    lab.start_mailguard(a, &[]);
+    lab.start_mailguard2(&b);
+    until_both(
+        &lab.attacker.ns,
+        targets(false),
+        true,
+        Duration::from_secs(5),
+    );
+}
+
 fn crowdsec_status(mg: &Mailguard) -> Value {
     mg.status()["crowdsec"].clone()
 }
@@ -221,19 +245,8 @@ fn a_ban_at_one_host_is_dropped_at_the_other() {
             "[bans]\nenabled = true\nfiles = [\"{}\"]\n",
             maillog.display()
         ),
-    ) + &format!(
-        "machine_id = \"mailguard-a\"\nmachine_password_file = \"{}\"\n",
-        password.display()
-    );
-    let b = config(&url, &lab.dir.path.join("bouncer-b.key"), "mg-mail20", "");
-    lab.start_mailguard(&a, &[]);
-    lab.start_mailguard2(&b);
-    until_both(
-        &lab.attacker.ns,
-        targets(false),
-        true,
-        Duration::from_secs(5),
-    );
+    ) + &agent_keys(&password);
+    start_pair(&mut lab, &a);
     let mut lines = String::new();
     for i in 0..5 {
         lines.push_str(&format!(
@@ -314,20 +327,9 @@ fn a_source_refused_by_its_budget_at_host_a_is_dropped_at_host_b() {
         "max_connections = 0",
         "max_connections = 2",
         1,
-    ) + &format!(
-        "machine_id = \"mailguard-a\"\nmachine_password_file = \"{}\"\n\
-             share_refused = 5\nshare_refused_for = \"10m\"\n",
-        password.display()
-    );
-    let b = config(&url, &lab.dir.path.join("bouncer-b.key"), "mg-mail20", "");
-    lab.start_mailguard(&a, &[]);
-    lab.start_mailguard2(&b);
-    until_both(
-        &lab.attacker.ns,
-        targets(false),
-        true,
-        Duration::from_secs(5),
-    );
+    ) + &agent_keys(&password)
+        + "share_refused = 5\nshare_refused_for = \"10m\"\n";
+    start_pair(&mut lab, &a);
     // The attacker holds two SMTP sessions at host A, then tries for more.
     let smtp = addr(MAIL4, 25);
     let _held: Vec<std::net::TcpStream> = (0..2)
