@@ -16,7 +16,7 @@
 //!    (`sockops.rs`).
 //! 6. On the wire: legitimate mail under a random-source SYN flood at several rates, with no
 //!    protection, the nftables recipe, and mailguard (`flood.rs`; its fastest generator in
-//!    `xdp_flood.rs`).
+//!    `lab::xdp_flood`).
 //!
 //! 7. Bans from the mail logs beside fail2ban: event to drop, bans a second, CPU, restoring
 //!    100,000 bans, parsing (`bans.rs`).
@@ -33,11 +33,13 @@
 //!
 //! `MAILGUARD_BENCH_ONLY=packets` (section 1), `=new` (section 2), `=sources` (sections 1 to
 //! 3), `=lists` (section 4), `=flood` (section 6) or `=flood-top` (its top setting, the XDP
-//! generator of `xdp_flood.rs`) measures those sections, prints them and writes nothing: for
-//! trying a change quickly. `=bans` (section 7) and `=crowdsec` (section 8) measure that section
-//! and replace it in the document, leaving the rest.
+//! generator of `lab::xdp_flood`) measures those sections, prints them and writes nothing: for
+//! trying a change quickly. `=bans` (section 7), `=crowdsec` (section 8) and `=cookies` (section
+//! 9, a flood SYN answered with a SYN cookie) measure that section and replace it in the
+//! document, leaving the rest.
 
 mod bans;
+mod cookies;
 mod crowdsec;
 mod crowdsec_wire;
 mod flood;
@@ -189,6 +191,14 @@ fn run() -> Result<(), String> {
         print!("{section}");
         crowdsec::splice(std::path::Path::new(&out), &section)?;
         println!("updated the CrowdSec section of {out}");
+        return Ok(());
+    }
+    if only.as_deref() == Some("cookies") {
+        let results = cookies::measure(floor)?;
+        let section = cookies::report(&results);
+        print!("{section}");
+        cookies::splice(std::path::Path::new(&out), &section)?;
+        println!("updated the SYN cookie section of {out}");
         return Ok(());
     }
     if let Some(which @ ("flood" | "flood-top")) = only.as_deref() {
@@ -381,6 +391,9 @@ fn run() -> Result<(), String> {
         sockops.ns_per_run, sockops.runs_per_connection, sockops.ns_per_connection
     );
 
+    // A flood SYN answered with a cookie, single runs, still on one CPU.
+    let cookies = cookies::measure(floor);
+
     // On the wire, on every CPU: the processes the lab starts inherit this affinity.
     unpin_cpus();
     // A failed flood measurement still leaves the rest of the report, saying so; the bench then
@@ -449,10 +462,17 @@ fn run() -> Result<(), String> {
             Err(e) => format!(
                 "\n## CrowdSec: mailguard as a bouncer, beside crowdsec-firewall-bouncer\n\n**Not measured in this run**: {e}\n"
             ),
+        }
+        + &match &cookies {
+            Ok(results) => cookies::report(results),
+            Err(e) => format!(
+                "\n## A flood SYN answered with a SYN cookie\n\n**Not measured in this run**: {e}\n"
+            ),
         };
     std::fs::write(&out, md).map_err(|e| format!("cannot write {out}: {e}"))?;
     println!("wrote {out}");
     flood.map(|_| ())?;
     bans.map(|_| ())?;
-    crowdsec.map(|_| ())
+    crowdsec.map(|_| ())?;
+    cookies.map(|_| ())
 }

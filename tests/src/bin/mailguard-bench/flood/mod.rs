@@ -1,6 +1,6 @@
 //! On the wire: a random-source SYN flood from the attacker's namespace (trafgen, from
 //! netsniff-ng: far faster than hping3) at several rates and, at the top setting, from the XDP
-//! generator (`xdp_flood.rs`, faster still), while a legitimate sender (Postfix's smtp-source)
+//! generator (`lab::xdp_flood`, faster still), while a legitimate sender (Postfix's smtp-source)
 //! delivers mail from the client's namespace to the lab's Postfix, over veth pairs and a
 //! bridge, with native XDP on the mail host's interface. Three protections on the same lab:
 //!
@@ -59,7 +59,7 @@ const BURST: u32 = 1000;
 const MAX_CONNECTIONS: u32 = 20;
 
 /// The attack rates: trafgen's `--rate` from one worker, or as fast as one worker per CPU sends
-/// (`max-all`); then, the top setting, the XDP generator (`xdp_flood.rs`), several times faster
+/// (`max-all`); then, the top setting, the XDP generator (`lab::xdp_flood`), several times faster
 /// than trafgen here. The rate reported is what the attacker sent.
 pub const ATTACKS: [(&str, Option<&str>); 6] = [
     ("no attack", None),
