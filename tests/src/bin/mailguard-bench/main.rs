@@ -21,7 +21,10 @@
 //! 7. Bans from the mail logs beside fail2ban: event to drop, bans a second, CPU, restoring
 //!    100,000 bans, parsing (`bans.rs`).
 //! 8. mailguard as a CrowdSec bouncer beside crowdsec-firewall-bouncer (nftables): decision to
-//!    drop, applying 100,000 decisions (`crowdsec.rs`).
+//!    drop, applying 100,000 decisions, CPU per dropped frame on the wire (`crowdsec.rs`,
+//!    `crowdsec_wire.rs`).
+//! 9. A flood SYN answered with a SYN cookie, beside xdp-filter, at two rate table sizes
+//!    (`cookies.rs`).
 //!
 //! `report.rs` writes the document, `plots.rs` its plots. Before anything is timed, counters prove that every run took the intended path. The
 //! benchmark runs in a network and mount namespace of its own (a private bpffs,
