@@ -8,7 +8,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     time::Duration,
 };
 
@@ -56,22 +55,7 @@ fn smtp_banner(ns: &Netns, to: SocketAddr) -> Result<u8, String> {
             return Err(format!("banner `{text}`"));
         }
         s.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
-        let mut info = [0u8; 232];
-        let mut len = info.len() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `info`.
-        let rc = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
-        }
-        Ok(info[6] & 0xf)
+        Ok(guard_tests::lab::tcp_window_scales(&s).0)
     })
     .join()
     .map_err(|_| "the client thread panicked".to_string())?

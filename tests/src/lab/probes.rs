@@ -334,3 +334,23 @@ mod tests {
         assert_eq!(s.filtered, vec![3306, 8080]);
     }
 }
+
+/// The window scales of a TCP connection as the kernel keeps them (`TCP_INFO`): (the one the
+/// peer offered, which this end applies to what it sends; the one this end offered).
+pub fn tcp_window_scales(socket: &impl std::os::fd::AsRawFd) -> (u8, u8) {
+    let mut info = [0u8; 232];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    // tcpi_snd_wscale and tcpi_rcv_wscale: the low and high nibbles of the seventh byte.
+    (info[6] & 0xf, info[6] >> 4)
+}
