@@ -321,20 +321,6 @@ pub fn swaks(ns: &Netns, server: &str, port: u16, subject: &str) -> Result<(), S
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_nmap_grepable_output() {
-        let text = "# Nmap 7.93 scan\nHost: 198.18.0.1 ()\tStatus: Up\nHost: 198.18.0.1 ()\tPorts: 22/open/tcp//ssh///, 25/open/tcp//smtp///, 465/closed/tcp//smtps///, 3306/filtered/tcp//mysql///, 8080/open|filtered/tcp//http-proxy///\tIgnored State: filtered (3)\n";
-        let s = parse_grepable(text);
-        assert_eq!(s.open, vec![22, 25]);
-        assert_eq!(s.closed, vec![465]);
-        assert_eq!(s.filtered, vec![3306, 8080]);
-    }
-}
-
 /// The window scales of a TCP connection as the kernel keeps them (`TCP_INFO`): (the one the
 /// peer offered, which this end applies to what it sends; the one this end offered).
 pub fn tcp_window_scales(socket: &impl std::os::fd::AsRawFd) -> (u8, u8) {
@@ -353,4 +339,18 @@ pub fn tcp_window_scales(socket: &impl std::os::fd::AsRawFd) -> (u8, u8) {
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     // tcpi_snd_wscale and tcpi_rcv_wscale: the low and high nibbles of the seventh byte.
     (info[6] & 0xf, info[6] >> 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nmap_grepable_output() {
+        let text = "# Nmap 7.93 scan\nHost: 198.18.0.1 ()\tStatus: Up\nHost: 198.18.0.1 ()\tPorts: 22/open/tcp//ssh///, 25/open/tcp//smtp///, 465/closed/tcp//smtps///, 3306/filtered/tcp//mysql///, 8080/open|filtered/tcp//http-proxy///\tIgnored State: filtered (3)\n";
+        let s = parse_grepable(text);
+        assert_eq!(s.open, vec![22, 25]);
+        assert_eq!(s.closed, vec![465]);
+        assert_eq!(s.filtered, vec![3306, 8080]);
+    }
 }
