@@ -1,7 +1,8 @@
 //! Tier 3, bans: password guessers and address harvesters banned at the NIC from what a real
 //! Postfix and Dovecot (Debian's) see. IMAP and SMTP AUTH guessing through Dovecot's
 //! authentication policy service, harvesting through Postfix's log file, the MX allowlist
-//! spared, log rotation and a daemon restart mid-attack, log-injection attempts.
+//! spared, log rotation and a daemon restart mid-attack, log-injection attempts, escalation
+//! and expiry on a compressed clock.
 
 use std::{
     fs,
@@ -12,7 +13,7 @@ use std::{
 use guard_tests::{
     lab::{
         ATTACKER4, CLIENT4, Lab, Login, MAIL4, Mailguard, addr, imap_login, smtp_auth,
-        smtp_recipients, swaks,
+        smtp_recipients, swaks, tcp_connects,
     },
     netns::Netns,
 };
@@ -469,4 +470,73 @@ fn dovecot_s_own_log_file_bans_an_imap_guesser() {
         lab.dovecot.as_ref().unwrap().log()
     );
     assert_eq!(bans_status(mg)["counts"]["events"]["file/auth"], 3);
+}
+
+/// Whether `ns` reaches the mail host's port 25 within `within`.
+fn reachable_within(ns: &Netns, within: Duration) -> bool {
+    eventually(within, || {
+        tcp_connects(ns, addr(MAIL4, 25), Duration::from_millis(200))
+    })
+}
+
+#[test]
+fn escalation_and_expiry_on_a_compressed_clock() {
+    let mut lab = Lab::create();
+    lab.start_services_with_auth(None);
+    // Two failures ban; the first offence 3 s, every later one 8 s; forgotten 12 s after the
+    // last ban ended (two failed SMTP AUTHs take Postfix about 6 s). The daemon, the block list's expiry in XDP and the rules are the real
+    // ones; only the durations are short.
+    let config = harvest_config(
+        &lab,
+        "forget_after = \"12s\"\n[bans.rules.auth]\nthreshold = 2\nban = [\"3s\", \"8s\"]\n\
+         [bans.rules.auth_net]\nthreshold = 0\n",
+    );
+    lab.start_mailguard(&config, &[]);
+    let mg = lab.mailguard();
+    let attacker = &lab.attacker.ns;
+    let offence = |n: usize, length: &str| {
+        fail_auth(attacker, 2);
+        assert!(
+            eventually(Duration::from_secs(3), || banned(mg, "198.18.0.66/32")),
+            "offence {n} bans: {}",
+            bans_status(mg)
+        );
+        let banned_at = Instant::now();
+        assert!(!tcp_connects(
+            attacker,
+            addr(MAIL4, 25),
+            Duration::from_millis(300)
+        ));
+        let log = mg.log().join("\n");
+        let line = format!("198.18.0.66/32 banned for {length} by rule auth");
+        assert_eq!(log.matches(&line).count(), n, "offence {n}: {log}");
+        assert!(
+            reachable_within(attacker, Duration::from_secs(15)),
+            "offence {n}: the {length} ban never ended"
+        );
+        let lasted = banned_at.elapsed();
+        println!("banned for {length}: reachable again after {lasted:?}");
+        lasted
+    };
+
+    // First offence: 3 s, then the attacker is let in again by the expiry alone.
+    let first = offence(1, "3s");
+    assert!(first < Duration::from_secs(6), "{first:?}");
+    // Second offence, inside `forget_after`: the next step, 8 s.
+    let second = offence(1, "8s");
+    assert!(
+        second > Duration::from_secs(6) && second < Duration::from_secs(12),
+        "{second:?}"
+    );
+    // After `forget_after` without a ban, the escalation starts again: 3 s.
+    std::thread::sleep(Duration::from_secs(13));
+    let third = offence(2, "3s");
+    assert!(third < Duration::from_secs(6), "{third:?}");
+    let bans = bans_status(mg);
+    assert_eq!(bans["counts"]["bans"]["auth"], 3, "{bans}");
+    assert!(
+        eventually(Duration::from_secs(3), || bans_status(mg)["active"] == 0),
+        "{}",
+        bans_status(mg)
+    );
 }
