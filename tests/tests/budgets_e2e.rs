@@ -342,9 +342,11 @@ fn monitor_mode_refuses_nothing_and_counts() {
 /// Ends a child process we started, by pid.
 #[test]
 fn legitimate_mail_flows_under_a_spoofed_syn_flood() {
-    // A large sender's budget, so that the sender's own 200 connections are within it.
+    // A large sender's budget, so that the sender's own 200 connections are within it. The
+    // ceiling's drop is under test (cookies_e2e answers the flood with cookies).
     let lab = lab_with(
-        "[budgets]\nsyn_ceiling = 2000\n[budgets.mx]\nrate = 200\nburst = 200\nmax_connections = 20\n",
+        "[budgets]\nsyn_ceiling = 2000\nsyn_cookies = \"off\"\n\
+         [budgets.mx]\nrate = 200\nburst = 200\nmax_connections = 20\n",
         &[],
     );
     // The sender has delivered here before: it is a source seen completing connections.

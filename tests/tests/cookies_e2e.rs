@@ -3,7 +3,8 @@
 //! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
 //! and without; under a spoofed flood (trafgen), no flood SYN reaches the listener
 //! while a new client and a known one deliver. mailguard sets `net.ipv4.tcp_syncookies` to 2
-//! while cookies are on and puts the operator's value back at `unload`.
+//! while cookies are on (with `always`) or a flood lasts (with `under_flood`, the default), and
+//! puts the operator's value back at `unload` and after the flood.
 
 use std::{
     io::{Read, Write},
@@ -317,4 +318,119 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         "the kernel made {kernel} cookies itself: flood SYNs reached it"
     );
     assert_eq!(mg.count("syn_cookie_unavailable"), 0);
+}
+
+/// Waits up to `within` for `what`.
+fn eventually(within: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn under_flood_by_default_the_kernel_s_setting_changes_only_while_the_flood_lasts() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    let before = sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies");
+    assert_ne!(
+        before, "2",
+        "the namespace starts with the kernel's default"
+    );
+    // No `syn_cookies`: the default, `under_flood`. A ceiling trafgen spends at once, and a
+    // short hold so that the flood's end is seen within the test.
+    lab.start_mailguard(
+        "interface = \"mg-mail0\"\nmail_ports = [25, 587]\n[[open_ports]]\nport = 22\n\
+         [budgets]\nsyn_ceiling = 500\nsyn_ceiling_burst = 500\nsyn_cookies_hold = \"3s\"\n",
+        &[],
+    );
+    let mg = lab.mailguard();
+    let cookie_line = |mg: &guard_tests::lab::Mailguard| {
+        let out = mg.cli(&["status"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("SYN cookies:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    // No flood: the operator's setting stands, and every listener works as it always did.
+    swaks(&lab.client.ns, MAIL4, 25, "before the flood").expect("delivery before the flood");
+    assert_eq!(sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"), before);
+    assert!(
+        cookie_line(mg).contains("under_flood") && cookie_line(mg).contains("no SYN flood"),
+        "{}",
+        cookie_line(mg)
+    );
+    assert_eq!(mg.count("syn_cookie"), 0);
+
+    // The flood: SYNs go over the ceiling, the daemon sets 2 (until then XDP cannot make a
+    // cookie and drops them, as the ceiling did), and XDP answers them with cookies.
+    let flood = SpoofedFlood::start(&lab);
+    let began = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(3), || sysctl(
+            &lab.mail.ns,
+            "net.ipv4.tcp_syncookies"
+        ) == "2"),
+        "tcp_syncookies not set under the flood; status: {}",
+        cookie_line(mg)
+    );
+    let switched = began.elapsed();
+    assert!(
+        eventually(Duration::from_secs(2), || cookie_line(mg)
+            .contains("UNDER A SYN FLOOD")),
+        "{}",
+        cookie_line(mg)
+    );
+    let metrics =
+        guard_tests::lab::http_get(&lab.mail.ns, "127.0.0.1:9477", "/metrics", "text/plain");
+    assert!(metrics.contains("mailguard_syn_flood 1"), "{metrics}");
+    // A client never seen before gets in through a cookie (three attempts: see above).
+    let attempts = (1..=3)
+        .find(|_| swaks(&lab.attacker.ns, MAIL6, 25, "new under the default").is_ok())
+        .expect("a new client delivers within three attempts");
+    let answered = mg.count("syn_cookie");
+    let dropped = mg.count("syn_cookie_unavailable");
+    drop(flood);
+    let ended = std::time::Instant::now();
+    println!(
+        "under_flood: tcp_syncookies set {switched:?} after the flood began; {answered} SYNs answered \
+         with a cookie, {dropped} dropped before that; the new client delivered at attempt {attempts}"
+    );
+    assert!(answered >= 10_000, "only {answered} SYNs answered");
+    // The flood's end: the operator's value back after the hold (3 s).
+    assert!(
+        eventually(Duration::from_secs(8), || sysctl(
+            &lab.mail.ns,
+            "net.ipv4.tcp_syncookies"
+        ) == before),
+        "tcp_syncookies not put back after the flood; status: {}",
+        cookie_line(mg)
+    );
+    let restored = ended.elapsed();
+    assert!(
+        restored >= Duration::from_secs(2),
+        "put back {restored:?} after the flood ended, before the 3 s hold"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || cookie_line(mg)
+            .contains("no SYN flood")),
+        "{}",
+        cookie_line(mg)
+    );
+    let log = mg.log().join("\n");
+    assert!(
+        log.contains("SYN flood: SYNs over the ceiling are answered with SYN cookies")
+            && log.contains("SYN flood over"),
+        "{log}"
+    );
+    let postfix = lab.postfix.as_ref().expect("postfix");
+    assert!(
+        postfix.wait_delivered("new under the default", Duration::from_secs(10)),
+        "the new client's message"
+    );
 }

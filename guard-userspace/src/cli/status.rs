@@ -228,6 +228,17 @@ impl Status {
                 },
                 match (&c.problem, c.tcp_syncookies_was) {
                     (Some(p), _) => format!("; NONE MADE: {p}: SYNs over the ceiling are dropped"),
+                    (None, _) if c.mode == "under_flood" && !c.flood => {
+                        "; no SYN flood: net.ipv4.tcp_syncookies as the operator set it (2 while SYNs go over the ceiling)"
+                            .to_string()
+                    }
+                    (None, Some(was)) if c.flood => format!(
+                        "; UNDER A SYN FLOOD: net.ipv4.tcp_syncookies set to 2 (it was {was}; put back {} after the last SYN over the ceiling, and at unload)",
+                        crate::config::durations::human_duration(c.hold)
+                    ),
+                    (None, None) if c.flood => {
+                        "; UNDER A SYN FLOOD (net.ipv4.tcp_syncookies was already 2)".to_string()
+                    }
                     (None, Some(was)) => {
                         format!(
                             "; net.ipv4.tcp_syncookies set to 2 (it was {was}, put back at unload)"

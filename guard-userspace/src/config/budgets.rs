@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Place, int};
+use crate::config::{ConfigError, Place, int, values::seconds};
 
 /// What happens to a connection over budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -23,7 +23,7 @@ pub enum SynCookies {
     /// Never: over the SYN ceiling, a SYN from a source never seen completing a connection is
     /// dropped.
     Off,
-    /// Instead of the ceiling's drop: such a SYN is answered with a cookie.
+    /// Instead of the ceiling's drop: such a SYN is answered with a cookie (the default).
     UnderFlood,
     /// Every SYN from such a source, ceiling or not.
     Always,
@@ -74,9 +74,23 @@ pub struct Budgets {
     pub reject_limit: f64,
     /// SYN cookies answered in XDP for sources never seen completing a connection.
     pub syn_cookies: SynCookies,
+    /// With `under_flood`: how long after the last SYN over the ceiling the flood counts as
+    /// over (and `net.ipv4.tcp_syncookies` goes back to the operator's value), in seconds.
+    pub syn_cookies_hold: u64,
     pub mx: ClassLimits,
     pub submission: ClassLimits,
     pub mailbox: ClassLimits,
+}
+
+impl Budgets {
+    /// The SYN cookie mode in effect: `under_flood` without a ceiling (`syn_ceiling = 0`) never
+    /// answers, and is off.
+    pub fn cookies_in_effect(&self) -> SynCookies {
+        match self.syn_cookies {
+            SynCookies::UnderFlood if self.syn_ceiling == 0.0 => SynCookies::Off,
+            mode => mode,
+        }
+    }
 }
 
 impl Default for Budgets {
@@ -89,7 +103,8 @@ impl Default for Budgets {
             syn_ceiling: 10_000.0,
             syn_ceiling_burst: 20_000,
             reject_limit: 100.0,
-            syn_cookies: SynCookies::Off,
+            syn_cookies: SynCookies::UnderFlood,
+            syn_cookies_hold: 60,
             // As generous as Postfix's own default per-client connection limit (50).
             mx: ClassLimits {
                 rate: 20.0,
@@ -137,6 +152,7 @@ pub(crate) struct RawBudgets {
     syn_ceiling_burst: Option<Spanned<i64>>,
     reject_limit: Option<Spanned<Number>>,
     syn_cookies: Option<SynCookies>,
+    syn_cookies_hold: Option<Spanned<String>>,
     mx: Option<RawClass>,
     submission: Option<RawClass>,
     mailbox: Option<RawClass>,
@@ -273,6 +289,13 @@ pub(crate) fn validate(raw: Option<RawBudgets>, place: &Place) -> Result<Budgets
             place,
         )?,
         syn_cookies: raw.syn_cookies.unwrap_or(d.syn_cookies),
+        syn_cookies_hold: seconds(
+            &raw.syn_cookies_hold,
+            "budgets.syn_cookies_hold",
+            1..=86_400,
+            d.syn_cookies_hold,
+            place,
+        )?,
         mx: class(&raw.mx, "mx", d.mx, place)?,
         submission: class(&raw.submission, "submission", d.submission, place)?,
         mailbox: class(&raw.mailbox, "mailbox", d.mailbox, place)?,

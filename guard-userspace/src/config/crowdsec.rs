@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::config::{ConfigError, Place, durations::parse_duration};
+use crate::config::{ConfigError, Place, values::seconds};
 
 /// A decision scope the bouncer can enforce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -124,30 +124,6 @@ pub(crate) struct RawCrowdsec {
     share: Option<Vec<Spanned<String>>>,
     share_refused: Option<Spanned<i64>>,
     share_refused_for: Option<Spanned<String>>,
-}
-
-fn seconds(
-    v: &Option<Spanned<String>>,
-    key: &str,
-    range: std::ops::RangeInclusive<u64>,
-    default: u64,
-    place: &Place,
-) -> Result<u64, ConfigError> {
-    let Some(s) = v else { return Ok(default) };
-    let n = parse_duration(s.get_ref()).map_err(|m| place.error(s.span(), Some(key.into()), m))?;
-    if !range.contains(&n) {
-        return Err(place.error(
-            s.span(),
-            Some(key.into()),
-            format!(
-                "`{}` is out of range ({}s to {}s)",
-                s.get_ref(),
-                range.start(),
-                range.end()
-            ),
-        ));
-    }
-    Ok(n)
 }
 
 fn absolute(s: &Spanned<String>, key: &str, place: &Place) -> Result<PathBuf, ConfigError> {

@@ -127,3 +127,30 @@ pub(crate) fn int(
         )),
     }
 }
+
+/// A duration setting (`90s`, `10m`, ...) in seconds within `range`, or `default` when absent;
+/// what is not a duration, or out of range, is refused with its place and key.
+pub(crate) fn seconds(
+    v: &Option<toml::Spanned<String>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+    place: &crate::config::Place,
+) -> Result<u64, crate::config::ConfigError> {
+    let Some(s) = v else { return Ok(default) };
+    let n = crate::config::durations::parse_duration(s.get_ref())
+        .map_err(|m| place.error(s.span(), Some(key.into()), m))?;
+    if !range.contains(&n) {
+        return Err(place.error(
+            s.span(),
+            Some(key.into()),
+            format!(
+                "`{}` is out of range ({}s to {}s)",
+                s.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(n)
+}

@@ -370,6 +370,13 @@ impl Collector for MapCollector {
                 )?;
                 let problem: [(Labels, f64); 1] =
                     [(Vec::new(), if c.problem.is_some() { 1.0 } else { 0.0 })];
+                let flood: [(Labels, f64); 1] = [(Vec::new(), if c.flood { 1.0 } else { 0.0 })];
+                gauge(
+                    &mut enc,
+                    "mailguard_syn_flood",
+                    "1 while SYNs go over the SYN ceiling (syn_cookies = \"under_flood\": net.ipv4.tcp_syncookies is 2 meanwhile)",
+                    flood,
+                )?;
                 gauge(
                     &mut enc,
                     "mailguard_syn_cookies_unavailable",

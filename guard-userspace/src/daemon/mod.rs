@@ -17,6 +17,7 @@ pub mod budget_view;
 pub mod confirm;
 pub mod control;
 pub mod crowdsec;
+pub mod flood_watch;
 pub mod lockout;
 pub mod metrics;
 pub mod metrics_server;

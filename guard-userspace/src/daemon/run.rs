@@ -255,6 +255,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 bans_published: Instant::now(),
                 bans_unpublished: false,
                 refusals: super::refusals::RefusalWatch::default(),
+                floods: super::flood_watch::FloodWatch::default(),
                 contents,
                 config_text: None,
                 links: match LinkWatch::open() {

@@ -18,10 +18,13 @@ use crate::{
     daemon::crowdsec::CrowdsecKeeper,
     daemon::lockout,
     daemon::metrics::DaemonFacts,
-    daemon::refusals::{RefusalWatch, Threshold},
     daemon::signals::Signals,
     daemon::spare::{self, Surroundings},
     daemon::state::{self, RunState},
+    daemon::{
+        flood_watch::{FloodWatch, OVER_THE_CEILING},
+        refusals::{RefusalWatch, Threshold},
+    },
     feeds::keeper::ListKeeper,
     feeds::saved::{ListSummary, now_unix},
     kernel::attach::Attachment,
@@ -70,6 +73,8 @@ pub(super) struct Daemon<'a> {
     pub(super) crowdsec: CrowdsecKeeper,
     /// The sources the budgets refuse, read for the CrowdSec agent.
     pub(super) refusals: RefusalWatch,
+    /// Whether a SYN flood is on, for `syn_cookies = "under_flood"`.
+    pub(super) floods: FloodWatch,
     /// When the state file was last written (for the bans it is written at most 4 times a
     /// second), and whether the bans changed since.
     pub(super) bans_published: Instant,
@@ -143,6 +148,7 @@ impl Daemon<'_> {
             self.keep_bans();
             self.keep_crowdsec();
             self.keep_refusals();
+            self.watch_floods();
             self.follow_interface();
             self.keep_lists()?;
             if self
@@ -648,19 +654,46 @@ impl Daemon<'_> {
         Ok(())
     }
 
-    /// Keeps `net.ipv4.tcp_syncookies` as SYN cookies from XDP need it (2 while they are on,
-    /// the value found before once they are off: `kernel::syncookie_sysctl`), and what `status`
-    /// shows of them.
+    /// With `syn_cookies = "under_flood"`: reads XDP's counts of SYNs over the ceiling, and
+    /// when a flood begins or ends, sets `net.ipv4.tcp_syncookies` for it (`keep_syncookies`).
+    fn watch_floods(&mut self) {
+        use crate::config::budgets::SynCookies;
+        let now = Instant::now();
+        if self.config.budgets.cookies_in_effect() != SynCookies::UnderFlood
+            || !self.floods.due(now)
+        {
+            return;
+        }
+        let over: u64 = match self.guard.counters() {
+            Ok(c) => OVER_THE_CEILING.iter().map(|r| c.get(*r)).sum(),
+            Err(e) => {
+                log::warn!("SYN cookies: cannot read the counters to see a flood: {e}");
+                return;
+            }
+        };
+        let was = self.state.syn_cookies.as_ref().is_some_and(|c| c.flood);
+        let hold = Duration::from_secs(self.config.budgets.syn_cookies_hold);
+        if self.floods.observe(over, now, hold) != was {
+            self.keep_syncookies();
+            self.publish();
+        }
+    }
+
+    /// Keeps `net.ipv4.tcp_syncookies` as SYN cookies from XDP need it (2 while they are on:
+    /// with `always` for as long as that lasts, with `under_flood` while a flood is on; the
+    /// value found before otherwise: `kernel::syncookie_sysctl`), and what `status` shows of
+    /// them.
     pub(super) fn keep_syncookies(&mut self) {
         use crate::{
-            config::budgets::SynCookies,
+            config::{budgets::SynCookies, durations::human_duration},
             kernel::{
                 cookies::CookieEnv,
                 syncookie_sysctl::{self, Change},
             },
         };
         let run = &self.opts.dirs.run;
-        let mode = match self.config.budgets.syn_cookies {
+        let hold = self.config.budgets.syn_cookies_hold;
+        let (mode, flood) = match self.config.budgets.cookies_in_effect() {
             SynCookies::Off => {
                 match syncookie_sysctl::restore(run) {
                     Ok(Change::Restored { to }) => {
@@ -669,21 +702,50 @@ impl Daemon<'_> {
                     Ok(_) => {}
                     Err(e) => log::error!("{e}"),
                 }
+                self.floods.reset();
                 self.state.syn_cookies = None;
                 return;
             }
-            SynCookies::UnderFlood => "under_flood",
-            SynCookies::Always => "always",
-        };
-        let problem = match syncookie_sysctl::enable(run) {
-            Ok(Change::Enabled { was }) => {
-                log::info!(
-                    "SYN cookies ({mode}): net.ipv4.tcp_syncookies set to 2 (it was {was}; `unload` or syn_cookies = \"off\" puts it back)"
-                );
-                None
+            SynCookies::UnderFlood => (
+                "under_flood",
+                self.floods
+                    .flooding(Instant::now(), Duration::from_secs(hold)),
+            ),
+            SynCookies::Always => {
+                self.floods.reset();
+                ("always", false)
             }
-            Ok(_) => None,
-            Err(e) => Some(e.to_string()),
+        };
+        let problem = if mode == "under_flood" && !flood {
+            match syncookie_sysctl::restore(run) {
+                Ok(Change::Restored { to }) => {
+                    log::info!(
+                        "SYN flood over (no SYN over the ceiling for {}): net.ipv4.tcp_syncookies put back to {to}",
+                        human_duration(hold)
+                    );
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        } else {
+            match syncookie_sysctl::enable(run) {
+                Ok(Change::Enabled { was }) if flood => {
+                    log::warn!(
+                        "SYN flood: SYNs over the ceiling are answered with SYN cookies; net.ipv4.tcp_syncookies set to 2 until {} after the flood (it was {was})",
+                        human_duration(hold)
+                    );
+                    None
+                }
+                Ok(Change::Enabled { was }) => {
+                    log::info!(
+                        "SYN cookies ({mode}): net.ipv4.tcp_syncookies set to 2 (it was {was}; `unload` or syn_cookies = \"off\" puts it back)"
+                    );
+                    None
+                }
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            }
         };
         let before = self
             .state
@@ -699,6 +761,8 @@ impl Daemon<'_> {
             timestamps,
             tcp_syncookies_was: syncookie_sysctl::kept(run),
             problem,
+            flood,
+            hold,
         });
     }
 

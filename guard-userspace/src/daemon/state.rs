@@ -83,6 +83,12 @@ pub struct SynCookieState {
     /// Why no cookie can be made, when one stands in the way (then SYNs over the ceiling are
     /// dropped as before).
     pub problem: Option<String>,
+    /// `under_flood`: whether a flood is on (SYNs over the ceiling within `hold` seconds).
+    #[serde(default)]
+    pub flood: bool,
+    /// `under_flood`: how long after the last SYN over the ceiling the flood is over, seconds.
+    #[serde(default)]
+    pub hold: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

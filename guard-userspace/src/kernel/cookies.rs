@@ -80,7 +80,7 @@ impl CookieEnv {
 
 /// `Settings::cookies` and `Settings::cookie_mss` for `config` in `env`.
 pub fn settings_words(config: &Config, env: &CookieEnv) -> (u32, u32) {
-    let mode = match config.budgets.syn_cookies {
+    let mode = match config.budgets.cookies_in_effect() {
         SynCookies::Off => COOKIES_OFF,
         SynCookies::UnderFlood => COOKIES_UNDER_FLOOD,
         SynCookies::Always => COOKIES_ALWAYS,
@@ -120,7 +120,13 @@ mod tests {
     #[test]
     fn words_follow_the_mode_and_the_namespace() {
         let mut config = Config::default();
+        config.budgets.syn_cookies = SynCookies::Off;
         assert_eq!(settings_words(&config, &env(2, 6_291_456, 1500)), (0, 0));
+        // The default, under_flood, without a ceiling to spend: off.
+        config.budgets.syn_cookies = SynCookies::UnderFlood;
+        config.budgets.syn_ceiling = 0.0;
+        assert_eq!(settings_words(&config, &env(2, 6_291_456, 1500)), (0, 0));
+        config.budgets.syn_ceiling = 10_000.0;
         config.budgets.syn_cookies = SynCookies::Always;
         let (word, mss) = settings_words(&config, &env(1, 6_291_456, 1500));
         assert_eq!(

@@ -1,7 +1,8 @@
 //! `net.ipv4.tcp_syncookies` while XDP answers SYNs with cookies (`budgets.syn_cookies`). The
 //! kernel makes a cookie for mailguard (`bpf_tcp_gen_syncookie`) only when this setting is 2
 //! (cookies always) or the listener's SYN queue is full, so mailguard sets it to 2 while cookies
-//! are on, and puts back the value it found when they are turned off and at `unload`. That value
+//! are on (`always`) or a flood lasts (`under_flood`: `daemon::flood_watch`), and puts back the
+//! value it found after the flood, when they are turned off and at `unload`. That value
 //! is kept in the run directory, so that a daemon killed and started again, or `unload` without
 //! a daemon, still knows it.
 //!

@@ -93,7 +93,8 @@ const TRACKED_SOURCES: u32 = 2_200_000;
 const DEFAULT_TABLES_CONFIG: &str = "[budgets]\nsyn_ceiling_burst = 1000000\n";
 /// The default configuration's tables with a SYN ceiling that one SYN spends (a token every
 /// 1000 s), for the path of a spoofed flood's SYNs once the ceiling is spent.
-const CEILING_SPENT_CONFIG: &str = "[budgets]\nsyn_ceiling = 0.001\nsyn_ceiling_burst = 1\n";
+const CEILING_SPENT_CONFIG: &str =
+    "[budgets]\nsyn_ceiling = 0.001\nsyn_ceiling_burst = 1\nsyn_cookies = \"off\"\n";
 
 /// What `CONFIG` gains for the list verdicts: MX-only on, an allowlist and a block list.
 const MX_ONLY_SWITCH: &str = "mx_only = true\n";

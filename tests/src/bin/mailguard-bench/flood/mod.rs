@@ -127,7 +127,7 @@ fn nft_recipe() -> String {
 
 fn mailguard_config() -> String {
     format!(
-        "[budgets]\nsyn_ceiling = 2000\n[budgets.mx]\nrate = {RATE}\nburst = {BURST}\n\
+        "[budgets]\nsyn_ceiling = 2000\nsyn_cookies = \"off\"\n[budgets.mx]\nrate = {RATE}\nburst = {BURST}\n\
          max_connections = {MAX_CONNECTIONS}\n"
     )
 }

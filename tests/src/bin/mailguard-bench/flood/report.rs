@@ -157,7 +157,7 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          - **none**: the kernel alone (SYN cookies as by default);\n\
          - **nftables**: the recipe operators use today, in the mail host's namespace:\n\n\
          ```\n{}```\n\n\
-         - **mailguard**: `mailguard run` with `syn_ceiling = 2000` and the budget above; the sender has delivered \
+         - **mailguard**: `mailguard run` with `syn_ceiling = 2000` (SYNs over it dropped: `syn_cookies = \"off\"`) and the budget above; the sender has delivered \
          once before (a warm-up message, for every protection alike), so it is a source seen completing \
          connections.\n\n\
          Every figure is the median of {TRIALS} trials ({TOP_TRIALS} at the top setting, on which the target is \
