@@ -9,9 +9,13 @@ pub const FEATURE_COARSE_CLOCK: u32 = 1 << 0;
 /// `bpf_get_netns_cookie` in sock_ops (Linux 5.15). Without it the connection counts include
 /// connections to mail ports in every network namespace of the host, not only mailguard's.
 pub const FEATURE_SOCKOPS_NETNS_COOKIE: u32 = 1 << 1;
+/// `bpf_tcp_gen_syncookie` in XDP (Linux 5.3). Without it no SYN is answered with a cookie: over
+/// the SYN ceiling, SYNs are dropped as with `syn_cookies = "off"`.
+pub const FEATURE_SYN_COOKIE: u32 = 1 << 2;
 
 /// Every feature: the programs' default when userspace writes nothing.
-pub const FEATURES_ALL: u32 = FEATURE_COARSE_CLOCK | FEATURE_SOCKOPS_NETNS_COOKIE;
+pub const FEATURES_ALL: u32 =
+    FEATURE_COARSE_CLOCK | FEATURE_SOCKOPS_NETNS_COOKIE | FEATURE_SYN_COOKIE;
 
 /// Name of the read-only global (`u32`, `FEATURE_*` bits) in the eBPF object.
 pub const FEATURES_GLOBAL: &str = "MG_FEATURES";

@@ -118,6 +118,11 @@ pub fn syn_cookie(
     th: &mut [u8; 64],
     th_len: u32,
 ) -> Result<Option<(u32, u16)>, Reason> {
+    // A kernel without the helper: never called (the verifier does not walk this code either;
+    // userspace then leaves cookies off, so this is not reached).
+    if !crate::features::has(guard_common::FEATURE_SYN_COOKIE) {
+        return Ok(None);
+    }
     // 20 to 60 as the verifier sees it, and unchanged for any data offset of 5 to 15 words.
     let th_len = 20 + (th_len.wrapping_sub(20) & 0x3c).min(40);
     let made = with_tcp_socket(ctx, ip, [th[0], th[1]], [th[2], th[3]], |sk| {

@@ -716,7 +716,14 @@ impl Daemon<'_> {
                 ("always", false)
             }
         };
-        let problem = if mode == "under_flood" && !flood {
+        let env = CookieEnv::read(Some(&self.state.interface));
+        let problem = if !env.helper {
+            let _ = syncookie_sysctl::restore(run);
+            Some(format!(
+                "this kernel (Linux {}) has no bpf_tcp_gen_syncookie for XDP (Linux 5.3)",
+                crate::kernel::features::kernel_release()
+            ))
+        } else if mode == "under_flood" && !flood {
             match syncookie_sysctl::restore(run) {
                 Ok(Change::Restored { to }) => {
                     log::info!(
@@ -755,7 +762,7 @@ impl Daemon<'_> {
         if let Some(p) = problem.as_ref().filter(|p| Some(*p) != before.as_ref()) {
             log::error!("SYN cookies cannot be made: {p}; SYNs over the SYN ceiling are dropped");
         }
-        let timestamps = CookieEnv::read(Some(&self.state.interface)).tcp_timestamps == 2;
+        let timestamps = env.tcp_timestamps == 2;
         self.state.syn_cookies = Some(state::SynCookieState {
             mode: mode.into(),
             timestamps,

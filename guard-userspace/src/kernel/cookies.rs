@@ -33,6 +33,8 @@ pub struct CookieEnv {
     pub max_rcvbuf: u64,
     /// The interface's MTU.
     pub mtu: u32,
+    /// Whether the kernel has `bpf_tcp_gen_syncookie` for XDP (`kernel::features`).
+    pub helper: bool,
 }
 
 impl CookieEnv {
@@ -68,6 +70,9 @@ impl CookieEnv {
             tcp_timestamps,
             max_rcvbuf: rmem_max.max(core_max),
             mtu,
+            helper: crate::kernel::features::KernelFeatures::probed().bits
+                & guard_common::FEATURE_SYN_COOKIE
+                != 0,
         }
     }
 
@@ -85,7 +90,7 @@ pub fn settings_words(config: &Config, env: &CookieEnv) -> (u32, u32) {
         SynCookies::UnderFlood => COOKIES_UNDER_FLOOD,
         SynCookies::Always => COOKIES_ALWAYS,
     };
-    if mode == COOKIES_OFF {
+    if mode == COOKIES_OFF || !env.helper {
         return (0, 0);
     }
     let mut word = mode | env.wscale() << COOKIE_WSCALE_SHIFT;
@@ -106,6 +111,7 @@ mod tests {
             tcp_timestamps: ts,
             max_rcvbuf: rcvbuf,
             mtu,
+            helper: true,
         }
     }
 
@@ -127,6 +133,12 @@ mod tests {
         config.budgets.syn_ceiling = 0.0;
         assert_eq!(settings_words(&config, &env(2, 6_291_456, 1500)), (0, 0));
         config.budgets.syn_ceiling = 10_000.0;
+        // A kernel without bpf_tcp_gen_syncookie for XDP: off, whatever the mode.
+        let without = CookieEnv {
+            helper: false,
+            ..env(2, 6_291_456, 1500)
+        };
+        assert_eq!(settings_words(&config, &without), (0, 0));
         config.budgets.syn_cookies = SynCookies::Always;
         let (word, mss) = settings_words(&config, &env(1, 6_291_456, 1500));
         assert_eq!(

@@ -14,7 +14,7 @@ use aya::{
     programs::ProgramType,
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
-use guard_common::{FEATURE_COARSE_CLOCK, FEATURE_SOCKOPS_NETNS_COOKIE};
+use guard_common::{FEATURE_COARSE_CLOCK, FEATURE_SOCKOPS_NETNS_COOKIE, FEATURE_SYN_COOKIE};
 
 /// One thing mailguard uses, with the Linux release that brought it (for the message only).
 struct Requirement {
@@ -166,6 +166,17 @@ const OPTIONAL: &[Optional] = &[
         feature: FEATURE_SOCKOPS_NETNS_COOKIE,
         lost: "connection caps count the connections to mail ports of every network \
                namespace (containers included), not only those of mailguard's own",
+    },
+    Optional {
+        requirement: helper(
+            "bpf_tcp_gen_syncookie in XDP",
+            "5.3",
+            ProgramType::Xdp,
+            BpfHelper::BPF_FUNC_tcp_gen_syncookie,
+        ),
+        feature: FEATURE_SYN_COOKIE,
+        lost: "no SYN is answered with a SYN cookie (`syn_cookies` has no effect): over the \
+               SYN ceiling, SYNs are dropped",
     },
 ];
 
