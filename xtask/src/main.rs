@@ -209,7 +209,7 @@ fn bench() -> Result<()> {
     )?;
     println!(
         "== mailguard bench (BPF_PROG_TEST_RUN beside the floor and xdp-filter, sock_ops statistics, \
-         a SYN flood on the wire against no protection, nftables and mailguard; about 25 minutes)"
+         a SYN flood on the wire against no protection, nftables and mailguard with and without SYN cookies; about 30 minutes)"
     );
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
     cmd::run(

@@ -21,9 +21,9 @@ pub enum Action {
 #[serde(rename_all = "snake_case")]
 pub enum SynCookies {
     /// Never: over the SYN ceiling, a SYN from a source never seen completing a connection is
-    /// dropped.
+    /// dropped (the default).
     Off,
-    /// Instead of the ceiling's drop: such a SYN is answered with a cookie (the default).
+    /// Instead of the ceiling's drop: such a SYN is answered with a cookie.
     UnderFlood,
     /// Every SYN from such a source, ceiling or not.
     Always,
@@ -103,7 +103,7 @@ impl Default for Budgets {
             syn_ceiling: 10_000.0,
             syn_ceiling_burst: 20_000,
             reject_limit: 100.0,
-            syn_cookies: SynCookies::UnderFlood,
+            syn_cookies: SynCookies::Off,
             syn_cookies_hold: 60,
             // As generous as Postfix's own default per-client connection limit (50).
             mx: ClassLimits {

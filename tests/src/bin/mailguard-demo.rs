@@ -43,9 +43,10 @@ from = ["198.18.0.0/28", "2001:db8::/124"]
 
 [budgets]
 # SYNs a second from sources never seen completing a connection; over it, they are answered
-# with SYN cookies from XDP (syn_cookies = "under_flood", the default).
+# with SYN cookies from XDP (net.ipv4.tcp_syncookies is 2 while the flood lasts).
 syn_ceiling = 2000
 syn_ceiling_burst = 2000
+syn_cookies = "under_flood"
 
 [budgets.mx]
 rate = 50
@@ -442,8 +443,8 @@ fn demo() {
         8,
         "a spoofed SYN flood (trafgen, random sources in 198.19.0.0/16) while the client delivers 200 messages",
     );
-    // Over the SYN ceiling: answered with a SYN cookie in XDP (`syn_cookies = "under_flood"`,
-    // the default), or dropped (before the daemon has set net.ipv4.tcp_syncookies to 2).
+    // Over the SYN ceiling: answered with a SYN cookie in XDP (`syn_cookies = "under_flood"`),
+    // or dropped (before the daemon has set net.ipv4.tcp_syncookies to 2).
     let over_the_ceiling = |lab: &Lab| {
         let mg = lab.mailguard();
         (

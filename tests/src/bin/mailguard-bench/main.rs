@@ -209,6 +209,10 @@ fn run() -> Result<(), String> {
         unpin_cpus();
         let (points, retried) = flood::measure(which == "flood-top")?;
         print!("{}", flood::report(&points, retried, &[]));
+        let section = flood::cookies_at_top(&points);
+        print!("{section}");
+        flood::splice_cookies_at_top(std::path::Path::new(&out), &section)?;
+        println!("updated the section \"SYN cookies under the top flood\" of {out}");
         return Ok(());
     }
     let peer = XdpFilter::load(&config.mail_ports)?;
@@ -435,7 +439,7 @@ fn run() -> Result<(), String> {
                 .into_iter()
                 .map(|(alt, file)| (alt, format!("bench/{file}")))
                 .collect();
-            flood::report(points, *retried, &flood_plots)
+            flood::report(points, *retried, &flood_plots) + &flood::cookies_at_top(points)
         }
         Err(e) => format!(
             "## On the wire: legitimate mail under a SYN flood\n\n**Not measured in this run**: {e}\n"

@@ -8,7 +8,9 @@
 //! - **nftables**: the recipe operators use today, a per-source `ct count` cap and a per-source
 //!   `limit rate` meter on SYNs to port 25, with the same numbers as mailguard's budget;
 //! - **mailguard**: the daemon with that budget and a global SYN ceiling for unverified
-//!   sources.
+//!   sources, SYNs over it dropped (`syn_cookies = "off"`);
+//! - **mailguard-cookies**: the same, SYNs over the ceiling answered with SYN cookies from XDP
+//!   (`syn_cookies = "under_flood"`).
 //!
 //! The mail host's receive work is steered (RPS) to a CPU the one-worker generator does not run
 //! on, as a separate machine's NIC would deliver it, so that the generator does not pay for it.
@@ -33,7 +35,7 @@ mod report;
 pub(crate) mod wire;
 
 use attack::{Flood, generator_kept_up, start_flood};
-pub use report::{plot, report};
+pub use report::{cookies_at_top, plot, report, splice_cookies_at_top};
 use wire::*;
 
 /// Trials per point.
@@ -74,7 +76,7 @@ pub const ATTACKS: [(&str, Option<&str>); 6] = [
 const XDP_ATTACK: &str = "XDP generator max";
 const XDP_PACING: &str = "xdp";
 
-pub const PROTECTIONS: [&str; 3] = ["none", "nftables", "mailguard"];
+pub const PROTECTIONS: [&str; 4] = ["none", "nftables", "mailguard", "mailguard-cookies"];
 
 /// One trial's figures.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +98,10 @@ pub struct Trial {
     /// make room for new ones while the sender ran (`early_drop` of
     /// `/proc/net/stat/nf_conntrack`): only nftables' `ct count` uses conntrack here.
     pub conntrack_evictions_per_s: f64,
+    /// The machine's softirq time (every CPU, `/proc/stat`) over the flood SYNs sent, from the
+    /// flood's start to the sender's end, in ns; NaN without a flood. Generator and switch
+    /// are the same for every protection, so the differences are the protections'.
+    pub softirq_ns_per_flood_syn: f64,
 }
 
 /// All trials of one protection at one attack setting.
@@ -125,9 +131,9 @@ fn nft_recipe() -> String {
     )
 }
 
-fn mailguard_config() -> String {
+fn mailguard_config(cookies: &str) -> String {
     format!(
-        "[budgets]\nsyn_ceiling = 2000\nsyn_cookies = \"off\"\n[budgets.mx]\nrate = {RATE}\nburst = {BURST}\n\
+        "[budgets]\nsyn_ceiling = 2000\nsyn_cookies = \"{cookies}\"\n[budgets.mx]\nrate = {RATE}\nburst = {BURST}\n\
          max_connections = {MAX_CONNECTIONS}\n"
     )
 }
@@ -144,14 +150,20 @@ fn trial(
     let postfix = lab.postfix.as_ref().ok_or("no Postfix in the lab")?;
     let before = postfix.delivered().len();
     let delivered0 = xdp_frames_delivered(lab)?;
+    let mut softirq0 = 0;
     let flood = match pacing {
         None => None,
         Some(XDP_PACING) => {
             let flood = XdpFlood::start(lab, MAIL_SWITCH_PORT, 0)?;
+            softirq0 = softirq_ns()?;
             thread::sleep(FLOOD_LEAD);
             Some(Flood::Xdp(flood))
         }
-        Some(p) => Some(Flood::Trafgen(start_flood(lab, trafgen_conf, p)?)),
+        Some(p) => {
+            let flood = start_flood(lab, trafgen_conf, p)?;
+            softirq0 = softirq_ns()?;
+            Some(Flood::Trafgen(flood))
+        }
     };
     let tx_lead = tx_packets(&lab.attacker.ns, &lab.attacker.iface)?;
     let drops0 = backlog_drops(receive_cpu())?;
@@ -188,6 +200,7 @@ fn trial(
         Some(f) => Some((f.since().elapsed(), f.sent(lab)?)),
         None => None,
     };
+    let softirq = softirq_ns()? - softirq0;
     let drops1 = backlog_drops(receive_cpu())?;
     let syns1 = syns_sent(&lab.client.ns)?;
     let conntrack1 = conntrack_evictions(&lab.mail.ns)?;
@@ -240,6 +253,10 @@ fn trial(
         },
         conntrack_evictions_per_s: conntrack1.saturating_sub(conntrack0) as f64
             / sending.as_secs_f64(),
+        softirq_ns_per_flood_syn: match flood_window {
+            Some((_, sent)) if sent > 0 => softirq as f64 / sent as f64,
+            _ => f64::NAN,
+        },
     })
 }
 
@@ -264,9 +281,12 @@ fn protect(lab: &mut Lab, protection: &str, on: bool) -> Result<(), String> {
                 .run(&["nft", "delete", "table", "inet", "mg_recipe"]);
         }
         ("mailguard", true) => {
-            lab.start_mailguard(&mailguard_config(), &[]);
+            lab.start_mailguard(&mailguard_config("off"), &[]);
         }
-        ("mailguard", false) => lab.stop_mailguard(),
+        ("mailguard-cookies", true) => {
+            lab.start_mailguard(&mailguard_config("under_flood"), &[]);
+        }
+        ("mailguard" | "mailguard-cookies", false) => lab.stop_mailguard(),
         _ => {}
     }
     Ok(())

@@ -155,3 +155,16 @@ pub(crate) fn conntrack_evictions(ns: &Netns) -> Result<u64, String> {
         .filter_map(|v| u64::from_str_radix(v, 16).ok())
         .sum())
 }
+
+/// The softirq time of every CPU so far, in ns (`/proc/stat`'s `cpu` line, in USER_HZ ticks).
+pub(crate) fn softirq_ns() -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let ticks: u64 = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(7)?.parse().ok())
+        .ok_or("no softirq time in /proc/stat")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(ticks * 1_000_000_000 / hz)
+}
