@@ -503,10 +503,25 @@ fn escalation_and_expiry_on_a_compressed_clock() {
             "offence {n} bans: {}",
             bans_status(mg)
         );
-        let bans = bans_status(mg);
-        let last = bans["recent"].as_array().and_then(|r| r.last()).cloned();
-        let lasts = last.and_then(|b| Some(b["until"].as_u64()? - b["at"].as_u64()?));
-        assert_eq!(lasts, Some(length), "offence {n}: {bans}");
+        // `status` publishes the bans' counts at most every quarter second: wait for this one.
+        let recent = |mg: &Mailguard| {
+            bans_status(mg)["recent"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            eventually(Duration::from_secs(2), || recent(mg).len() == n),
+            "offence {n}: {}",
+            bans_status(mg)
+        );
+        let last = recent(mg).last().cloned().expect("a ban");
+        let lasts = last["until"].as_u64().zip(last["at"].as_u64());
+        assert_eq!(
+            lasts.map(|(until, at)| until - at),
+            Some(length),
+            "offence {n}: {last}"
+        );
         let length = format!("{length}s");
         let banned_at = Instant::now();
         assert!(!tcp_connects(

@@ -91,7 +91,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "bans: IMAP and SMTP AUTH guessing through Dovecot's policy service, harvesting from Postfix's log, rotation and restarts mid-attack, log injection",
+        what: "bans: IMAP and SMTP AUTH guessing through Dovecot's policy service, harvesting from Postfix's log, rotation and restarts mid-attack, log injection, escalation and expiry",
         args: &[
             "test",
             "-p",
@@ -119,7 +119,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the kernel's setting put back at unload, a spoofed flood from the XDP generator",
+        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the kernel's setting put back at unload and after a flood, a spoofed flood from trafgen",
         args: &[
             "test",
             "-p",
