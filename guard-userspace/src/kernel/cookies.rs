@@ -128,7 +128,7 @@ mod tests {
         let mut config = Config::default();
         config.budgets.syn_cookies = SynCookies::Off;
         assert_eq!(settings_words(&config, &env(2, 6_291_456, 1500)), (0, 0));
-        // The default, under_flood, without a ceiling to spend: off.
+        // under_flood without a ceiling to spend: off.
         config.budgets.syn_cookies = SynCookies::UnderFlood;
         config.budgets.syn_ceiling = 0.0;
         assert_eq!(settings_words(&config, &env(2, 6_291_456, 1500)), (0, 0));
