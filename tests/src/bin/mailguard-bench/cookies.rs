@@ -59,34 +59,28 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
         let (config, _) = Config::parse(&text, "bench").map_err(|e| e.to_string())?;
         let guard = loaded(&config)?;
         let program = guard.xdp().map_err(|e| e.to_string())?;
-        // Every run takes the cookie path: XDP_TX, counted as syn_cookie.
-        let before = guard.counters().map_err(|e| e.to_string())?;
-        for _ in 0..1000 {
-            let r = program.run(&syn, 1);
-            if r.retval != XDP_TX {
-                return Err(format!(
-                    "the cookie SYN returned {} (XDP_TX expected)",
-                    r.retval
-                ));
+        // Every run takes its path: the cookie SYN XDP_TX, counted as syn_cookie; the SYN to 587
+        // XDP_DROP, counted as syn_cookie_unavailable.
+        for (what, packet, retval, reason) in [
+            ("the cookie SYN", &syn, XDP_TX, Reason::SynCookie),
+            (
+                "the SYN to 587 (no listener)",
+                &unanswerable,
+                XDP_DROP,
+                Reason::SynCookieUnavailable,
+            ),
+        ] {
+            let before = guard.counters().map_err(|e| e.to_string())?;
+            for _ in 0..1000 {
+                let r = program.run(packet, 1);
+                if r.retval != retval {
+                    return Err(format!("{what} returned {} ({retval} expected)", r.retval));
+                }
             }
-        }
-        let delta = guard.counters().map_err(|e| e.to_string())?.delta(&before);
-        if delta != [(Reason::SynCookie, 1000)] {
-            return Err(format!("the cookie SYN moved {delta:?}"));
-        }
-        let before = guard.counters().map_err(|e| e.to_string())?;
-        for _ in 0..1000 {
-            let r = program.run(&unanswerable, 1);
-            if r.retval != XDP_DROP {
-                return Err(format!(
-                    "the SYN to 587 (no listener) returned {} (XDP_DROP expected)",
-                    r.retval
-                ));
+            let delta = guard.counters().map_err(|e| e.to_string())?.delta(&before);
+            if delta != [(reason, 1000)] {
+                return Err(format!("{what} moved {delta:?}"));
             }
-        }
-        let delta = guard.counters().map_err(|e| e.to_string())?.delta(&before);
-        if delta != [(Reason::SynCookieUnavailable, 1000)] {
-            return Err(format!("the SYN to 587 (no listener) moved {delta:?}"));
         }
         let programs: [(&dyn Timed, &[u8]); 4] = [
             (program, &syn),
