@@ -13,9 +13,18 @@ pub const FEATURE_SOCKOPS_NETNS_COOKIE: u32 = 1 << 1;
 /// the SYN ceiling, SYNs are dropped as with `syn_cookies = "off"`.
 pub const FEATURE_SYN_COOKIE: u32 = 1 << 2;
 
+/// `bpf_tcp_raw_gen_syncookie_ipv4/ipv6` in XDP (Linux 6.0): the kernel's cookie made from the
+/// SYN's headers alone, with no socket lookup and whatever `net.ipv4.tcp_syncookies` says.
+/// XDP answers with it only on ports whose listeners the daemon has marked as sending cookies
+/// (`COOKIE_PORTS`). Without it XDP uses `bpf_tcp_gen_syncookie` on the listener, which makes a
+/// cookie only while `net.ipv4.tcp_syncookies` is 2.
+pub const FEATURE_RAW_SYN_COOKIE: u32 = 1 << 3;
+
 /// Every feature: the programs' default when userspace writes nothing.
-pub const FEATURES_ALL: u32 =
-    FEATURE_COARSE_CLOCK | FEATURE_SOCKOPS_NETNS_COOKIE | FEATURE_SYN_COOKIE;
+pub const FEATURES_ALL: u32 = FEATURE_COARSE_CLOCK
+    | FEATURE_SOCKOPS_NETNS_COOKIE
+    | FEATURE_SYN_COOKIE
+    | FEATURE_RAW_SYN_COOKIE;
 
 /// Name of the read-only global (`u32`, `FEATURE_*` bits) in the eBPF object.
 pub const FEATURES_GLOBAL: &str = "MG_FEATURES";

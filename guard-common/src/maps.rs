@@ -52,6 +52,9 @@ pub const V4_INDEX_32: &str = "MG_V4_INDEX_32";
 /// lists' length tables (array of `V6Lengths` by `index_area`).
 pub const V6_TABLE: &str = "MG_V6_TABLE";
 pub const V6_LENGTHS: &str = "MG_V6_LENGTHS";
+/// Array of `u64` by TCP port: until when (CLOCK_MONOTONIC ns) the port's listeners accept
+/// cookies XDP makes without them (`FEATURE_RAW_SYN_COOKIE`).
+pub const COOKIE_PORTS: &str = "MG_COOKIE_PORTS";
 /// LPM tries of the block list: address -> `BlockEntry`.
 pub const BLOCK_V4: &str = "MG_BLOCK_V4";
 pub const BLOCK_V6: &str = "MG_BLOCK_V6";
@@ -85,6 +88,7 @@ pub const ALL: &[&str] = &[
     V4_INDEX_32,
     V6_TABLE,
     V6_LENGTHS,
+    COOKIE_PORTS,
 ];
 
 /// Name of the XDP program in the object file.

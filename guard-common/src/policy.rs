@@ -52,6 +52,9 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
+/// Capacity of the `COOKIE_PORTS` array: one entry per TCP port.
+pub const COOKIE_PORT_ENTRIES: u32 = 1 << 16;
+
 /// `Settings::cookies` mode (the low two bits): no SYN cookies from XDP.
 pub const COOKIES_OFF: u32 = 0;
 /// A SYN the SYN ceiling would drop is answered with a cookie instead.

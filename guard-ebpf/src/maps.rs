@@ -8,12 +8,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use guard_common::{
-    ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS, COUNTER_SLOTS,
-    ClassBudget, DEFAULT_TRACKED_CONNECTIONS, DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY,
-    OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6, PORT_RULE_ENTRIES, PortRule, Settings,
-    SourceBucket, SourceKey, V4_INDEX_16_ENTRIES, V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES,
-    V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket, V6Lengths, VERIFIED_ENTRIES, maps as names,
-    source_buckets,
+    ACCOUNTING_SLOTS, BlockEntry, BudgetSettings, CLASS_COUNTER_SLOTS, CLASS_SLOTS,
+    COOKIE_PORT_ENTRIES, COUNTER_SLOTS, ClassBudget, DEFAULT_TRACKED_CONNECTIONS,
+    DEFAULT_TRACKED_SOURCES, LIST_MAP_CAPACITY, OPEN_SOURCE_ENTRIES, OpenSourceV4, OpenSourceV6,
+    PORT_RULE_ENTRIES, PortRule, Settings, SourceBucket, SourceKey, V4_INDEX_16_ENTRIES,
+    V4_INDEX_24_ENTRIES, V4_INDEX_32_ENTRIES, V6_DEFAULT_BUCKETS, V6_LENGTH_TABLES, V6Bucket,
+    V6Lengths, VERIFIED_ENTRIES, maps as names, source_buckets,
 };
 
 use crate::{settle::Scratch, syncookie::CookieScan};
@@ -205,6 +205,17 @@ pub static SCRATCH: Scratch = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "MG_COOKIE_SCAN")]
 pub static COOKIE_SCAN: PerCpuArray<CookieScan> = PerCpuArray::with_max_entries(1, 0);
 
+/// The ports whose listeners accept the cookies XDP makes from a SYN's headers alone
+/// (`bpf_tcp_raw_gen_syncookie_*`, `FEATURE_RAW_SYN_COOKIE`). The kernel accepts a cookie ACK
+/// only on a listener that sent a cookie itself less than two minutes before; the daemon makes
+/// each mail listener do so while cookies are needed (`daemon::cookie_marks`) and writes here
+/// until when that holds.
+/// key: `u32` TCP port (host order); value: `u64` CLOCK_MONOTONIC ns until which XDP may answer
+/// a SYN to the port with a cookie, 0 never (host order); capacity: `COOKIE_PORT_ENTRIES`
+/// (65536, every port).
+#[map(name = "MG_COOKIE_PORTS")]
+pub static COOKIE_PORTS: Array<u64> = Array::with_max_entries(COOKIE_PORT_ENTRIES, 0);
+
 // The names above must be the ones userspace looks up.
 const _: () = {
     assert!(const_str_eq(names::COUNTERS, "MG_COUNTERS"));
@@ -234,6 +245,7 @@ const _: () = {
     assert!(const_str_eq(names::V4_INDEX_32, "MG_V4_INDEX_32"));
     assert!(const_str_eq(names::V6_TABLE, "MG_V6_TABLE"));
     assert!(const_str_eq(names::V6_LENGTHS, "MG_V6_LENGTHS"));
+    assert!(const_str_eq(names::COOKIE_PORTS, "MG_COOKIE_PORTS"));
 };
 
 const fn const_str_eq(a: &str, b: &str) -> bool {

@@ -1,11 +1,21 @@
 //! SYN cookies answered in XDP (`syn_cookies`): a SYN to a mail port from a source not known to
 //! have completed a connection is rewritten in place into the SYN-ACK the host's own stack
-//! would send with a SYN cookie, and sent back out (XDP_TX). The cookie is the kernel's own
-//! (`bpf_tcp_gen_syncookie` on the listener, with the kernel's secret), so the source's ACK,
-//! which passes to the kernel like any segment of a mail connection, is validated by the
-//! kernel, which then creates the connection; sock_ops marks the source verified when it is
-//! established. Nothing is kept for a source that never answers: a spoofed flood costs no table
-//! entry, and no SYN of it reaches the listener.
+//! would send with a SYN cookie, and sent back out (XDP_TX). The cookie is the kernel's own,
+//! with the kernel's secret, so the source's ACK, which passes to the kernel like any segment
+//! of a mail connection, is validated by the kernel, which then creates the connection;
+//! sock_ops marks the source verified when it is established. Nothing is kept for a source
+//! that never answers: a spoofed flood costs no table entry, and no SYN of it reaches the
+//! listener.
+//!
+//! The cookie comes from one of two helpers:
+//! - `bpf_tcp_raw_gen_syncookie_ipv4/ipv6` (Linux 6.0, `FEATURE_RAW_SYN_COOKIE`): from the
+//!   SYN's headers alone. The kernel accepts the returning ACK only on a listener that sent a
+//!   cookie itself in the last two minutes, so XDP answers only on ports whose listeners the
+//!   daemon has made do so (`COOKIE_PORTS`, `daemon::cookie_marks`), and the kernel's setting
+//!   `net.ipv4.tcp_syncookies` keeps the operator's value: known clients keep the SYN queue.
+//! - `bpf_tcp_gen_syncookie` on the listener a socket lookup finds (older kernels): it makes a
+//!   cookie only while `net.ipv4.tcp_syncookies` is 2, which the daemon sets while cookies are
+//!   needed.
 //!
 //! The SYN-ACK's options are those the kernel's cookie check can decode: the MSS, and when the
 //! SYN carried timestamps (and `COOKIES_TIMESTAMPS` allows them), timestamps whose TSval holds
@@ -16,14 +26,23 @@
 //! room to grow.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_adjust_tail},
+    bindings::{iphdr, ipv6hdr, tcphdr},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{
+            bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+        },
+    },
     programs::XdpContext,
 };
-use guard_common::{COOKIE_WSCALE_SHIFT, COOKIES_TIMESTAMPS, Reason, Settings};
+use guard_common::{
+    COOKIE_WSCALE_SHIFT, COOKIES_TIMESTAMPS, FEATURE_RAW_SYN_COOKIE, Reason, Settings,
+};
 use guard_ebpf::checksum::{fold, sum16};
 
 use crate::{
-    maps::COOKIE_SCAN,
+    clock, features,
+    maps::{COOKIE_PORTS, COOKIE_SCAN},
     parse::{self, Ip, TCP_ACK, TCP_SYN, bytes, bytes_mut},
     reject::{addresses_sum, can_answer},
     sockets,
@@ -239,8 +258,12 @@ fn synack<const N: usize>(
         off += 4;
     }
     let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
-    let Some((cookie, _)) = sockets::syn_cookie(ctx, ip, iph, ip_len as u32, th, th_len as u32)?
-    else {
+    let cookie = if features::has(FEATURE_RAW_SYN_COOKIE) {
+        raw_cookie(iph, ip_len == IPV6_HDR, th, th_len as u32)
+    } else {
+        sockets::syn_cookie(ctx, ip, iph, ip_len as u32, th, th_len as u32)?.map(|(c, _)| c)
+    };
+    let Some(cookie) = cookie else {
         return Err(Reason::SynCookieUnavailable);
     };
     let (timestamps, tsecr, wscale, sack) = if cookies & COOKIES_TIMESTAMPS != 0 {
@@ -347,6 +370,39 @@ fn synack<const N: usize>(
     let c = fold(sum);
     bytes_mut::<2>(ctx, l4 + 16)?.copy_from_slice(&c.to_be_bytes());
     Ok(())
+}
+
+/// The kernel's cookie for the SYN whose IP header (`iph`, IPv6 when `v6`) and TCP header with
+/// its options (`th`, `th_len` bytes) are given, from the headers alone; `None` when the SYN's
+/// port has no listener marked as accepting cookies now (`COOKIE_PORTS`), or the kernel makes
+/// none (built without SYN cookies).
+#[inline(always)]
+fn raw_cookie(iph: &mut [u8; 40], v6: bool, th: &mut [u8; 64], th_len: u32) -> Option<u32> {
+    let port = u16::from_be_bytes([th[2], th[3]]) as u32;
+    let until = COOKIE_PORTS.get(port).copied().unwrap_or(0);
+    if until <= clock::coarse_ns() {
+        return None;
+    }
+    // 20 to 60 as the verifier sees it, and unchanged for any data offset of 5 to 15 words.
+    let th_len = 20 + (th_len.wrapping_sub(20) & 0x3c).min(40);
+    // SAFETY: the helpers read the fixed size of their IP header (20 or 40 bytes, both within
+    // `iph`) and `th_len` bytes of `th` (at most 60 of its 64).
+    let made = unsafe {
+        if v6 {
+            bpf_tcp_raw_gen_syncookie_ipv6(
+                iph.as_mut_ptr() as *mut ipv6hdr,
+                th.as_mut_ptr() as *mut tcphdr,
+                th_len,
+            )
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv4(
+                iph.as_mut_ptr() as *mut iphdr,
+                th.as_mut_ptr() as *mut tcphdr,
+                th_len,
+            )
+        }
+    };
+    (made >= 0).then_some(made as u32)
 }
 
 /// Makes the frame `end` bytes long (shrinking it past the TCP header, or growing it into its

@@ -146,10 +146,17 @@ impl Harness {
     /// Loads the program with `config_toml`. The calling thread is pinned to one CPU, so that
     /// per-CPU limiters see every run.
     pub fn new(config_toml: &str) -> Harness {
+        Harness::without(config_toml, 0)
+    }
+
+    /// As `new`, with the programs told that the kernel lacks the optional features `absent`
+    /// (`FEATURE_*` bits): the way mailguard works on older kernels, tested on this one.
+    pub fn without(config_toml: &str, absent: u32) -> Harness {
         pin_to_one_cpu();
         let (config, _) =
             Config::parse(config_toml, "fixture config").expect("fixture config is valid");
-        let mut guard = Guard::load(&config).unwrap_or_else(|e| panic!("load: {e}"));
+        let mut guard =
+            Guard::load_without(&config, absent).unwrap_or_else(|e| panic!("load: {e}"));
         guard
             .policy_maps()
             .expect("policy maps")

@@ -2,9 +2,13 @@
 //! through a cookie XDP answered, the kernel takes the cookie back (its `SyncookiesRecv`), and
 //! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
 //! and without; under a spoofed flood (trafgen), no flood SYN reaches the listener
-//! while a new client and a known one deliver. mailguard sets `net.ipv4.tcp_syncookies` to 2
-//! while cookies are on (with `always`) or a flood lasts (with `under_flood`), and
-//! puts the operator's value back at `unload` and after the flood.
+//! while a new client and a known one deliver.
+//!
+//! On a kernel with cookies made from the SYN alone (Linux 6.0) `net.ipv4.tcp_syncookies` keeps
+//! the operator's value and the daemon marks the mail listeners while cookies are needed (with
+//! `always`, or while a flood lasts with `under_flood`); on older kernels mailguard sets the
+//! setting to 2 meanwhile, and puts the operator's value back at `unload` and after the flood.
+//! These tests expect what the running kernel calls for.
 
 use std::{
     io::{Read, Write},
@@ -16,6 +20,13 @@ use guard_tests::{
     lab::{Lab, MAIL4, MAIL6, SpoofedFlood, addr, swaks},
     netns::Netns,
 };
+
+/// Whether this kernel lets XDP make cookies from the SYN alone (Linux 6.0).
+fn cookies_from_the_syn() -> bool {
+    mailguard::kernel::features::KernelFeatures::probed().bits
+        & guard_common::FEATURE_RAW_SYN_COOKIE
+        != 0
+}
 
 fn config(mode: &str) -> String {
     format!(
@@ -82,12 +93,25 @@ fn a_new_client_connects_through_a_cookie_and_delivers() {
         before, "2",
         "the namespace starts with the kernel's default"
     );
-    assert_eq!(
-        sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"),
-        "2",
-        "mailguard sets it while cookies are on"
-    );
     let mg = lab.mailguard();
+    if cookies_from_the_syn() {
+        assert_eq!(
+            sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"),
+            before,
+            "cookies made from the SYN alone leave the setting as it was"
+        );
+        let status = String::from_utf8_lossy(&mg.cli(&["status"]).stdout).into_owned();
+        assert!(
+            status.contains("the listeners on ports 25, 587 are marked as sending cookies"),
+            "{status}"
+        );
+    } else {
+        assert_eq!(
+            sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"),
+            "2",
+            "mailguard sets it while cookies are on"
+        );
+    }
     let received = tcp_ext(&lab.mail.ns, "SyncookiesRecv");
     let wscale = smtp_banner(&lab.client.ns, addr(MAIL4, 25)).expect("SMTP through a cookie");
     assert_eq!(mg.count("syn_cookie"), 1, "the SYN answered in XDP");
@@ -109,8 +133,9 @@ fn a_new_client_connects_through_a_cookie_and_delivers() {
         value("mailguard_packets_total{reason=\"syn_cookie\",verdict=\"answer\"}"),
         1.0
     );
-    // The kernel's count includes the metrics request itself: with tcp_syncookies at 2 the
-    // kernel answers every SYN that reaches it with its own cookie, loopback included.
+    // With tcp_syncookies at 2 (older kernels) the kernel's count includes the metrics request
+    // itself: the kernel answers every SYN that reaches it with its own cookie, loopback
+    // included.
     assert!(
         value("mailguard_syn_cookies_returned_total{outcome=\"valid\"}") >= (received + 1) as f64
     );
@@ -135,11 +160,13 @@ fn a_new_client_connects_through_a_cookie_and_delivers() {
     assert_eq!(mg.count("syn_cookie_unavailable"), 0);
     let status = mg.cli(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
+    let setting = if cookies_from_the_syn() {
+        "net.ipv4.tcp_syncookies as the operator set it".to_string()
+    } else {
+        format!("net.ipv4.tcp_syncookies set to 2 (it was {before}")
+    };
     assert!(
-        text.contains("SYN cookies: always, MSS only")
-            && text.contains(&format!(
-                "net.ipv4.tcp_syncookies set to 2 (it was {before}"
-            )),
+        text.contains("SYN cookies: always, MSS only") && text.contains(&setting),
         "{text}"
     );
     // Unload puts the operator's value back.
@@ -302,8 +329,10 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         "the flood was too weak to mean anything: {cookies} SYNs answered"
     );
     // No flood SYN reached the listener: its queues never filled, and the kernel made cookies
-    // only for the known client's own connections (its SYNs reach the kernel, which answers them
-    // with its own cookies while tcp_syncookies is 2), never for the flood's.
+    // only for the daemon's markings of its listeners (cookies from the SYN alone: the known
+    // client's SYNs go through the SYN queue), or on older kernels for the known client's own
+    // connections too (its SYNs reach the kernel, which answers them with its own cookies while
+    // tcp_syncookies is 2), never for the flood's.
     for (c, before) in QUEUE_COUNTERS.iter().zip(&queues) {
         assert_eq!(
             tcp_ext(&lab.mail.ns, c),
@@ -312,8 +341,13 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         );
     }
     let kernel = tcp_ext(&lab.mail.ns, "SyncookiesSent") - kernel_cookies;
+    let most = if cookies_from_the_syn() {
+        10
+    } else {
+        MESSAGES as u64 + 10
+    };
     assert!(
-        kernel <= (MESSAGES + 10) as u64,
+        kernel <= most,
         "the kernel made {kernel} cookies itself: flood SYNs reached it"
     );
     assert_eq!(mg.count("syn_cookie_unavailable"), 0);
@@ -347,7 +381,7 @@ fn eventually(within: Duration, mut what: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
-fn under_flood_the_kernel_s_setting_changes_only_while_the_flood_lasts() {
+fn under_flood_cookies_are_made_only_while_the_flood_lasts() {
     let mut lab = Lab::create();
     lab.start_services();
     let before = sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies");
@@ -382,18 +416,29 @@ fn under_flood_the_kernel_s_setting_changes_only_while_the_flood_lasts() {
     );
     assert_eq!(mg.count("syn_cookie"), 0);
 
-    // The flood: SYNs go over the ceiling, the daemon sets 2 (until then XDP cannot make a
-    // cookie and drops them, as the ceiling did), and XDP answers them with cookies.
+    // The flood: SYNs go over the ceiling, the daemon sees it and marks the listeners (cookies
+    // from the SYN alone) or sets 2 (older kernels); until then XDP cannot make a cookie and
+    // drops them, as the ceiling did; then it answers them with cookies.
+    let raw = cookies_from_the_syn();
     let flood = SpoofedFlood::start(&lab);
     let began = std::time::Instant::now();
-    assert!(
-        eventually(Duration::from_secs(3), || sysctl(
-            &lab.mail.ns,
-            "net.ipv4.tcp_syncookies"
-        ) == "2"),
-        "tcp_syncookies not set under the flood; status: {}",
-        cookie_line(mg)
-    );
+    if raw {
+        assert!(
+            eventually(Duration::from_secs(3), || cookie_line(mg)
+                .contains("the listeners on ports 25, 587 are marked")),
+            "the listeners not marked under the flood; status: {}",
+            cookie_line(mg)
+        );
+    } else {
+        assert!(
+            eventually(Duration::from_secs(3), || sysctl(
+                &lab.mail.ns,
+                "net.ipv4.tcp_syncookies"
+            ) == "2"),
+            "tcp_syncookies not set under the flood; status: {}",
+            cookie_line(mg)
+        );
+    }
     let switched = began.elapsed();
     assert!(
         eventually(Duration::from_secs(2), || cookie_line(mg)
@@ -401,6 +446,13 @@ fn under_flood_the_kernel_s_setting_changes_only_while_the_flood_lasts() {
         "{}",
         cookie_line(mg)
     );
+    if raw {
+        assert_eq!(
+            sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"),
+            before,
+            "the setting keeps the operator's value under the flood"
+        );
+    }
     let metrics =
         guard_tests::lab::http_get(&lab.mail.ns, "127.0.0.1:9477", "/metrics", "text/plain");
     assert!(metrics.contains("mailguard_syn_flood 1"), "{metrics}");
@@ -412,10 +464,42 @@ fn under_flood_the_kernel_s_setting_changes_only_while_the_flood_lasts() {
     drop(flood);
     let ended = std::time::Instant::now();
     println!(
-        "under_flood: tcp_syncookies set {switched:?} after the flood began; {answered} SYNs answered \
-         with a cookie, {dropped} dropped before that; the new client delivered at attempt {attempts}"
+        "under_flood: {} {switched:?} after the flood began; {answered} SYNs answered \
+         with a cookie, {dropped} dropped before that; the new client delivered at attempt {attempts}",
+        if raw {
+            "listeners marked"
+        } else {
+            "tcp_syncookies set"
+        }
     );
     assert!(answered >= 10_000, "only {answered} SYNs answered");
+    if raw {
+        // The flood's end: seen after the hold (3 s); the setting was never touched.
+        assert!(
+            eventually(Duration::from_secs(8), || cookie_line(mg)
+                .contains("no SYN flood")),
+            "{}",
+            cookie_line(mg)
+        );
+        let over = ended.elapsed();
+        assert!(
+            over >= Duration::from_secs(2),
+            "over {over:?} after the flood ended, before the 3 s hold"
+        );
+        assert_eq!(sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"), before);
+        let log = mg.log().join("\n");
+        assert!(
+            log.contains("SYN flood: SYNs over the ceiling are answered with SYN cookies")
+                && log.contains("SYN flood over"),
+            "{log}"
+        );
+        let postfix = lab.postfix.as_ref().expect("postfix");
+        assert!(
+            postfix.wait_delivered("new under under_flood", Duration::from_secs(10)),
+            "the new client's message"
+        );
+        return;
+    }
     // The flood's end: the operator's value back after the hold (3 s).
     assert!(
         eventually(Duration::from_secs(8), || sysctl(

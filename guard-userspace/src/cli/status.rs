@@ -226,26 +226,7 @@ impl Status {
                 } else {
                     "MSS only (net.ipv4.tcp_timestamps is not 2: no window scale or SACK for those connections)"
                 },
-                match (&c.problem, c.tcp_syncookies_was) {
-                    (Some(p), _) => format!("; NONE MADE: {p}: SYNs over the ceiling are dropped"),
-                    (None, _) if c.mode == "under_flood" && !c.flood => {
-                        "; no SYN flood: net.ipv4.tcp_syncookies as the operator set it (2 while SYNs go over the ceiling)"
-                            .to_string()
-                    }
-                    (None, Some(was)) if c.flood => format!(
-                        "; UNDER A SYN FLOOD: net.ipv4.tcp_syncookies set to 2 (it was {was}; put back {} after the last SYN over the ceiling, and at unload)",
-                        crate::config::durations::human_duration(c.hold)
-                    ),
-                    (None, None) if c.flood => {
-                        "; UNDER A SYN FLOOD (net.ipv4.tcp_syncookies was already 2)".to_string()
-                    }
-                    (None, Some(was)) => {
-                        format!(
-                            "; net.ipv4.tcp_syncookies set to 2 (it was {was}, put back at unload)"
-                        )
-                    }
-                    (None, None) => String::new(),
-                }
+                cookie_situation(c)
             );
         }
         out.push_str(&self.budgets.render());
@@ -394,4 +375,58 @@ bans{}: {} in force{} from {}",
         };
     }
     out
+}
+
+/// The end of the `SYN cookies:` line of `status`: whether any are made, a flood, and what
+/// mailguard did to `net.ipv4.tcp_syncookies` and the listeners.
+fn cookie_situation(c: &crate::daemon::state::SynCookieState) -> String {
+    let hold = crate::config::durations::human_duration(c.hold);
+    if let Some(p) = &c.problem {
+        return format!("; NONE MADE: {p}: SYNs over the ceiling are dropped");
+    }
+    let setting = match c.tcp_syncookies_was {
+        Some(was) => {
+            format!("net.ipv4.tcp_syncookies set to {{}} (it was {was}, put back at unload)")
+        }
+        None => "net.ipv4.tcp_syncookies as the operator set it".to_string(),
+    };
+    if c.raw {
+        let setting = setting.replace("{}", "1");
+        let marked = if c.marked.is_empty() {
+            "no listener marked yet".to_string()
+        } else {
+            format!(
+                "made in XDP from the SYN alone; the listeners on ports {} are marked as sending cookies (again every minute)",
+                c.marked
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return match (c.mode.as_str(), c.flood) {
+            ("under_flood", false) => format!(
+                "; no SYN flood: {setting}; made in XDP from the SYN alone once SYNs go over the ceiling"
+            ),
+            ("under_flood", true) => format!(
+                "; UNDER A SYN FLOOD (until {hold} after the last SYN over the ceiling): {marked}; {setting}"
+            ),
+            _ => format!("; {marked}; {setting}"),
+        };
+    }
+    let setting = setting.replace("{}", "2");
+    match (c.mode.as_str(), c.flood, c.tcp_syncookies_was) {
+        ("under_flood", false, _) => {
+            "; no SYN flood: net.ipv4.tcp_syncookies as the operator set it (2 while SYNs go over the ceiling)"
+                .to_string()
+        }
+        (_, true, Some(was)) => format!(
+            "; UNDER A SYN FLOOD: net.ipv4.tcp_syncookies set to 2 (it was {was}; put back {hold} after the last SYN over the ceiling, and at unload)"
+        ),
+        (_, true, None) => {
+            "; UNDER A SYN FLOOD (net.ipv4.tcp_syncookies was already 2)".to_string()
+        }
+        (_, false, Some(_)) => format!("; {setting}"),
+        (_, false, None) => String::new(),
+    }
 }

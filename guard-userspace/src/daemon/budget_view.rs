@@ -290,18 +290,6 @@ fn source_name(k: &SourceKey, prefix_v4: u32, prefix_v6: u32) -> String {
     }
 }
 
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock XDP stamps sources with (guard-ebpf's
-/// clock.rs).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// The sources with the most concurrent connections, then refusals, then SYNs.
 pub fn top(dirs: &Dirs, limit: usize) -> Result<Vec<TopRow>, StateError> {
     let settings_map = pinned(dirs, names::BUDGET_SETTINGS)?;
@@ -324,7 +312,7 @@ pub fn top(dirs: &Dirs, limit: usize) -> Result<Vec<TopRow>, StateError> {
     for slot in SourceTable::open(&pinned(dirs, names::SOURCES)?)?.in_use() {
         rows.entry(slot.key).or_default().1 = Some(slot.state);
     }
-    let now = monotonic_ns();
+    let now = crate::kernel::monotonic_coarse_ns();
     let mut out: Vec<TopRow> = rows
         .into_iter()
         .map(|(k, (connections, state))| TopRow {

@@ -347,18 +347,7 @@ impl Collector for MapCollector {
             if let Some(c) = &state.syn_cookies {
                 // The kernel's own counts of the cookies it was handed back (the clients' ACKs
                 // to the SYN-ACKs XDP sent, and to its own), in this namespace.
-                let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-                let tcp_ext = |name: &str| -> u64 {
-                    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-                    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-                        return 0;
-                    };
-                    names
-                        .split_whitespace()
-                        .position(|n| n == name)
-                        .and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
-                        .unwrap_or(0)
-                };
+                let tcp_ext = crate::kernel::netstat::tcp_ext;
                 counter(
                     &mut enc,
                     "mailguard_syn_cookies_returned",

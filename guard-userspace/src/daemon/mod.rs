@@ -10,12 +10,14 @@
 //! - `bans`: the bans from the mail logs and Dovecot's policy reports
 //! - `crowdsec`: a CrowdSec Local API's decisions, enforced
 //! - `budget_view`: the budgets as they stand in the pinned maps
+//! - `flood_watch`, `cookie_marks`: SYN floods seen, and the listeners marked for SYN cookies
 //! - `metrics`: the Prometheus endpoint (`metrics_server`: its HTTP server)
 
 pub mod bans;
 pub mod budget_view;
 pub mod confirm;
 pub mod control;
+pub mod cookie_marks;
 pub mod crowdsec;
 pub mod flood_watch;
 pub mod lockout;

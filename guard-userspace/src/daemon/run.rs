@@ -256,6 +256,7 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                 bans_unpublished: false,
                 refusals: super::refusals::RefusalWatch::default(),
                 floods: super::flood_watch::FloodWatch::default(),
+                marks: super::cookie_marks::CookieMarks::default(),
                 contents,
                 config_text: None,
                 links: match LinkWatch::open() {

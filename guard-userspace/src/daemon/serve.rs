@@ -22,6 +22,7 @@ use crate::{
     daemon::spare::{self, Surroundings},
     daemon::state::{self, RunState},
     daemon::{
+        cookie_marks::CookieMarks,
         flood_watch::{FloodWatch, OVER_THE_CEILING},
         refusals::{RefusalWatch, Threshold},
     },
@@ -75,6 +76,9 @@ pub(super) struct Daemon<'a> {
     pub(super) refusals: RefusalWatch,
     /// Whether a SYN flood is on, for `syn_cookies = "under_flood"`.
     pub(super) floods: FloodWatch,
+    /// When the mail listeners were marked as sending SYN cookies (kernels with cookies made
+    /// from the SYN alone).
+    pub(super) marks: CookieMarks,
     /// When the state file was last written (for the bans it is written at most 4 times a
     /// second), and whether the bans changed since.
     pub(super) bans_published: Instant,
@@ -149,6 +153,9 @@ impl Daemon<'_> {
             self.keep_crowdsec();
             self.keep_refusals();
             self.watch_floods();
+            if self.keep_cookie_marks() {
+                self.publish();
+            }
             self.follow_interface();
             self.keep_lists()?;
             if self
@@ -679,10 +686,14 @@ impl Daemon<'_> {
         }
     }
 
-    /// Keeps `net.ipv4.tcp_syncookies` as SYN cookies from XDP need it (2 while they are on:
-    /// with `always` for as long as that lasts, with `under_flood` while a flood is on; the
-    /// value found before otherwise: `kernel::syncookie_sysctl`), and what `status` shows of
-    /// them.
+    /// Keeps `net.ipv4.tcp_syncookies` as SYN cookies from XDP need it, and what `status`
+    /// shows of them (`kernel::syncookie_sysctl`). Cookies are needed with `always`, and with
+    /// `under_flood` while a flood is on.
+    /// - Cookies made from the SYN alone (Linux 6.0): the operator's value stands, but for 0,
+    ///   which is 1 while cookies are needed (the listeners' marks: `keep_cookie_marks`).
+    /// - Older kernels: 2 while cookies are needed.
+    ///
+    /// Otherwise the value found before is put back.
     pub(super) fn keep_syncookies(&mut self) {
         use crate::{
             config::{budgets::SynCookies, durations::human_duration},
@@ -703,6 +714,7 @@ impl Daemon<'_> {
                     Err(e) => log::error!("{e}"),
                 }
                 self.floods.reset();
+                self.marks.reset();
                 self.state.syn_cookies = None;
                 return;
             }
@@ -716,14 +728,24 @@ impl Daemon<'_> {
                 ("always", false)
             }
         };
+        let needed = mode == "always" || flood;
         let env = CookieEnv::read(Some(&self.state.interface));
+        // What the setting is to be while cookies are needed (`None`: as the operator has it).
+        let wanted = if env.raw {
+            syncookie_sysctl::current()
+                .ok()
+                .filter(|v| *v == 0)
+                .map(|_| 1)
+        } else {
+            Some(2)
+        };
         let problem = if !env.helper {
             let _ = syncookie_sysctl::restore(run);
             Some(format!(
                 "this kernel (Linux {}) has no bpf_tcp_gen_syncookie for XDP (Linux 5.3)",
                 crate::kernel::features::kernel_release()
             ))
-        } else if mode == "under_flood" && !flood {
+        } else if !needed || wanted.is_none() {
             match syncookie_sysctl::restore(run) {
                 Ok(Change::Restored { to }) => {
                     log::info!(
@@ -736,17 +758,18 @@ impl Daemon<'_> {
                 Err(e) => Some(e.to_string()),
             }
         } else {
-            match syncookie_sysctl::enable(run) {
+            let value = wanted.unwrap_or(2);
+            match syncookie_sysctl::hold(run, value) {
                 Ok(Change::Enabled { was }) if flood => {
                     log::warn!(
-                        "SYN flood: SYNs over the ceiling are answered with SYN cookies; net.ipv4.tcp_syncookies set to 2 until {} after the flood (it was {was})",
+                        "SYN flood: SYNs over the ceiling are answered with SYN cookies; net.ipv4.tcp_syncookies set to {value} until {} after the flood (it was {was})",
                         human_duration(hold)
                     );
                     None
                 }
                 Ok(Change::Enabled { was }) => {
                     log::info!(
-                        "SYN cookies ({mode}): net.ipv4.tcp_syncookies set to 2 (it was {was}; `unload` or syn_cookies = \"off\" puts it back)"
+                        "SYN cookies ({mode}): net.ipv4.tcp_syncookies set to {value} (it was {was}; `unload` or syn_cookies = \"off\" puts it back)"
                     );
                     None
                 }
@@ -754,6 +777,18 @@ impl Daemon<'_> {
                 Err(e) => Some(e.to_string()),
             }
         };
+        let was_flood = self.state.syn_cookies.as_ref().is_some_and(|c| c.flood);
+        if env.raw && flood && !was_flood {
+            log::warn!(
+                "SYN flood: SYNs over the ceiling are answered with SYN cookies made in XDP; the mail listeners are marked as sending cookies until {} after the flood",
+                human_duration(hold)
+            );
+        } else if env.raw && was_flood && !flood {
+            log::info!(
+                "SYN flood over (no SYN over the ceiling for {}): the mail listeners are no longer marked",
+                human_duration(hold)
+            );
+        }
         let before = self
             .state
             .syn_cookies
@@ -761,6 +796,9 @@ impl Daemon<'_> {
             .and_then(|s| s.problem.clone());
         if let Some(p) = problem.as_ref().filter(|p| Some(*p) != before.as_ref()) {
             log::error!("SYN cookies cannot be made: {p}; SYNs over the SYN ceiling are dropped");
+        }
+        if !needed {
+            self.marks.reset();
         }
         let timestamps = env.tcp_timestamps == 2;
         self.state.syn_cookies = Some(state::SynCookieState {
@@ -770,7 +808,76 @@ impl Daemon<'_> {
             problem,
             flood,
             hold,
+            raw: env.raw,
+            marked: self.marks.ports(),
         });
+        // Marked at once when cookies become needed, not at the next turn of the loop.
+        self.keep_cookie_marks();
+    }
+
+    /// With cookies made from the SYN alone, while they are needed: marks the mail listeners as
+    /// sending cookies (`kernel::listener_marks`) when `daemon::cookie_marks` says so, and
+    /// tells XDP until when it may answer on their ports (`COOKIE_PORTS`). Returns whether it
+    /// marked or tried to (what `status` shows of it changed).
+    fn keep_cookie_marks(&mut self) -> bool {
+        use crate::kernel::listener_marks::{self, XDP_TRUSTS_A_MARK};
+        let Some(c) = self.state.syn_cookies.as_ref() else {
+            return false;
+        };
+        let now = Instant::now();
+        if !c.raw || !(c.mode == "always" || c.flood) || !self.marks.check_due(now) {
+            return false;
+        }
+        let listeners = listener_marks::listeners(&self.config.mail_ports);
+        if !self.marks.mark_due(now, &listeners) {
+            return false;
+        }
+        let outcome = listener_marks::mark(&listeners, &self.opts.dirs.run)
+            .map_err(|e| e.to_string())
+            .and_then(|began| {
+                let until = crate::kernel::monotonic_coarse_ns()
+                    .saturating_sub(began.elapsed().as_nanos() as u64)
+                    + XDP_TRUSTS_A_MARK.as_nanos() as u64;
+                let ports: Vec<(u16, u64)> = self
+                    .config
+                    .mail_ports
+                    .iter()
+                    .map(|p| {
+                        let marked = listeners.iter().any(|l| l.port == *p);
+                        (*p, if marked { until } else { 0 })
+                    })
+                    .collect();
+                self.guard
+                    .set_cookie_ports(&ports)
+                    .map_err(|e| e.to_string())
+                    .map(|()| began)
+            });
+        let problem = match outcome {
+            Ok(began) => {
+                let first = !self.marks.any();
+                self.marks.marked(began, listeners);
+                let ports = self.marks.ports();
+                if ports.is_empty() {
+                    Some("no socket listens on a mail port".to_string())
+                } else {
+                    if first {
+                        log::info!(
+                            "SYN cookies: the listeners on ports {} marked as sending cookies (again every minute while cookies are needed)",
+                            join_ports(&ports)
+                        );
+                    }
+                    None
+                }
+            }
+            Err(e) => Some(format!("cannot mark the mail listeners: {e}")),
+        };
+        let c = self.state.syn_cookies.as_mut().expect("checked above");
+        if let Some(p) = problem.as_ref().filter(|p| Some(*p) != c.problem.as_ref()) {
+            log::error!("SYN cookies cannot be made: {p}; SYNs over the SYN ceiling are dropped");
+        }
+        c.problem = problem;
+        c.marked = self.marks.ports();
+        true
     }
 
     /// Writes what the configuration and the lists ask for into the maps, as a swap. When that
@@ -991,4 +1098,13 @@ impl Daemon<'_> {
         }
         Ok(message)
     }
+}
+
+/// Ports as `25, 587`.
+fn join_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -89,6 +89,13 @@ pub struct SynCookieState {
     /// `under_flood`: how long after the last SYN over the ceiling the flood is over, seconds.
     #[serde(default)]
     pub hold: u64,
+    /// Whether the cookies are made from the SYN alone (Linux 6.0): the listeners are marked
+    /// as sending cookies, and `net.ipv4.tcp_syncookies` keeps the operator's value.
+    #[serde(default)]
+    pub raw: bool,
+    /// The ports whose listeners are marked now (with `raw`, while cookies are needed).
+    #[serde(default)]
+    pub marked: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,8 @@ pub struct CookieEnv {
     pub mtu: u32,
     /// Whether the kernel has `bpf_tcp_gen_syncookie` for XDP (`kernel::features`).
     pub helper: bool,
+    /// Whether it has `bpf_tcp_raw_gen_syncookie_*` for XDP (cookies from the SYN alone).
+    pub raw: bool,
 }
 
 impl CookieEnv {
@@ -66,13 +68,13 @@ impl CookieEnv {
             })
             .and_then(|m| m.trim().parse().ok())
             .unwrap_or(1500);
+        let bits = crate::kernel::features::KernelFeatures::probed().bits;
         CookieEnv {
             tcp_timestamps,
             max_rcvbuf: rmem_max.max(core_max),
             mtu,
-            helper: crate::kernel::features::KernelFeatures::probed().bits
-                & guard_common::FEATURE_SYN_COOKIE
-                != 0,
+            helper: bits & guard_common::FEATURE_SYN_COOKIE != 0,
+            raw: bits & guard_common::FEATURE_RAW_SYN_COOKIE != 0,
         }
     }
 
@@ -112,6 +114,7 @@ mod tests {
             max_rcvbuf: rcvbuf,
             mtu,
             helper: true,
+            raw: true,
         }
     }
 

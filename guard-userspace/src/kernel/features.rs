@@ -14,7 +14,9 @@ use aya::{
     programs::ProgramType,
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
-use guard_common::{FEATURE_COARSE_CLOCK, FEATURE_SOCKOPS_NETNS_COOKIE, FEATURE_SYN_COOKIE};
+use guard_common::{
+    FEATURE_COARSE_CLOCK, FEATURE_RAW_SYN_COOKIE, FEATURE_SOCKOPS_NETNS_COOKIE, FEATURE_SYN_COOKIE,
+};
 
 /// One thing mailguard uses, with the Linux release that brought it (for the message only).
 struct Requirement {
@@ -177,6 +179,18 @@ const OPTIONAL: &[Optional] = &[
         feature: FEATURE_SYN_COOKIE,
         lost: "no SYN is answered with a SYN cookie (`syn_cookies` has no effect): over the \
                SYN ceiling, SYNs are dropped",
+    },
+    Optional {
+        requirement: helper(
+            "bpf_tcp_raw_gen_syncookie_ipv4 in XDP",
+            "6.0",
+            ProgramType::Xdp,
+            BpfHelper::BPF_FUNC_tcp_raw_gen_syncookie_ipv4,
+        ),
+        feature: FEATURE_RAW_SYN_COOKIE,
+        lost: "SYN cookies from XDP need net.ipv4.tcp_syncookies at 2 while they are on, and \
+               then the kernel answers every SYN that reaches it with a cookie too, known \
+               clients' included",
     },
 ];
 

@@ -161,13 +161,19 @@ impl Guard {
     /// Loads the embedded object and its programs into the kernel (not attached yet), with the
     /// tracking maps sized as `budgets` says.
     pub fn load(config: &Config) -> Result<Guard, GuardError> {
-        Guard::load_with(EBPF_OBJECT, config, None)
+        Guard::load_with(EBPF_OBJECT, config, None, 0)
     }
 
     /// As `load`, from another build of guard-ebpf's object (the bench's "before", compared
     /// with this build's in one run). Its maps must be the ones guard-common defines.
     pub fn load_object(object: &[u8], config: &Config) -> Result<Guard, GuardError> {
-        Guard::load_with(object, config, None)
+        Guard::load_with(object, config, None, 0)
+    }
+
+    /// As `load`, as if the kernel lacked the optional features `absent` (`FEATURE_*` bits):
+    /// for tests of the way mailguard works on older kernels, on a newer one.
+    pub fn load_without(config: &Config, absent: u32) -> Result<Guard, GuardError> {
+        Guard::load_with(EBPF_OBJECT, config, None, absent)
     }
 
     /// Loads as `load`, with every map pinned under `pins`: maps a previous run pinned are
@@ -192,7 +198,7 @@ impl Guard {
         // it would miss every prefix: those lists go back to their tries until the next update
         // indexes them again.
         let new_v6_table = is_new(names::V6_TABLE);
-        let mut guard = Guard::load_with(EBPF_OBJECT, config, Some((pins, &fresh)))?;
+        let mut guard = Guard::load_with(EBPF_OBJECT, config, Some((pins, &fresh)), 0)?;
         if new_v6_table {
             guard.forget_v6_index()?;
         }
@@ -210,7 +216,7 @@ impl Guard {
     /// Loads the programs over the pinned maps as they are, none checked or recreated: for
     /// writing a policy into the maps in force (the confirm window's watchdog), never attached.
     pub fn over_pinned_maps(config: &Config, pins: &Pins) -> Result<Guard, GuardError> {
-        Guard::load_with(EBPF_OBJECT, config, Some((pins, &[])))
+        Guard::load_with(EBPF_OBJECT, config, Some((pins, &[])), 0)
     }
 
     /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
@@ -268,18 +274,21 @@ impl Guard {
     }
 
     /// Loads the object; with `pins`, its maps pinned there, those named in the second part
-    /// pinned beside the ones in force (`Pins::map_new`) until the start commits them.
+    /// pinned beside the ones in force (`Pins::map_new`) until the start commits them; the
+    /// programs told that the features `absent` are not there.
     fn load_with(
         object: &[u8],
         config: &Config,
         pins: Option<(&Pins, &[&str])>,
+        absent: u32,
     ) -> Result<Guard, GuardError> {
         let budgets = &config.budgets;
         let kernel = KernelFeatures::probed();
         kernel.check()?;
+        let bits = kernel.bits & !absent;
         let mut loader = EbpfLoader::new();
         loader
-            .override_global(FEATURES_GLOBAL, &kernel.bits, true)
+            .override_global(FEATURES_GLOBAL, &bits, true)
             .map_max_entries(
                 names::V6_TABLE,
                 v6_buckets_for(config.lists.ipv6_index_capacity),
@@ -454,6 +463,23 @@ impl Guard {
 
     pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
         self.ebpf.map(name)
+    }
+
+    /// Writes until when XDP may answer SYNs to each of `ports` with cookies made from the SYN
+    /// alone (`COOKIE_PORTS`: CLOCK_MONOTONIC_COARSE ns, 0 never).
+    pub fn set_cookie_ports(&mut self, ports: &[(u16, u64)]) -> Result<(), GuardError> {
+        let map = self
+            .ebpf
+            .map_mut(names::COOKIE_PORTS)
+            .ok_or(GuardError::MissingMap(names::COOKIE_PORTS))?;
+        let mut array: Array<_, u64> =
+            Array::try_from(map).map_err(GuardError::map(names::COOKIE_PORTS))?;
+        for &(port, until) in ports {
+            array
+                .set(u32::from(port), until, 0)
+                .map_err(GuardError::map(names::COOKIE_PORTS))?;
+        }
+        Ok(())
     }
 
     /// The packet counters, summed over CPUs.

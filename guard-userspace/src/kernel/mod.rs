@@ -8,6 +8,8 @@
 //! - `index_v4`, `index_v6`: the lists expanded into the indexes XDP reads in constant time
 //! - `mapped`: mmapable array maps as memory; `source_table`: the per-source rate table
 //! - `link_watch`: rtnetlink: interfaces coming and going, the XDP program on one
+//! - `cookies`, `syncookie_sysctl`, `listener_marks`: what SYN cookies made in XDP need of the
+//!   kernel's TCP (`netstat`: its counters)
 
 pub mod attach;
 pub mod cookies;
@@ -16,7 +18,9 @@ pub mod guard;
 pub mod index_v4;
 pub mod index_v6;
 pub mod link_watch;
+pub mod listener_marks;
 pub mod mapped;
+pub mod netstat;
 pub mod pins;
 pub mod policy;
 pub mod policy_maps;
@@ -24,3 +28,15 @@ pub mod source_table;
 pub mod syncookie_sysctl;
 #[cfg(test)]
 mod test_rng;
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock XDP reads (guard-ebpf's clock.rs) for
+/// budgets, block expiry and the marks of `COOKIE_PORTS`.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -125,13 +125,7 @@ const NS: u64 = 1_000_000_000;
 
 /// Now on the kernel's CLOCK_MONOTONIC_COARSE and on the wall clock, both in nanoseconds.
 fn clocks() -> (u64, u64) {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let mono = super::monotonic_coarse_ns();
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -1,10 +1,14 @@
-//! `net.ipv4.tcp_syncookies` while XDP answers SYNs with cookies (`budgets.syn_cookies`). The
-//! kernel makes a cookie for mailguard (`bpf_tcp_gen_syncookie`) only when this setting is 2
-//! (cookies always) or the listener's SYN queue is full, so mailguard sets it to 2 while cookies
-//! are on (`always`) or a flood lasts (`under_flood`: `daemon::flood_watch`), and puts back the
-//! value it found after the flood, when they are turned off and at `unload`. That value
-//! is kept in the run directory, so that a daemon killed and started again, or `unload` without
-//! a daemon, still knows it.
+//! `net.ipv4.tcp_syncookies` while XDP answers SYNs with cookies (`budgets.syn_cookies`).
+//! Whatever mailguard sets it to, it puts back the value it found when cookies are no longer
+//! needed and at `unload`. That value is kept in the run directory, so that a daemon killed and
+//! started again, or `unload` without a daemon, still knows it.
+//!
+//! - Kernels with `bpf_tcp_raw_gen_syncookie_*` (Linux 6.0): the setting stays as the operator
+//!   has it, but for 0 (the kernel would then refuse every cookie ACK), which is 1 while cookies
+//!   are needed; it is 2 only for the instant of marking the listeners (`listener_marks`).
+//! - Older kernels make a cookie for mailguard (`bpf_tcp_gen_syncookie`) only when the setting
+//!   is 2 (cookies always) or the listener's SYN queue is full, so mailguard sets it to 2 while
+//!   cookies are on (`always`) or a flood lasts (`under_flood`: `daemon::flood_watch`).
 //!
 //! What 2 costs: the SYNs that reach the kernel (from sources XDP already knows, and every SYN
 //! to ports mailguard does not answer) are answered with the kernel's own cookies instead of
@@ -31,7 +35,8 @@ pub enum SysctlError {
     Saved { path: PathBuf, source: io::Error },
 }
 
-fn current() -> Result<u32, SysctlError> {
+/// The setting now.
+pub fn current() -> Result<u32, SysctlError> {
     let text = fs::read_to_string(SETTING).map_err(SysctlError::Read)?;
     text.trim().parse().map_err(|_| {
         SysctlError::Read(io::Error::new(
@@ -50,7 +55,7 @@ fn set(value: u32) -> Result<(), SysctlError> {
 pub enum Change {
     /// Nothing to do.
     None,
-    /// Set to 2; the value it had.
+    /// Set to mailguard's value; the value it had.
     Enabled { was: u32 },
     /// Put back to the value mailguard found.
     Restored { to: u32 },
@@ -59,8 +64,17 @@ pub enum Change {
 /// Sets the setting to 2, keeping the value it had in `run_dir` (only the first time: after a
 /// restart the kept value is the operator's, not mailguard's 2).
 pub fn enable(run_dir: &Path) -> Result<Change, SysctlError> {
+    hold(run_dir, 2)
+}
+
+/// Sets the setting to `value`, keeping the value it had in `run_dir` (only the first time, as
+/// `enable`); when `value` is the kept one, puts it back as `restore` does.
+pub fn hold(run_dir: &Path, value: u32) -> Result<Change, SysctlError> {
+    if kept(run_dir) == Some(value) {
+        return restore(run_dir);
+    }
     let now = current()?;
-    if now == 2 {
+    if now == value {
         return Ok(Change::None);
     }
     let saved = run_dir.join(SAVED);
@@ -72,7 +86,7 @@ pub fn enable(run_dir: &Path) -> Result<Change, SysctlError> {
                 source,
             })?;
     }
-    set(2)?;
+    set(value)?;
     Ok(Change::Enabled { was: now })
 }
 
