@@ -20,13 +20,28 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SynCookies {
+    /// `UnderFlood` on kernels where XDP makes cookies from the SYN alone (Linux 6.0, which
+    /// leaves `net.ipv4.tcp_syncookies` and the known senders' SYN queue alone), `Off` before
+    /// (where cookies need the setting at 2 during the flood, which costs the known senders).
+    /// The default.
+    Auto,
     /// Never: over the SYN ceiling, a SYN from a source never seen completing a connection is
-    /// dropped (the default).
+    /// dropped.
     Off,
     /// Instead of the ceiling's drop: such a SYN is answered with a cookie.
     UnderFlood,
     /// Every SYN from such a source, ceiling or not.
     Always,
+}
+
+impl SynCookies {
+    /// `UnderFlood` with no ceiling to spend (`syn_ceiling` 0) is `Off`.
+    fn without_a_ceiling(self, syn_ceiling: f64) -> SynCookies {
+        match self {
+            SynCookies::UnderFlood if syn_ceiling == 0.0 => SynCookies::Off,
+            mode => mode,
+        }
+    }
 }
 
 /// The budget of one service class. `rate = 0` and `max_connections = 0` leave it unlimited.
@@ -83,13 +98,16 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    /// The SYN cookie mode in effect: `under_flood` without a ceiling (`syn_ceiling = 0`) never
-    /// answers, and is off.
-    pub fn cookies_in_effect(&self) -> SynCookies {
+    /// The SYN cookie mode in effect on a kernel that makes cookies from the SYN alone
+    /// (`from_the_syn`) or not: `auto` resolved, and `under_flood` without a ceiling
+    /// (`syn_ceiling = 0`), which never answers, off.
+    pub fn cookies_in_effect(&self, from_the_syn: bool) -> SynCookies {
         match self.syn_cookies {
-            SynCookies::UnderFlood if self.syn_ceiling == 0.0 => SynCookies::Off,
+            SynCookies::Auto if from_the_syn => SynCookies::UnderFlood,
+            SynCookies::Auto => SynCookies::Off,
             mode => mode,
         }
+        .without_a_ceiling(self.syn_ceiling)
     }
 }
 
@@ -103,7 +121,7 @@ impl Default for Budgets {
             syn_ceiling: 10_000.0,
             syn_ceiling_burst: 20_000,
             reject_limit: 100.0,
-            syn_cookies: SynCookies::Off,
+            syn_cookies: SynCookies::Auto,
             syn_cookies_hold: 60,
             // As generous as Postfix's own default per-client connection limit (50).
             mx: ClassLimits {

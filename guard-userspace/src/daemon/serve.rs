@@ -666,7 +666,11 @@ impl Daemon<'_> {
     fn watch_floods(&mut self) {
         use crate::config::budgets::SynCookies;
         let now = Instant::now();
-        if self.config.budgets.cookies_in_effect() != SynCookies::UnderFlood
+        if self
+            .config
+            .budgets
+            .cookies_in_effect(crate::kernel::cookies::from_the_syn())
+            != SynCookies::UnderFlood
             || !self.floods.due(now)
         {
             return;
@@ -704,8 +708,9 @@ impl Daemon<'_> {
         };
         let run = &self.opts.dirs.run;
         let hold = self.config.budgets.syn_cookies_hold;
-        let (mode, flood) = match self.config.budgets.cookies_in_effect() {
-            SynCookies::Off => {
+        let env = CookieEnv::read(Some(&self.state.interface));
+        let (mode, flood) = match self.config.budgets.cookies_in_effect(env.raw) {
+            SynCookies::Off | SynCookies::Auto => {
                 match syncookie_sysctl::restore(run) {
                     Ok(Change::Restored { to }) => {
                         log::info!("SYN cookies off: net.ipv4.tcp_syncookies put back to {to}");
@@ -729,7 +734,6 @@ impl Daemon<'_> {
             }
         };
         let needed = mode == "always" || flood;
-        let env = CookieEnv::read(Some(&self.state.interface));
         // What the setting is to be while cookies are needed (`None`: as the operator has it).
         let wanted = if env.raw {
             syncookie_sysctl::current()

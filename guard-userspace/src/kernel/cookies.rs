@@ -74,7 +74,7 @@ impl CookieEnv {
             max_rcvbuf: rmem_max.max(core_max),
             mtu,
             helper: bits & guard_common::FEATURE_SYN_COOKIE != 0,
-            raw: bits & guard_common::FEATURE_RAW_SYN_COOKIE != 0,
+            raw: from_the_syn(),
         }
     }
 
@@ -85,10 +85,18 @@ impl CookieEnv {
     }
 }
 
+/// Whether the running kernel lets XDP make cookies from the SYN alone
+/// (`bpf_tcp_raw_gen_syncookie_*`, Linux 6.0).
+pub fn from_the_syn() -> bool {
+    crate::kernel::features::KernelFeatures::probed().bits & guard_common::FEATURE_RAW_SYN_COOKIE
+        != 0
+}
+
 /// `Settings::cookies` and `Settings::cookie_mss` for `config` in `env`.
 pub fn settings_words(config: &Config, env: &CookieEnv) -> (u32, u32) {
-    let mode = match config.budgets.cookies_in_effect() {
-        SynCookies::Off => COOKIES_OFF,
+    let mode = match config.budgets.cookies_in_effect(env.raw) {
+        // `Auto` is resolved by `cookies_in_effect`.
+        SynCookies::Off | SynCookies::Auto => COOKIES_OFF,
         SynCookies::UnderFlood => COOKIES_UNDER_FLOOD,
         SynCookies::Always => COOKIES_ALWAYS,
     };

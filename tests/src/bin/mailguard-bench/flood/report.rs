@@ -161,7 +161,7 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          once before (a warm-up message, for every protection alike), so it is a source seen completing \
          connections;\n\
          - **mailguard-cookies**: the same, with SYNs over the ceiling answered with SYN cookies from XDP \
-         (`syn_cookies = \"under_flood\"`; `net.ipv4.tcp_syncookies` is 2 while the flood lasts).\n\n\
+         (`syn_cookies = \"under_flood\"`; {}).\n\n\
          Every figure is the median of {TRIALS} trials ({TOP_TRIALS} at the top setting, on which the target is \
          judged), with min-max; the protections' trials interleave, their \
          order rotating, each set up afresh (mailguard started, the nftables table loaded) before its trial. \
@@ -170,7 +170,12 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          now and then sends next to nothing (its sends fail with EAGAIN), which measures nothing about the \
          protections. Trials run again in this report: {retried}.\n\n",
         FLOOD_LEAD.as_secs(),
-        nft_recipe()
+        nft_recipe(),
+        if mailguard::kernel::cookies::from_the_syn() {
+            "cookies made from the SYN alone, the listeners marked while the flood lasts"
+        } else {
+            "`net.ipv4.tcp_syncookies` is 2 while the flood lasts"
+        }
     );
     for (alt, path) in plots {
         let _ = writeln!(md, "![{alt}]({path})\n");
@@ -346,12 +351,25 @@ pub fn cookies_at_top(points: &[Point]) -> String {
             if met { "met" } else { "NOT met" }
         );
     }
-    s += "\nWith `under_flood`, `net.ipv4.tcp_syncookies` is 2 during the flood, so the known sender's own handshakes \
-          are the kernel's cookies too: a last ACK of a handshake lost in the flood leaves its session waiting for a \
-          greeting until the sender's limit ends it, where the SYN queue would have sent the SYN-ACK again. That is \
-          why its messages per second fall while nearly all of them arrive (docs/DESIGN.md, SYN cookies). The \
-          softirq column includes the SYN-ACKs XDP sends back crossing the lab's bridge to the attacker.\n";
+    s += &format!("\n{}", cookie_path());
+    s += " The softirq column includes the SYN-ACKs XDP sends back crossing the lab's bridge to the attacker.\n";
     s
+}
+
+/// How this kernel's cookies were made, and what that does to the known sender.
+fn cookie_path() -> &'static str {
+    if mailguard::kernel::cookies::from_the_syn() {
+        "This kernel makes the cookies from the SYN alone (`bpf_tcp_raw_gen_syncookie`, Linux 6.0): \
+         `net.ipv4.tcp_syncookies` keeps its value and the daemon marks the listeners as sending cookies while \
+         the flood lasts, so the known sender's SYNs go through the SYN queue as without cookies (docs/DESIGN.md, \
+         SYN cookies)."
+    } else {
+        "This kernel makes the cookies only with `net.ipv4.tcp_syncookies` at 2 (before Linux 6.0), which the \
+         daemon sets while the flood lasts, so the known sender's own handshakes are the kernel's cookies too: a \
+         last ACK of a handshake lost in the flood leaves its session waiting for a greeting until the sender's \
+         limit ends it, where the SYN queue would have sent the SYN-ACK again. That is why its messages per \
+         second fall while nearly all of them arrive (docs/DESIGN.md, SYN cookies)."
+    }
 }
 
 /// Puts the section of `cookies_at_top` into the report at `path`.
