@@ -1,7 +1,9 @@
 //! Section 9: a flood SYN answered with a SYN cookie. A SYN without options (what flood tools
 //! send) to port 25 from a source never seen, answered in XDP with the kernel's own cookie
-//! (`syn_cookies = "always"`, a listener on 25 and `tcp_syncookies = 2` in the benchmark's
-//! namespace), beside xdp-filter and the floor on the same packet. In single runs (repeat 1):
+//! (`syn_cookies = "always"`, a listener on 25, its port marked, and `tcp_syncookies = 2` in the
+//! benchmark's namespace), beside xdp-filter and the floor on the same packet; on kernels with
+//! cookies from the SYN alone (Linux 6.0) also the way older kernels make them (from the
+//! listener a socket lookup finds). In single runs (repeat 1):
 //! the answer rewrites the packet into a SYN-ACK, and BPF_PROG_TEST_RUN's repeat would run the
 //! next runs on that SYN-ACK; a single run starts from the SYN every time (and includes the
 //! test loop's own timer reads, as the floor's and xdp-filter's single runs do). With the rate
@@ -10,9 +12,15 @@
 use std::fmt::Write as _;
 
 use aya::programs::Xdp;
-use guard_common::Reason;
+use guard_common::{FEATURE_RAW_SYN_COOKIE, Reason};
 use guard_tests::packet::{Packet, SYN, tcp};
-use mailguard::config::Config;
+use mailguard::{
+    config::Config,
+    kernel::{
+        guard::Guard,
+        policy::{Contents, Extra},
+    },
+};
 
 use crate::{
     measure::{Stats, TRIALS, Timed, rotating_single_runs, stats},
@@ -29,11 +37,14 @@ const XDP_DROP: u32 = 1;
 
 pub struct Row {
     pub tracked: u32,
+    /// The cookie the way this kernel makes it (from the SYN alone where it can).
     pub mailguard: Stats,
-    /// The same SYN to a mail port without a listener (587): everything the answer costs but
-    /// the cookie and the rewrite (the socket lookup comes back empty; XDP_DROP, counted
+    /// The same SYN to a mail port without a listener (587, never marked): everything the
+    /// answer costs but the cookie and the rewrite (XDP_DROP, counted
     /// `syn_cookie_unavailable`).
     pub no_listener: Stats,
+    /// With cookies from the SYN alone: the cookie made the older way, from the listener.
+    pub from_listener: Option<Stats>,
     pub floor: Stats,
     pub peer: Stats,
 }
@@ -41,6 +52,8 @@ pub struct Row {
 pub struct Results {
     pub rows: Vec<Row>,
     pub peer_version: String,
+    /// Whether this kernel makes cookies from the SYN alone.
+    pub from_the_syn: bool,
 }
 
 pub fn measure(floor: &Xdp) -> Result<Results, String> {
@@ -49,6 +62,7 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
     let _listener =
         std::net::TcpListener::bind("[::]:25").map_err(|e| format!("a listener on 25: {e}"))?;
     let peer = XdpFilter::load(&[25])?;
+    let from_the_syn = mailguard::kernel::cookies::from_the_syn();
     let syn = Packet::v4("198.19.7.7", "198.18.0.1", tcp(40000, 25, SYN)).build();
     let unanswerable = Packet::v4("198.19.7.7", "198.18.0.1", tcp(40000, 587, SYN)).build();
     let mut rows = Vec::new();
@@ -57,38 +71,68 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
             "mail_ports = [25, 587]\n[budgets]\nsyn_ceiling = 0\ntracked_sources = {tracked}\nsyn_cookies = \"always\"\n"
         );
         let (config, _) = Config::parse(&text, "bench").map_err(|e| e.to_string())?;
-        let guard = loaded(&config)?;
+        let mut guard = loaded(&config)?;
+        // Port 25 marked for the rest of the run, as the daemon marks it under a flood.
+        guard
+            .set_cookie_ports(&[(25, u64::MAX)])
+            .map_err(|e| e.to_string())?;
+        let older = if from_the_syn {
+            let mut g = Guard::load_without(&config, FEATURE_RAW_SYN_COOKIE)
+                .map_err(|e| e.to_string())?;
+            g.policy_maps()
+                .map_err(|e| e.to_string())?
+                .write(&Contents::of(&config, &Extra::new()), &config)
+                .map_err(|e| e.to_string())?;
+            Some(g)
+        } else {
+            None
+        };
         let program = guard.xdp().map_err(|e| e.to_string())?;
         // Every run takes its path: the cookie SYN XDP_TX, counted as syn_cookie; the SYN to 587
         // XDP_DROP, counted as syn_cookie_unavailable.
-        for (what, packet, retval, reason) in [
-            ("the cookie SYN", &syn, XDP_TX, Reason::SynCookie),
+        let mut paths = vec![
+            ("the cookie SYN", &guard, &syn, XDP_TX, Reason::SynCookie),
             (
                 "the SYN to 587 (no listener)",
+                &guard,
                 &unanswerable,
                 XDP_DROP,
                 Reason::SynCookieUnavailable,
             ),
-        ] {
-            let before = guard.counters().map_err(|e| e.to_string())?;
+        ];
+        if let Some(g) = &older {
+            paths.push((
+                "the cookie SYN, from the listener",
+                g,
+                &syn,
+                XDP_TX,
+                Reason::SynCookie,
+            ));
+        }
+        for (what, g, packet, retval, reason) in paths {
+            let p = g.xdp().map_err(|e| e.to_string())?;
+            let before = g.counters().map_err(|e| e.to_string())?;
             for _ in 0..1000 {
-                let r = program.run(packet, 1);
+                let r = p.run(packet, 1);
                 if r.retval != retval {
                     return Err(format!("{what} returned {} ({retval} expected)", r.retval));
                 }
             }
-            let delta = guard.counters().map_err(|e| e.to_string())?.delta(&before);
+            let delta = g.counters().map_err(|e| e.to_string())?.delta(&before);
             if delta != [(reason, 1000)] {
                 return Err(format!("{what} moved {delta:?}"));
             }
         }
-        let programs: [(&dyn Timed, &[u8]); 4] = [
+        let mut programs: Vec<(&dyn Timed, &[u8])> = vec![
             (program, &syn),
             (program, &unanswerable),
             (floor, &syn),
             (&peer, &syn),
         ];
-        let times = rotating_single_runs(4, RUNS, TRIALS, |p, _| {
+        if let Some(g) = &older {
+            programs.push((g.xdp().map_err(|e| e.to_string())?, &syn));
+        }
+        let times = rotating_single_runs(programs.len(), RUNS, TRIALS, |p, _| {
             programs[p].0.run(programs[p].1, 1).ns
         });
         let mut t = times.into_iter().map(stats);
@@ -98,6 +142,7 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
             t.next().expect("4"),
             t.next().expect("4"),
         );
+        let from_listener = t.next();
         println!(
             "cookies: {tracked} tracked sources: mailguard {:.0} ns (no listener {:.0}), floor {:.0}, xdp-filter {:.0} (single runs)",
             mailguard.median, no_listener.median, floor_s.median, peer_s.median
@@ -106,6 +151,7 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
             tracked,
             mailguard,
             no_listener,
+            from_listener,
             floor: floor_s,
             peer: peer_s,
         });
@@ -113,6 +159,7 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
     Ok(Results {
         rows,
         peer_version: peer.version.clone(),
+        from_the_syn,
     })
 }
 
@@ -121,23 +168,31 @@ pub fn report(r: &Results) -> String {
     let _ = writeln!(s, "\n## A flood SYN answered with a SYN cookie\n");
     let _ = writeln!(
         s,
-        "A SYN without options (what flood tools send) to port 25 from a source never seen, answered in XDP with the kernel's SYN cookie (`syn_cookies = \"always\"`: the listener found by `bpf_skc_lookup_tcp`, the cookie from `bpf_tcp_gen_syncookie`, the SYN rewritten into a SYN-ACK, both checksums, XDP_TX), beside the floor and xdp-filter ({}, which passes it) on the same packet. Single runs (repeat 1): the answer rewrites the packet, which BPF_PROG_TEST_RUN's repeat would then run again; a single run starts from the SYN each time, and includes the test loop's own timer reads, the floor's and xdp-filter's too. {RUNS} single runs of each program in {TRIALS} trials, their order rotating; medians of the trials' means with min-max. Each table size first checks that 1000 runs returned XDP_TX and counted `syn_cookie`.\n",
+        "A SYN without options (what flood tools send) to port 25 from a source never seen, answered in XDP with the kernel's SYN cookie (`syn_cookies = \"always\"`: {}, the SYN rewritten into a SYN-ACK, both checksums, XDP_TX), beside the floor and xdp-filter ({}, which passes it) on the same packet. Single runs (repeat 1): the answer rewrites the packet, which BPF_PROG_TEST_RUN's repeat would then run again; a single run starts from the SYN each time, and includes the test loop's own timer reads, the floor's and xdp-filter's too. {RUNS} single runs of each program in {TRIALS} trials, their order rotating; medians of the trials' means with min-max. Each table size first checks that 1000 runs of each path returned its action and moved its counter.\n",
+        if r.from_the_syn {
+            "this kernel makes the cookie from the SYN alone, `bpf_tcp_raw_gen_syncookie_ipv4`, on port 25 marked in `MG_COOKIE_PORTS`; the \"from the listener\" column is the way of kernels before 6.0, measured here too: the listener found by `bpf_skc_lookup_tcp`, the cookie from `bpf_tcp_gen_syncookie`"
+        } else {
+            "this kernel makes the cookie from the listener found by `bpf_skc_lookup_tcp`, with `bpf_tcp_gen_syncookie`"
+        },
         r.peer_version
     );
     let _ = writeln!(
         s,
-        "| tracked sources | mailguard ns (min-max) | mailguard, no listener ns | floor ns | xdp-filter ns | mailguard / xdp-filter |"
+        "| tracked sources | mailguard ns (min-max) | mailguard, no listener ns | mailguard, from the listener ns | floor ns | xdp-filter ns | mailguard / xdp-filter |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "| {} | {:.0} ({:.0}-{:.0}) | {:.0} | {:.0} | {:.0} | {:.2}x |",
+            "| {} | {:.0} ({:.0}-{:.0}) | {:.0} | {} | {:.0} | {:.0} | {:.2}x |",
             row.tracked,
             row.mailguard.median,
             row.mailguard.min,
             row.mailguard.max,
             row.no_listener.median,
+            row.from_listener
+                .as_ref()
+                .map_or("-".to_string(), |f| format!("{:.0}", f.median)),
             row.floor.median,
             row.peer.median,
             row.mailguard.median / row.peer.median
@@ -146,11 +201,26 @@ pub fn report(r: &Results) -> String {
     if let Some(row) = r.rows.first() {
         let _ = writeln!(
             s,
-            "\nWhere the time goes ({} tracked sources; the floor taken off): the path to the answer with the socket lookup that finds no listener {:.0} ns (the \"no listener\" column: a SYN to 587, where nothing listens, dropped as `syn_cookie_unavailable`); the cookie (`bpf_tcp_gen_syncookie`: the kernel's SipHash of the connection, the MSS table, marking the listener) and the rewrite into a SYN-ACK with both checksums {:.0} ns; xdp-filter's whole verdict {:.0} ns.",
+            "\nWhere the time goes ({} tracked sources; the floor taken off): the path to the answer up to {} {:.0} ns (the \"no listener\" column: a SYN to 587, where nothing listens, dropped as `syn_cookie_unavailable`); the cookie ({}) and the rewrite into a SYN-ACK with both checksums {:.0} ns; xdp-filter's whole verdict {:.0} ns.{}",
             row.tracked,
+            if r.from_the_syn {
+                "the lookup of the port's mark that finds none"
+            } else {
+                "the socket lookup that finds no listener"
+            },
             row.no_listener.median - row.floor.median,
+            if r.from_the_syn {
+                "`bpf_tcp_raw_gen_syncookie_ipv4`: the kernel's SipHash of the connection and the MSS table"
+            } else {
+                "`bpf_tcp_gen_syncookie`: the kernel's SipHash of the connection, the MSS table, marking the listener"
+            },
             row.mailguard.median - row.no_listener.median,
-            row.peer.median - row.floor.median
+            row.peer.median - row.floor.median,
+            row.from_listener.as_ref().map_or(String::new(), |f| format!(
+                " Made the older way, from the listener, the whole answer costs {:.0} ns ({:+.0} ns).",
+                f.median - row.floor.median,
+                f.median - row.mailguard.median
+            ))
         );
     }
     if let [small, large] = r.rows.as_slice() {
