@@ -1,8 +1,9 @@
 //! Tier 3, SYN cookies (`budgets.syn_cookies`): a client the mail host has never seen connects
 //! through a cookie XDP answered, the kernel takes the cookie back (its `SyncookiesRecv`), and
 //! mail is delivered through Postfix, over IPv4 and IPv6; with timestamps (window scaling kept)
-//! and without; under a spoofed flood (trafgen), no flood SYN reaches the listener
-//! while a new client and a known one deliver.
+//! and without; under a spoofed flood at the bench's XDP generator's top rate, no flood SYN
+//! reaches the listener while a new client and a known one deliver (with `under_flood`, under
+//! trafgen's).
 //!
 //! On a kernel with cookies made from the SYN alone (Linux 6.0) `net.ipv4.tcp_syncookies` keeps
 //! the operator's value and the daemon marks the mail listeners while cookies are needed (with
@@ -17,7 +18,7 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL4, MAIL6, SpoofedFlood, addr, swaks},
+    lab::{Lab, MAIL_SWITCH_PORT, MAIL4, MAIL6, SpoofedFlood, addr, swaks, xdp_flood::XdpFlood},
     netns::Netns,
 };
 
@@ -180,6 +181,37 @@ fn a_new_client_connects_through_a_cookie_and_delivers() {
 }
 
 #[test]
+fn an_operator_s_tcp_syncookies_0_is_1_while_cookies_are_needed() {
+    // 0 would make the kernel refuse every cookie ACK: mailguard sets 1 (or 2 before Linux
+    // 6.0) while cookies are needed, and puts 0 back at unload.
+    let mut lab = Lab::create();
+    lab.start_services();
+    lab.mail
+        .ns
+        .run(&["sysctl", "-q", "net.ipv4.tcp_syncookies=0"]);
+    lab.start_mailguard(&config("always"), &[]);
+    let wanted = if cookies_from_the_syn() { "1" } else { "2" };
+    assert_eq!(sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"), wanted);
+    let mg = lab.mailguard();
+    let text = String::from_utf8_lossy(&mg.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "net.ipv4.tcp_syncookies set to {wanted} (it was 0"
+        )),
+        "{text}"
+    );
+    smtp_banner(&lab.client.ns, addr(MAIL4, 25)).expect("SMTP through a cookie");
+    assert_eq!(mg.count("syn_cookie"), 1);
+    let out = mg.cli(&["unload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sysctl(&lab.mail.ns, "net.ipv4.tcp_syncookies"), "0");
+}
+
+#[test]
 fn with_plain_timestamps_the_connection_keeps_window_scaling() {
     let (lab, _) = lab_with("always", "2");
     let wscale = smtp_banner(&lab.client.ns, addr(MAIL6, 25)).expect("SMTP through a cookie");
@@ -261,9 +293,11 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         .collect();
     let kernel_cookies = tcp_ext(&lab.mail.ns, "SyncookiesSent");
     let answered = mg.count("syn_cookie");
-    // trafgen from the attacker, as fast as it sends, every SYN from a random address of
-    // 198.19.0.0/16 (the SYN-ACKs stay in the lab).
-    let flood = SpoofedFlood::start(&lab);
+    // The bench's XDP generator at its top rate (as fast as the mail host's interface takes
+    // frames), every SYN from a random address of 198.19.0.0/16, sent into the switch's port
+    // facing the mail host (the SYN-ACKs go to the attacker's port and stay in the lab).
+    let delivered0 = frames_to_the_mail_host(&lab);
+    let flood = XdpFlood::start(&lab, MAIL_SWITCH_PORT, 0).expect("the XDP generator");
     let since = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     // A client never seen before connects through a cookie and delivers, in the middle of the
@@ -300,7 +334,12 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         .output()
         .expect("smtp-source");
     let seconds = since.elapsed().as_secs_f64();
-    drop(flood);
+    let sent = flood.stop().expect("the XDP generator ran to the end");
+    let handed = frames_to_the_mail_host(&lab) - delivered0;
+    eprintln!(
+        "DEBUG {}",
+        String::from_utf8_lossy(&mg.cli(&["status"]).stdout)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let delivered = || {
         postfix
@@ -315,7 +354,8 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
     let known = delivered();
     let cookies = mg.count("syn_cookie") - answered;
     println!(
-        "cookies: {cookies} spoofed SYNs answered with a cookie in XDP in {seconds:.1} s ({:.0}/s); the new client delivered at attempt {attempts}; the known client delivered {known} of {MESSAGES} (smtp-source: {})",
+        "cookies: the XDP generator sent {sent} spoofed SYNs in {seconds:.1} s ({:.0}/s), the switch handed the mail host {handed}, {cookies} answered with a cookie in XDP ({:.0}/s); the new client delivered at attempt {attempts}; the known client delivered {known} of {MESSAGES} (smtp-source: {})",
+        sent as f64 / seconds,
         cookies as f64 / seconds,
         out.status
     );
@@ -351,6 +391,16 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
         "the kernel made {kernel} cookies itself: flood SYNs reached it"
     );
     assert_eq!(mg.count("syn_cookie_unavailable"), 0);
+}
+
+/// Frames the switch's port has handed the mail host's interface by XDP (the generator's).
+fn frames_to_the_mail_host(lab: &Lab) -> u64 {
+    let out = lab.switch.run(&["ethtool", "-S", MAIL_SWITCH_PORT]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tx_queue_0_xdp_xmit: "))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
 }
 
 /// The client's namespace delivers over IPv6, a source not yet verified, within three attempts
@@ -456,6 +506,12 @@ fn under_flood_cookies_are_made_only_while_the_flood_lasts() {
     let metrics =
         guard_tests::lab::http_get(&lab.mail.ns, "127.0.0.1:9477", "/metrics", "text/plain");
     assert!(metrics.contains("mailguard_syn_flood 1"), "{metrics}");
+    if raw {
+        assert!(
+            metrics.contains("mailguard_syn_cookie_ports 2"),
+            "25 and 587 marked: {metrics}"
+        );
+    }
     // A client never seen before gets in through a cookie (as above).
     let attempts = new_client_delivers(&lab, "new under under_flood");
     std::thread::sleep(Duration::from_secs(1));

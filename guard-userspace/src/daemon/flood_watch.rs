@@ -1,9 +1,10 @@
 //! Whether a SYN flood is on, for `syn_cookies = "under_flood"`: XDP's counts of the SYNs it
 //! found over the SYN ceiling (answered with a cookie, unanswerable, or dropped), read every
 //! `READ_EVERY`. A flood begins when that count moves, and ends `budgets.syn_cookies_hold`
-//! after it last moved. While it is on, the daemon keeps `net.ipv4.tcp_syncookies` at 2 (the
-//! kernel makes a cookie for XDP only then: `kernel::syncookie_sysctl`); outside floods the
-//! operator's value stands, and the kernel's listeners work as they always did.
+//! after it last moved. While it is on, the daemon marks the mail listeners as sending cookies
+//! (`kernel::listener_marks`; before Linux 6.0 it keeps `net.ipv4.tcp_syncookies` at 2 instead,
+//! as the kernel then makes a cookie for XDP only with it: `kernel::syncookie_sysctl`); outside
+//! floods the kernel's listeners work as they always did.
 
 use std::time::{Duration, Instant};
 

@@ -363,8 +363,15 @@ impl Collector for MapCollector {
                 gauge(
                     &mut enc,
                     "mailguard_syn_flood",
-                    "1 while SYNs go over the SYN ceiling (syn_cookies = \"under_flood\": net.ipv4.tcp_syncookies is 2 meanwhile)",
+                    "1 while SYNs go over the SYN ceiling (syn_cookies = \"under_flood\": the mail listeners are marked as sending cookies meanwhile, or before Linux 6.0 net.ipv4.tcp_syncookies is 2)",
                     flood,
+                )?;
+                let marked: [(Labels, f64); 1] = [(Vec::new(), c.marked.len() as f64)];
+                gauge(
+                    &mut enc,
+                    "mailguard_syn_cookie_ports",
+                    "mail ports whose listeners are marked as sending SYN cookies now (Linux 6.0 and later, while cookies are needed)",
+                    marked,
                 )?;
                 gauge(
                     &mut enc,

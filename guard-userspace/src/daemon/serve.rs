@@ -662,7 +662,8 @@ impl Daemon<'_> {
     }
 
     /// With `syn_cookies = "under_flood"`: reads XDP's counts of SYNs over the ceiling, and
-    /// when a flood begins or ends, sets `net.ipv4.tcp_syncookies` for it (`keep_syncookies`).
+    /// when a flood begins or ends, makes the kernel ready for the cookies or puts it back
+    /// (`keep_syncookies`, `keep_cookie_marks`).
     fn watch_floods(&mut self) {
         use crate::config::budgets::SynCookies;
         let now = Instant::now();
@@ -734,10 +735,11 @@ impl Daemon<'_> {
             }
         };
         let needed = mode == "always" || flood;
-        // What the setting is to be while cookies are needed (`None`: as the operator has it).
+        // What the setting is to be while cookies are needed (`None`: as the operator has it,
+        // which is the value kept when mailguard changed it).
         let wanted = if env.raw {
-            syncookie_sysctl::current()
-                .ok()
+            syncookie_sysctl::kept(run)
+                .or_else(|| syncookie_sysctl::current().ok())
                 .filter(|v| *v == 0)
                 .map(|_| 1)
         } else {

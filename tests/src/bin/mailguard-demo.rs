@@ -43,7 +43,7 @@ from = ["198.18.0.0/28", "2001:db8::/124"]
 
 [budgets]
 # SYNs a second from sources never seen completing a connection; over it, they are answered
-# with SYN cookies from XDP (net.ipv4.tcp_syncookies is 2 while the flood lasts).
+# with SYN cookies from XDP (the default on Linux 6.0 and later, "auto", does the same).
 syn_ceiling = 2000
 syn_ceiling_burst = 2000
 syn_cookies = "under_flood"
@@ -444,7 +444,7 @@ fn demo() {
         "a spoofed SYN flood (trafgen, random sources in 198.19.0.0/16) while the client delivers 200 messages",
     );
     // Over the SYN ceiling: answered with a SYN cookie in XDP (`syn_cookies = "under_flood"`),
-    // or dropped (before the daemon has set net.ipv4.tcp_syncookies to 2).
+    // or dropped (before the daemon has seen the flood and made the kernel ready for cookies).
     let over_the_ceiling = |lab: &Lab| {
         let mg = lab.mailguard();
         (

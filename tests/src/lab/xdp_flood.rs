@@ -24,7 +24,7 @@ use crate::{
     reference,
 };
 use aya::{
-    Ebpf,
+    EbpfLoader,
     programs::{TestRun, TestRunAttrs, TestRunOptions},
 };
 
@@ -93,7 +93,11 @@ impl XdpFlood {
         let (stop_t, sent_t) = (stop.clone(), sent.clone());
         let thread = lab.switch.spawn(move || -> Result<(), String> {
             run_on([cpu]);
-            let mut obj = Ebpf::load(reference::SYN_FLOOD).map_err(|e| e.to_string())?;
+            let template: [u8; 54] = packet.as_slice().try_into().map_err(|_| "a 54-byte SYN")?;
+            let mut obj = EbpfLoader::new()
+                .override_global("SYN_TEMPLATE", &template, true)
+                .load(reference::SYN_FLOOD)
+                .map_err(|e| e.to_string())?;
             let prog = reference::xdp_program(&mut obj, "xdp_syn_flood")?;
             let name = std::ffi::CString::new(port.clone()).map_err(|e| e.to_string())?;
             // SAFETY: a NUL-terminated name; the lookup is in this thread's namespace.

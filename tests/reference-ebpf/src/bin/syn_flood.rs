@@ -1,7 +1,12 @@
 //! The benchmark's fastest SYN flood generator: run by BPF_PROG_TEST_RUN in live-frame mode
-//! (`BPF_F_TEST_XDP_LIVE_FRAMES`, as xdp-tools' xdp-trafficgen sends), it gives each copy of
-//! its SYN a random source, source port and sequence number and sends it out of the test
-//! run's interface (XDP_TX). Its checksums use mailguard's own (guard-ebpf's `checksum`).
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`, as xdp-tools' xdp-trafficgen sends), it writes its SYN
+//! (`SYN_TEMPLATE`, set by userspace at load) into each frame whole, gives it a random source,
+//! source port and sequence number and sends it out of the test run's interface (XDP_TX). Its
+//! checksums use mailguard's own (guard-ebpf's `checksum`).
+//!
+//! Whole, because in live-frame mode a frame's page comes back to the test run with whatever
+//! was last written into it, and a receiver that answers in place (mailguard's SYN cookies:
+//! the SYN rewritten into a SYN-ACK and sent back) shares the page.
 #![no_std]
 #![no_main]
 
@@ -15,9 +20,12 @@ const SYN_LEN: usize = 14 + 20 + 20;
 const IPV4_AT: usize = 14;
 const TCP_AT: usize = 14 + 20;
 
-/// The SYN the test run was given, with a new source in the same /16 (its last two bytes), a
-/// new source port and sequence number, and both checksums computed afresh (in live-frame
-/// mode a frame may keep an earlier run's rewrite, so nothing is updated incrementally).
+/// The SYN to send (Ethernet, IPv4, TCP), set at load (`override_global`); read-only.
+#[unsafe(no_mangle)]
+static SYN_TEMPLATE: [u8; SYN_LEN] = [0; SYN_LEN];
+
+/// `SYN_TEMPLATE` with a new source in the same /16 (its last two bytes), a new source port
+/// and sequence number, and both checksums computed afresh.
 #[xdp]
 pub fn xdp_syn_flood(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -26,6 +34,10 @@ pub fn xdp_syn_flood(ctx: XdpContext) -> u32 {
     }
     // SAFETY: the SYN_LEN bytes were bounds-checked above, and the frame is this run's alone.
     let p = unsafe { &mut *(start as *mut [u8; SYN_LEN]) };
+    for (i, b) in p.iter_mut().enumerate() {
+        // SAFETY: a read of a static; volatile so that the value set at load is read.
+        *b = unsafe { core::ptr::read_volatile(&SYN_TEMPLATE[i]) };
+    }
     // SAFETY: helpers without preconditions.
     let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
     p[IPV4_AT + 14..IPV4_AT + 16].copy_from_slice(&(a as u16).to_be_bytes());

@@ -77,8 +77,8 @@ pub fn measure(floor: &Xdp) -> Result<Results, String> {
             .set_cookie_ports(&[(25, u64::MAX)])
             .map_err(|e| e.to_string())?;
         let older = if from_the_syn {
-            let mut g = Guard::load_without(&config, FEATURE_RAW_SYN_COOKIE)
-                .map_err(|e| e.to_string())?;
+            let mut g =
+                Guard::load_without(&config, FEATURE_RAW_SYN_COOKIE).map_err(|e| e.to_string())?;
             g.policy_maps()
                 .map_err(|e| e.to_string())?
                 .write(&Contents::of(&config, &Extra::new()), &config)
