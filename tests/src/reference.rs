@@ -62,4 +62,23 @@ mod tests {
             }
         }
     }
+
+    /// The switch ports' program drops what goes to the spoofed floods' sources (198.19.0.0/16)
+    /// and passes the rest.
+    #[test]
+    fn the_switch_drops_answers_to_spoofed_sources() {
+        let mut obj = Ebpf::load(LAB_PASS).expect("lab_pass");
+        let program = xdp_program(&mut obj, "xdp_pass").unwrap_or_else(|e| panic!("{e}"));
+        for (to, expected) in [("198.19.3.4", 1), ("198.18.0.2", 2)] {
+            let synack = Packet::v4("198.18.0.1", to, tcp(25, 40000, SYN)).build();
+            let run = program
+                .test_run(TestRunOptions {
+                    data_in: Some(&synack),
+                    repeat: 1,
+                    ..TestRunOptions::new()
+                })
+                .expect("test run");
+            assert_eq!(run.return_value, expected, "to {to}");
+        }
+    }
 }

@@ -76,8 +76,9 @@ impl XdpFlood {
         }
         packet[..6].copy_from_slice(&mac);
         // From the attacker's MAC address, which the switch has learnt: what the mail host sends
-        // back (the SYN-ACKs of SYN cookies) goes to the attacker's port alone, as it would to
-        // the router of a real network, rather than to every port as for an unknown address.
+        // back (the SYN-ACKs of SYN cookies) is addressed to the attacker's port alone, as it
+        // would be to the router of a real network, rather than to every port as for an unknown
+        // address (the switch's port drops it on entry: lab_pass.rs).
         let attacker = link_info(Some(&lab.attacker.ns), &lab.attacker.iface)["address"]
             .as_str()
             .ok_or("no MAC address for the attacker's interface")?

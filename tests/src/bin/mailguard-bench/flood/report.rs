@@ -352,7 +352,11 @@ pub fn cookies_at_top(points: &[Point]) -> String {
         );
     }
     s += &format!("\n{}", cookie_path());
-    s += " The softirq column includes the SYN-ACKs XDP sends back crossing the lab's bridge to the attacker.\n";
+    s += " The SYN-ACKs XDP sends back leave the mail host as from a NIC and are dropped where they enter the switch \
+          (its port's XDP program drops what goes to the spoofed sources, 198.19.0.0/16): toward addresses that are \
+          no one's, their way on is the network's work, not the mail host's, as the generator's SYNs reach the mail \
+          host without the bridge's forwarding. What the mail host spends on them (the rewrite, XDP_TX, the veth's \
+          send) is in the softirq column.\n";
     s
 }
 
