@@ -336,10 +336,6 @@ fn a_spoofed_flood_reaches_no_listener_and_mail_flows() {
     let seconds = since.elapsed().as_secs_f64();
     let sent = flood.stop().expect("the XDP generator ran to the end");
     let handed = frames_to_the_mail_host(&lab) - delivered0;
-    eprintln!(
-        "DEBUG {}",
-        String::from_utf8_lossy(&mg.cli(&["status"]).stdout)
-    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let delivered = || {
         postfix
