@@ -36,29 +36,41 @@ mod tests {
     use super::*;
     use crate::packet::{Packet, SYN, tcp};
 
-    /// Each object loads, its one program passes the verifier, and the plain ones answer as
-    /// their names say. (Loading needs root, as every test tier here.)
+    /// Each object loads, its programs pass the verifier, and the plain ones answer as their
+    /// names say. (Loading needs root, as every test tier here.)
     #[test]
     fn every_reference_program_loads_and_answers() {
         let syn = Packet::v4("198.18.0.2", "198.18.0.1", tcp(40000, 25, SYN)).build();
-        for (object, name, action) in [
-            (FLOOR, "xdp_floor", Some(1)),
-            (LAB_PASS, "xdp_pass", Some(2)),
-            (BUCKET_TOUCH, "xdp_bucket_touch", None),
-            (SYN_FLOOD, "xdp_syn_flood", None),
-        ] {
-            let mut obj = Ebpf::load(object).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(obj.programs().count(), 1, "{name}: one program per object");
-            let program = xdp_program(&mut obj, name).unwrap_or_else(|e| panic!("{e}"));
-            if let Some(expected) = action {
-                let run = program
-                    .test_run(TestRunOptions {
-                        data_in: Some(&syn),
-                        repeat: 1,
-                        ..TestRunOptions::new()
-                    })
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(run.return_value, expected, "{name}");
+        // Each object's programs: name, and the action it answers the SYN with (if plain).
+        type Programs = &'static [(&'static str, Option<u32>)];
+        let objects: [(&[u8], Programs); 4] = [
+            (FLOOR, &[("xdp_floor", Some(1))]),
+            (LAB_PASS, &[("xdp_pass", Some(2))]),
+            (BUCKET_TOUCH, &[("xdp_bucket_touch", None)]),
+            (
+                SYN_FLOOD,
+                &[
+                    ("xdp_syn_flood", Some(3)),
+                    ("xdp_syn_relay", None),
+                    ("xdp_bounce", Some(3)),
+                ],
+            ),
+        ];
+        for (object, programs) in objects {
+            let mut obj = Ebpf::load(object).unwrap_or_else(|e| panic!("{programs:?}: {e}"));
+            assert_eq!(obj.programs().count(), programs.len(), "{programs:?}");
+            for &(name, action) in programs {
+                let program = xdp_program(&mut obj, name).unwrap_or_else(|e| panic!("{e}"));
+                if let Some(expected) = action {
+                    let run = program
+                        .test_run(TestRunOptions {
+                            data_in: Some(&syn),
+                            repeat: 1,
+                            ..TestRunOptions::new()
+                        })
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(run.return_value, expected, "{name}");
+                }
             }
         }
     }

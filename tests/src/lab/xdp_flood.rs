@@ -6,6 +6,14 @@
 //! per-packet forwarding (a switch's work, not the mail host's). trafgen, sending through the
 //! attacker's socket, its veth and the bridge, tops out at a few hundred thousand SYNs a
 //! second here; this reaches what the mail host's receive path accepts.
+//!
+//! Some kernels refuse live frames (EPERM: seen on sandboxed 6.18 kernels that allow every
+//! other test run). There the same program's SYNs come from a relay instead
+//! ([`Drive::Relay`]): a few frames circle a veth pair the generator makes in the switch
+//! namespace, and at every turn the relay program writes a new SYN into its frame and sends it
+//! on around the circle and, by a broadcast redirect, out of the same switch port. Either way
+//! the SYNs are made and sent in the kernel, on the generator's CPU, with no system call per
+//! frame; [`XdpFlood::drive`] says which way this kernel took.
 
 use std::{
     sync::{
@@ -13,7 +21,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{Lab, MAIL4};
@@ -24,8 +32,9 @@ use crate::{
     reference,
 };
 use aya::{
-    EbpfLoader,
-    programs::{TestRun, TestRunAttrs, TestRunOptions},
+    Ebpf, EbpfLoader,
+    maps::{Array, PerCpuArray, xdp::DevMap},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode},
 };
 
 /// Copies of the SYN per test run: a few tens of milliseconds at the rates reached here, so
@@ -38,10 +47,41 @@ const BATCH: u32 = 64;
 /// as the lab's trafgen flood's are.
 const SOURCES: &str = "198.19.0.1";
 
+/// The relay's veth pair, in the switch namespace: the relay program's end and the end that
+/// sends every frame back.
+const RELAY_END: &str = "mg-gen-relay";
+const BOUNCE_END: &str = "mg-gen-bounce";
+/// Frames put into the relay's circle whenever its count has not grown for a while: its
+/// population grows until the veths' rings (256 frames each) are full, and stays there.
+const RELAY_TOP_UP: usize = 32;
+/// How often the relay's count is read (and the circle topped up).
+const RELAY_TICK: Duration = Duration::from_millis(10);
+
+/// How the generator's SYNs are driven on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drive {
+    /// BPF_PROG_TEST_RUN in live-frame mode.
+    LiveFrames,
+    /// Frames circling a veth pair through the relay program (live frames refused).
+    Relay,
+}
+
+impl Drive {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Drive::LiveFrames => "BPF_PROG_TEST_RUN live frames",
+            Drive::Relay => {
+                "a relay of frames circling a veth pair (this kernel refuses live frames)"
+            }
+        }
+    }
+}
+
 /// A running generator; stopped, and its thread joined, on drop.
 pub struct XdpFlood {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    relay: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), String>>>,
     pub since: Instant,
 }
@@ -91,7 +131,8 @@ impl XdpFlood {
         let port = port.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
-        let (stop_t, sent_t) = (stop.clone(), sent.clone());
+        let relay = Arc::new(AtomicBool::new(false));
+        let (stop_t, sent_t, relay_t) = (stop.clone(), sent.clone(), relay.clone());
         let thread = lab.switch.spawn(move || -> Result<(), String> {
             run_on([cpu]);
             let template: [u8; 54] = packet.as_slice().try_into().map_err(|_| "a 54-byte SYN")?;
@@ -99,35 +140,20 @@ impl XdpFlood {
                 .override_global("SYN_TEMPLATE", &template, true)
                 .load(reference::SYN_FLOOD)
                 .map_err(|e| e.to_string())?;
-            let prog = reference::xdp_program(&mut obj, "xdp_syn_flood")?;
-            let name = std::ffi::CString::new(port.clone()).map_err(|e| e.to_string())?;
-            // SAFETY: a NUL-terminated name; the lookup is in this thread's namespace.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            if ifindex == 0 {
-                return Err(format!("no interface {port} in the switch namespace"));
+            let target = ifindex(&port)?;
+            match live_frames(&mut obj, &packet, target, &stop_t, &sent_t) {
+                Err(Refused::Eperm) => {
+                    relay_t.store(true, Ordering::Relaxed);
+                    relay_frames(&mut obj, &packet, target, &stop_t, &sent_t)
+                }
+                Err(Refused::Other(e)) => Err(format!("xdp_syn_flood's test run on {port}: {e}")),
+                Ok(()) => Ok(()),
             }
-            let ctx = xdp_md(packet.len(), ifindex);
-            while !stop_t.load(Ordering::Relaxed) {
-                prog.test_run(TestRunOptions {
-                    data_in: Some(&packet),
-                    ctx_in: Some(&ctx),
-                    repeat: RUNS_PER_CALL,
-                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                    ..TestRunOptions::new()
-                })
-                .map_err(|e| {
-                    let cause = std::error::Error::source(&e)
-                        .map(|c| format!(": {c}"))
-                        .unwrap_or_default();
-                    format!("xdp_syn_flood's test run on {port}: {e}{cause}")
-                })?;
-                sent_t.fetch_add(u64::from(RUNS_PER_CALL), Ordering::Relaxed);
-            }
-            Ok(())
         });
         let flood = XdpFlood {
             stop,
             sent,
+            relay,
             thread: Some(thread),
             since: Instant::now(),
         };
@@ -141,6 +167,15 @@ impl XdpFlood {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(flood)
+    }
+
+    /// How this kernel drives the generator (known once `start` has returned).
+    pub fn drive(&self) -> Drive {
+        if self.relay.load(Ordering::Relaxed) {
+            Drive::Relay
+        } else {
+            Drive::LiveFrames
+        }
     }
 
     /// SYNs sent so far.
@@ -166,5 +201,202 @@ impl XdpFlood {
 impl Drop for XdpFlood {
     fn drop(&mut self) {
         let _ = self.end();
+    }
+}
+
+/// Why live frames did not run.
+enum Refused {
+    /// The kernel refuses live frames.
+    Eperm,
+    Other(String),
+}
+
+/// Index of `name` in the calling thread's namespace.
+fn ifindex(name: &str) -> Result<u32, String> {
+    let c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated name; the lookup is in this thread's namespace.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(format!("no interface {name} in the switch namespace")),
+        i => Ok(i),
+    }
+}
+
+/// Runs `xdp_syn_flood` in live-frame mode out of interface `target` until `stop`.
+fn live_frames(
+    obj: &mut Ebpf,
+    packet: &[u8],
+    target: u32,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> Result<(), Refused> {
+    let prog = reference::xdp_program(obj, "xdp_syn_flood").map_err(Refused::Other)?;
+    let ctx = xdp_md(packet.len(), target);
+    while !stop.load(Ordering::Relaxed) {
+        prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            ctx_in: Some(&ctx),
+            repeat: RUNS_PER_CALL,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..TestRunOptions::new()
+        })
+        .map_err(|e| {
+            let source = std::error::Error::source(&e);
+            let os = source
+                .and_then(|c| c.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error);
+            if os == Some(libc::EPERM) && sent.load(Ordering::Relaxed) == 0 {
+                Refused::Eperm
+            } else {
+                Refused::Other(format!(
+                    "{e}{}",
+                    source.map(|c| format!(": {c}")).unwrap_or_default()
+                ))
+            }
+        })?;
+        sent.fetch_add(u64::from(RUNS_PER_CALL), Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Runs the relay (module docs) out of interface `target` until `stop`: makes the veth pair,
+/// attaches the relay and the bounce, puts frames into the circle and keeps it full; at the
+/// end drops the circle's frames and deletes the pair.
+fn relay_frames(
+    obj: &mut Ebpf,
+    packet: &[u8],
+    target: u32,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> Result<(), String> {
+    let pair = VethPair::create(RELAY_END, BOUNCE_END)?;
+    let mut stop_map: Array<_, u32> =
+        Array::try_from(obj.take_map("RELAY_STOP").ok_or("no RELAY_STOP")?)
+            .map_err(|e| format!("RELAY_STOP: {e}"))?;
+    let result = (|| {
+        let mut to = DevMap::try_from(obj.take_map("RELAY_TO").ok_or("no RELAY_TO")?)
+            .map_err(|e| format!("RELAY_TO: {e}"))?;
+        to.set(0, ifindex(RELAY_END)?, None, 0)
+            .and_then(|()| to.set(1, target, None, 0))
+            .map_err(|e| format!("RELAY_TO: {e}"))?;
+        let count: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(obj.take_map("RELAY_SENT").ok_or("no RELAY_SENT")?)
+                .map_err(|e| format!("RELAY_SENT: {e}"))?;
+        for (name, end) in [("xdp_syn_relay", RELAY_END), ("xdp_bounce", BOUNCE_END)] {
+            reference::xdp_program(obj, name)?
+                .attach(end, XdpMode::Driver)
+                .map_err(|e| format!("{name} on {end}: {e}"))?;
+        }
+        let socket = PacketSocket::bound(BOUNCE_END)?;
+        let mut last = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let now: u64 = count
+                .get(&0, 0)
+                .map_err(|e| format!("RELAY_SENT: {e}"))?
+                .iter()
+                .sum();
+            if now == last {
+                socket.send(packet, RELAY_TOP_UP)?;
+            }
+            sent.store(now, Ordering::Relaxed);
+            last = now;
+            std::thread::sleep(RELAY_TICK);
+        }
+        Ok(())
+    })();
+    let _ = stop_map.set(0, 1, 0);
+    std::thread::sleep(RELAY_TICK);
+    drop(pair);
+    result
+}
+
+/// A veth pair made in the calling thread's namespace, both ends up; deleted on drop.
+struct VethPair(String);
+
+impl VethPair {
+    fn create(a: &str, b: &str) -> Result<VethPair, String> {
+        let _ = ip(&["link", "del", a]);
+        ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b])?;
+        let pair = VethPair(a.to_string());
+        ip(&["link", "set", a, "up"])?;
+        ip(&["link", "set", b, "up"])?;
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+/// `ip` with `args`, run from the calling thread (so in its namespace).
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A packet socket bound to one interface of the calling thread's namespace; closed on drop.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn bound(name: &str) -> Result<PacketSocket, String> {
+        use std::os::fd::FromRawFd;
+        let ifindex = ifindex(name)? as i32;
+        // SAFETY: a plain socket call; its descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(format!(
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a descriptor just opened and owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        Ok(PacketSocket { fd, ifindex })
+    }
+
+    /// Sends `frame` out of the interface `times` times.
+    fn send(&self, frame: &[u8], times: usize) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain data.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = self.ifindex;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        for _ in 0..times {
+            // SAFETY: the frame and the address are valid for the lengths given.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const to).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(format!(
+                    "send into the relay: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(())
     }
 }

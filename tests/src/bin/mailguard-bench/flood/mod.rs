@@ -75,6 +75,10 @@ pub const ATTACKS: [(&str, Option<&str>); 6] = [
 /// The top attack setting: the XDP generator on CPU 0, as fast as it goes.
 const XDP_ATTACK: &str = "XDP generator max";
 const XDP_PACING: &str = "xdp";
+/// How this kernel drove the XDP generator (live frames, or the relay where they are refused),
+/// for the report.
+pub(crate) static XDP_DRIVE: std::sync::OnceLock<guard_tests::lab::xdp_flood::Drive> =
+    std::sync::OnceLock::new();
 
 pub const PROTECTIONS: [&str; 4] = ["none", "nftables", "mailguard", "mailguard-cookies"];
 
@@ -155,6 +159,7 @@ fn trial(
         None => None,
         Some(XDP_PACING) => {
             let flood = XdpFlood::start(lab, MAIL_SWITCH_PORT, 0)?;
+            let _ = XDP_DRIVE.set(flood.drive());
             softirq0 = softirq_ns()?;
             thread::sleep(FLOOD_LEAD);
             Some(Flood::Xdp(flood))

@@ -4,6 +4,7 @@ use super::{
     ATTACKS, BURST, FLOOD_LEAD, MAX_CONNECTIONS, MESSAGES, PROTECTIONS, Point, RATE,
     SENDER_LIMIT_S, SESSIONS, TOP_TRIALS, TRIALS, Trial, nft_recipe, wire::receive_cpu,
 };
+use guard_tests::lab::xdp_flood::Drive;
 
 pub(crate) fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -140,10 +141,9 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          Postfix; the attacker floods port 25 with SYNs from random spoofed sources, random source port and sequence \
          number, at the rate shown: trafgen from netsniff-ng (sources in 198.18.0.0/16) from one worker at the paced \
          rates and one worker per CPU at its max (sendto(2) at max: trafgen's TX_RING gives up when the veth's queue is \
-         full); at the top setting, the **XDP generator**: tests/reference-ebpf's `xdp_syn_flood` run by BPF_PROG_TEST_RUN in \
-         live-frame mode on CPU 0, as xdp-tools' xdp-trafficgen sends (sources in 198.19.0.0/16, both checksums \
-         computed per frame), each frame sent with XDP_TX out of the switch's port facing the mail host, so that it \
-         arrives on the mail host's interface as a NIC receives it, without the bridge's forwarding (each trial checks \
+         full); at the top setting, the **XDP generator**: tests/reference-ebpf's `xdp_syn_flood`, {}, on CPU 0 \
+         (sources in 198.19.0.0/16, both checksums computed per frame), each frame sent out of the switch's port \
+         facing the mail host, so that it arrives on the mail host's interface as a NIC receives it, without the bridge's forwarding (each trial checks \
          that at least half of its frames reached the mail host's interface: the rest the full veth ring refused). \
          From another namespace a legitimate sender, Postfix's `smtp-source`, sends {MESSAGES} \
          messages of 1 KiB over {SESSIONS} parallel sessions (ended after {SENDER_LIMIT_S} s whatever it has \
@@ -169,6 +169,15 @@ pub fn report(points: &[Point], retried: usize, plots: &[(&str, String)]) -> Str
          less than a fifth of its paced rate (or under 5000 packets/s at max) is run again: on this machine trafgen \
          now and then sends next to nothing (its sends fail with EAGAIN), which measures nothing about the \
          protections. Trials run again in this report: {retried}.\n\n",
+        match super::XDP_DRIVE.get() {
+            Some(Drive::Relay) =>
+                "driven by a relay, as this kernel refuses BPF_PROG_TEST_RUN's live frames (EPERM): a few frames \
+                 circle a veth pair of the generator's own in the switch's namespace, and at every turn the relay \
+                 program writes a new SYN into its frame and sends it on around the circle and, by a broadcast \
+                 redirect, to the mail host",
+            _ =>
+                "run by BPF_PROG_TEST_RUN in live-frame mode as xdp-tools' xdp-trafficgen sends (XDP_TX)",
+        },
         FLOOD_LEAD.as_secs(),
         nft_recipe(),
         if mailguard::kernel::cookies::from_the_syn() {
