@@ -325,11 +325,18 @@ pub fn plot(
 /// per second and success, and the machine's softirq time per flood SYN.
 pub fn cookies_at_top(points: &[Point]) -> String {
     let top = ATTACKS[ATTACKS.len() - 1].0;
+    let drive = match super::XDP_DRIVE.get() {
+        Some(Drive::Relay) => {
+            "a relay of frames circling a veth pair, as this kernel refuses live frames: its turns are \
+             softirq work too"
+        }
+        _ => "BPF_PROG_TEST_RUN live frames",
+    };
     let mut s = format!(
         "\n## SYN cookies under the top flood\n\nThe flood section's top setting ({top}): the same lab, sender and trials \
          (medians of {TOP_TRIALS}, min-max), with the softirq time of the whole machine (every CPU, `/proc/stat`) from the \
-         flood's start to the sender's end over the flood SYNs sent in that time. The generator, the switch and the \
-         mail host share the machine, so the figure includes the generator's side of the bridge, the same for every \
+         flood's start to the sender's end over the flood SYNs sent in that time. The generator ({drive}), the switch \
+         and the mail host share the machine, so the figure includes the generator's side, the same for every \
          protection: the differences between rows are what each protection costs. `cargo xtask bench` (section 6) \
          writes this with the flood section; `MAILGUARD_BENCH_ONLY=flood-top` writes it alone.\n\n\
          | protection | attack pkt/s | legitimate msg/s | success % | softirq ns per flood SYN |\n|---|---:|---:|---:|---:|\n"
