@@ -18,7 +18,10 @@ use std::{
 };
 
 use guard_tests::{
-    lab::{Lab, MAIL_SWITCH_PORT, MAIL4, MAIL6, SpoofedFlood, addr, swaks, xdp_flood::XdpFlood},
+    lab::{
+        Lab, MAIL_SWITCH_PORT, MAIL4, MAIL6, SpoofedFlood, addr, swaks,
+        xdp_flood::{Drive, XdpFlood},
+    },
     netns::Netns,
 };
 
@@ -589,5 +592,40 @@ fn under_flood_cookies_are_made_only_while_the_flood_lasts() {
     assert!(
         postfix.wait_delivered("new under under_flood", Duration::from_secs(10)),
         "the new client's message"
+    );
+}
+
+/// The XDP generator's relay (its way where a kernel refuses live frames), run on every kernel:
+/// its frames reach the mail host at a flood's rate, each a well-formed SYN that mailguard
+/// answers with a cookie.
+#[test]
+fn the_xdp_generator_s_relay_floods_the_mail_host_with_well_formed_syns() {
+    let (lab, _) = lab_with("always", "1");
+    let mg = lab.mailguard();
+    let answered = mg.count("syn_cookie");
+    let delivered0 = frames_to_the_mail_host(&lab);
+    let flood = XdpFlood::start_driven(&lab, MAIL_SWITCH_PORT, 0, Some(Drive::Relay))
+        .expect("the XDP generator's relay");
+    assert_eq!(flood.drive(), Drive::Relay);
+    std::thread::sleep(Duration::from_secs(2));
+    let seconds = flood.since.elapsed().as_secs_f64();
+    let sent = flood.stop().expect("the relay ran to the end");
+    let handed = frames_to_the_mail_host(&lab) - delivered0;
+    let cookies = mg.count("syn_cookie") - answered;
+    println!(
+        "relay: sent {sent} SYNs in {seconds:.1} s ({:.0}/s); the switch handed the mail host {handed}; mailguard answered {cookies} with a cookie",
+        sent as f64 / seconds
+    );
+    assert!(
+        sent as f64 / seconds >= 200_000.0,
+        "the relay sent {sent} SYNs in {seconds:.1} s"
+    );
+    assert!(
+        handed * 10 >= sent * 9,
+        "{handed} of the relay's {sent} SYNs reached the mail host"
+    );
+    assert!(
+        cookies * 10 >= handed * 9,
+        "mailguard answered {cookies} of the {handed} frames that reached it: the relay's SYNs are not well formed"
     );
 }

@@ -100,6 +100,19 @@ impl XdpFlood {
     /// port `port` (the peer of the mail host's interface); returns once it has sent its first
     /// frames, or with the error that stopped it.
     pub fn start(lab: &Lab, port: &str, cpu: usize) -> Result<XdpFlood, String> {
+        XdpFlood::start_driven(lab, port, cpu, None)
+    }
+
+    /// As `start`, driven as `drive` says: `Some(Drive::Relay)` even where live frames work, so
+    /// that the fallback is tested on every kernel; `Some(Drive::LiveFrames)` fails where they
+    /// are refused; `None` chooses as `start` does.
+    pub fn start_driven(
+        lab: &Lab,
+        port: &str,
+        cpu: usize,
+        drive: Option<Drive>,
+    ) -> Result<XdpFlood, String> {
+        let force_relay = drive == Some(Drive::Relay);
         let mac = link_info(Some(&lab.mail.ns), &lab.mail.iface)["address"]
             .as_str()
             .ok_or("no MAC address for the mail host's interface")?
@@ -141,7 +154,15 @@ impl XdpFlood {
                 .load(reference::SYN_FLOOD)
                 .map_err(|e| e.to_string())?;
             let target = ifindex(&port)?;
-            match live_frames(&mut obj, &packet, target, &stop_t, &sent_t) {
+            let live = if force_relay {
+                Err(Refused::Eperm)
+            } else {
+                live_frames(&mut obj, &packet, target, &stop_t, &sent_t)
+            };
+            match live {
+                Err(Refused::Eperm) if drive == Some(Drive::LiveFrames) => Err(format!(
+                    "xdp_syn_flood's test run on {port}: this kernel refuses live frames (EPERM)"
+                )),
                 Err(Refused::Eperm) => {
                     relay_t.store(true, Ordering::Relaxed);
                     relay_frames(&mut obj, &packet, target, &stop_t, &sent_t)
@@ -287,13 +308,16 @@ fn relay_frames(
                 .map_err(|e| format!("{name} on {end}: {e}"))?;
         }
         let socket = PacketSocket::bound(BOUNCE_END)?;
-        let mut last = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let now: u64 = count
+        let read = || -> Result<u64, String> {
+            Ok(count
                 .get(&0, 0)
                 .map_err(|e| format!("RELAY_SENT: {e}"))?
                 .iter()
-                .sum();
+                .sum())
+        };
+        let mut last = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let now = read()?;
             if now == last {
                 socket.send(packet, RELAY_TOP_UP)?;
             }
@@ -301,6 +325,12 @@ fn relay_frames(
             last = now;
             std::thread::sleep(RELAY_TICK);
         }
+        // The circle's frames dropped, then the last count.
+        stop_map
+            .set(0, 1, 0)
+            .map_err(|e| format!("RELAY_STOP: {e}"))?;
+        std::thread::sleep(RELAY_TICK);
+        sent.store(read()?, Ordering::Relaxed);
         Ok(())
     })();
     let _ = stop_map.set(0, 1, 0);
