@@ -9,5 +9,10 @@ fn main() -> aya_build::Result<()> {
         root_dir: root,
         ..Default::default()
     };
+    // aya-build passes on every line the inner cargo writes to stderr as a cargo warning, its
+    // progress ("Compiling ...") included: quiet, it writes only what is wrong (compiler
+    // messages come apart from it, and are passed on as before).
+    // SAFETY: the build script is single-threaded here; the variable is read by the child.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }
