@@ -629,3 +629,93 @@ fn the_xdp_generator_s_relay_floods_the_mail_host_with_well_formed_syns() {
         "mailguard answered {cookies} of the {handed} frames that reached it: the relay's SYNs are not well formed"
     );
 }
+
+/// A listener opened while cookies are needed (a mail server restarted, or a new service) is
+/// marked as sending cookies at the daemon's next reading of the listeners, and a client never
+/// seen before connects to it through a cookie: until the mark XDP drops its SYNs (the kernel
+/// would refuse the cookie's ACK from an unmarked listener) and the client's retransmission
+/// gets through.
+#[test]
+fn a_listener_opened_while_cookies_are_needed_takes_cookies_soon_after() {
+    let mut lab = Lab::create();
+    lab.start_services();
+    let config = "interface = \"mg-mail0\"\nmail_ports = [25, 465, 587]\n[[open_ports]]\nport = 22\n\
+                  [budgets]\nsyn_cookies = \"always\"\n";
+    lab.start_mailguard(config, &[]);
+    let mg = lab.mailguard();
+    let status = || String::from_utf8_lossy(&mg.cli(&["status"]).stdout).into_owned();
+    if cookies_from_the_syn() {
+        let text = status();
+        assert!(
+            text.contains("the listeners on ports 25, 587 are marked as sending cookies"),
+            "nothing listens on 465 yet: {text}"
+        );
+    }
+    // A new listener on 465, in the mail host's namespace: one connection, a banner.
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let server = lab.mail.ns.spawn(move || -> Result<(), String> {
+        let listener = std::net::TcpListener::bind("[::]:465").map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        bound_tx.send(()).map_err(|e| e.to_string())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                    s.write_all(b"220 a new listener\r\n")
+                        .map_err(|e| e.to_string())?;
+                    let mut rest = [0u8; 64];
+                    let _ = s.read(&mut rest);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("no connection within 20 s".into())
+    });
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the new listener is bound");
+    let opened = std::time::Instant::now();
+    let received = tcp_ext(&lab.mail.ns, "SyncookiesRecv");
+    // The client has connected to nothing yet: a source not known, answered with a cookie.
+    let connected = {
+        let to = addr(MAIL4, 465);
+        lab.client.ns.spawn(move || -> Result<(), String> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(15))
+                .map_err(|e| format!("connect {to}: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut banner = [0u8; 64];
+            let n = s.read(&mut banner).map_err(|e| format!("banner: {e}"))?;
+            let text = String::from_utf8_lossy(&banner[..n]).into_owned();
+            if !text.starts_with("220 ") {
+                return Err(format!("banner `{text}`"));
+            }
+            s.write_all(b"QUIT\r\n").map_err(|e| e.to_string())
+        })
+    }
+    .join()
+    .expect("client thread");
+    let took = opened.elapsed();
+    println!("new listener: connected {took:?} after it was opened: {connected:?}");
+    connected.expect("a new client connects to the new listener through a cookie");
+    server
+        .join()
+        .expect("server thread")
+        .expect("the new listener");
+    assert!(mg.count("syn_cookie") >= 1, "the SYN answered in XDP");
+    assert!(
+        tcp_ext(&lab.mail.ns, "SyncookiesRecv") > received,
+        "the kernel took the cookie back"
+    );
+    if cookies_from_the_syn() {
+        let text = status();
+        assert!(
+            text.contains("the listeners on ports 25, 465, 587 are marked as sending cookies"),
+            "{text}"
+        );
+    }
+}

@@ -119,7 +119,7 @@ const RUNS: &[Run] = &[
     },
     Run {
         tier: "3 end-to-end",
-        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the listeners marked while cookies are needed (or, before Linux 6.0, the kernel's setting at 2 and put back); a spoofed flood from trafgen, and one from the XDP generator at its top rate that reaches no listener while a new and a known client deliver",
+        what: "SYN cookies from XDP: new clients through a cookie the kernel takes back, IPv4 and IPv6, with and without timestamps, the listeners marked while cookies are needed, a new one soon after it opens (or, before Linux 6.0, the kernel's setting at 2 and put back); a spoofed flood from trafgen, and one from the XDP generator at its top rate that reaches no listener while a new and a known client deliver",
         args: &[
             "test",
             "-p",
