@@ -219,14 +219,21 @@ impl Guard {
         Guard::load_with(EBPF_OBJECT, config, Some((pins, &[])), 0)
     }
 
-    /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
-    fn forget_v6_index(&mut self) -> Result<(), GuardError> {
+    /// The array map `name` of the loaded object, with values of type `V`.
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, GuardError> {
         let map = self
             .ebpf
-            .map_mut(names::SETTINGS)
-            .ok_or(GuardError::MissingMap(names::SETTINGS))?;
-        let mut settings: Array<_, guard_common::Settings> =
-            Array::try_from(map).map_err(GuardError::map(names::SETTINGS))?;
+            .map_mut(name)
+            .ok_or(GuardError::MissingMap(name))?;
+        Array::try_from(map).map_err(GuardError::map(name))
+    }
+
+    /// Clears the IPv6 lists' index bits in the settings: XDP looks them up in their tries.
+    fn forget_v6_index(&mut self) -> Result<(), GuardError> {
+        let mut settings: Array<_, guard_common::Settings> = self.array(names::SETTINGS)?;
         let mut s = settings
             .get(&0, 0)
             .map_err(GuardError::map(names::SETTINGS))?;
@@ -257,12 +264,7 @@ impl Guard {
                     .or_default() += 1;
             }
         }
-        let map = self
-            .ebpf
-            .map_mut(names::SOURCES)
-            .ok_or(GuardError::MissingMap(names::SOURCES))?;
-        let mut table: Array<_, SourceBucket> =
-            Array::try_from(map).map_err(GuardError::map(names::SOURCES))?;
+        let mut table: Array<_, SourceBucket> = self.array(names::SOURCES)?;
         for (&b, &n) in &counts {
             let mut bucket = table.get(&b, 0).map_err(GuardError::map(names::SOURCES))?;
             bucket.connections = n;
@@ -468,12 +470,7 @@ impl Guard {
     /// Writes until when XDP may answer SYNs to each of `ports` with cookies made from the SYN
     /// alone (`COOKIE_PORTS`: CLOCK_MONOTONIC_COARSE ns, 0 never).
     pub fn set_cookie_ports(&mut self, ports: &[(u16, u64)]) -> Result<(), GuardError> {
-        let map = self
-            .ebpf
-            .map_mut(names::COOKIE_PORTS)
-            .ok_or(GuardError::MissingMap(names::COOKIE_PORTS))?;
-        let mut array: Array<_, u64> =
-            Array::try_from(map).map_err(GuardError::map(names::COOKIE_PORTS))?;
+        let mut array: Array<_, u64> = self.array(names::COOKIE_PORTS)?;
         for &(port, until) in ports {
             array
                 .set(u32::from(port), until, 0)
