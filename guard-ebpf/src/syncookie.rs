@@ -217,9 +217,23 @@ fn cookie_tsval(wscale: u32, sack: bool) -> u32 {
     }
 }
 
-/// The rewrite, for a packet whose IP header (`N - TCP_HDR` bytes, no options or extension
-/// headers) starts at `ip.l3_off`; the IP header and the fixed part of the TCP header are
-/// written through one view of `N` bytes. `mss`: the MSS the SYN-ACK offers.
+/// What the SYN-ACK answers with, besides the SYN's addresses and ports swapped.
+struct Reply {
+    cookie: u32,
+    /// The SYN's sequence number; the SYN-ACK acknowledges the next.
+    seq: u32,
+    /// The options: none, `MSS_OPTION` or `TS_OPTIONS`.
+    opts: usize,
+    /// With timestamps: the SYN's TSval (echoed), the window scale it offered (`NO_WSCALE`:
+    /// none) and whether it offered SACK.
+    tsecr: u32,
+    wscale: u32,
+    sack: bool,
+}
+
+/// The answer for a packet whose IP header (`N - TCP_HDR` bytes, no options or extension
+/// headers) starts at `ip.l3_off`: the cookie, then the rewrite. `mss`: the MSS the SYN-ACK
+/// offers.
 #[inline(always)]
 fn synack<const N: usize>(
     ctx: &mut XdpContext,
@@ -230,6 +244,42 @@ fn synack<const N: usize>(
     const { assert!(N == IPV4_HDR + TCP_HDR || N == IPV6_HDR + TCP_HDR) };
     let ip_len = N - TCP_HDR;
     let l3 = ip.l3_off & parse::L3_OFF_MASK;
+    let t = &bytes::<N>(ctx, l3)?[ip_len..];
+    let th_len = ((t[12] >> 4) as usize * 4).min(60);
+    if th_len < 20 || t[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Err(Reason::Malformed);
+    }
+    let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    let reply = if th_len == TCP_HDR && features::has(FEATURE_RAW_SYN_COOKIE) {
+        // A SYN without options, what floods send: the cookie is made on the packet's own
+        // headers, nothing copied, and the SYN-ACK carries no options either.
+        let cookie = bare_cookie::<N>(ctx, l3)?.ok_or(Reason::SynCookieUnavailable)?;
+        Reply {
+            cookie,
+            seq,
+            opts: 0,
+            tsecr: 0,
+            wscale: NO_WSCALE,
+            sack: false,
+        }
+    } else {
+        with_options::<N>(ctx, l3, ip, cookies, seq)?
+    };
+    rewrite::<N>(ctx, l3, reply, cookies, mss)
+}
+
+/// The cookie for a SYN that may carry options, made on copies of its headers in `COOKIE_SCAN`
+/// (the helpers read the options, whose length the verifier cannot bound in the packet), and
+/// the options the SYN-ACK answers them with.
+#[inline(always)]
+fn with_options<const N: usize>(
+    ctx: &XdpContext,
+    l3: usize,
+    ip: &Ip,
+    cookies: u32,
+    seq: u32,
+) -> Result<Reply, Reason> {
+    let ip_len = N - TCP_HDR;
     let l4 = l3 + ip_len;
     let scan = COOKIE_SCAN
         .get_ptr_mut(0)
@@ -243,9 +293,6 @@ fn synack<const N: usize>(
     }
     th[..20].copy_from_slice(bytes::<20>(ctx, l4)?);
     let th_len = ((th[12] >> 4) as usize * 4).min(60);
-    if th_len < 20 || th[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return Err(Reason::Malformed);
-    }
     let mut off = 20;
     for _ in 0..10 {
         if off + 4 > th_len {
@@ -257,7 +304,6 @@ fn synack<const N: usize>(
         }
         off += 4;
     }
-    let seq = u32::from_be_bytes([th[4], th[5], th[6], th[7]]);
     let cookie = if features::has(FEATURE_RAW_SYN_COOKIE) {
         raw_cookie(iph, ip_len == IPV6_HDR, th, th_len as u32)
     } else {
@@ -280,18 +326,41 @@ fn synack<const N: usize>(
     } else {
         (false, 0, NO_WSCALE, false)
     };
-
     // The SYN-ACK's options: the MSS, with the timestamps block when the SYN's timestamps are
     // answered; none for a SYN without options (floods send those, a real client sends its
-    // MSS), whose frame may have no room to grow. The frame becomes Ethernet (with its tags),
-    // IP and the SYN-ACK's TCP header; where it cannot grow that far, timestamps are left out.
-    let mut opts = if th_len == TCP_HDR {
+    // MSS), whose frame may have no room to grow.
+    let opts = if th_len == TCP_HDR {
         0
     } else if timestamps {
         TS_OPTIONS
     } else {
         MSS_OPTION
     };
+    Ok(Reply {
+        cookie,
+        seq,
+        opts,
+        tsecr,
+        wscale,
+        sack,
+    })
+}
+
+/// Rewrites the SYN (IP header at `l3`, `N - TCP_HDR` bytes) into the SYN-ACK `reply` says.
+/// The frame becomes Ethernet (with its tags), IP and the SYN-ACK's TCP header; where it
+/// cannot grow that far, timestamps are left out. The checksums are summed from the values
+/// written, not read back.
+#[inline(always)]
+fn rewrite<const N: usize>(
+    ctx: &mut XdpContext,
+    l3: usize,
+    reply: Reply,
+    cookies: u32,
+    mss: u16,
+) -> Result<(), Reason> {
+    let ip_len = N - TCP_HDR;
+    let l4 = l3 + ip_len;
+    let mut opts = reply.opts;
     if !resize(ctx, l4 + TCP_HDR + opts) {
         if opts != TS_OPTIONS || !resize(ctx, l4 + TCP_HDR + MSS_OPTION) {
             return Err(Reason::SynCookieUnavailable);
@@ -307,44 +376,60 @@ fn synack<const N: usize>(
     }
 
     let h = bytes_mut::<N>(ctx, l3)?;
-    let mut sum: u32 = tcp_len as u32 + parse::IPPROTO_TCP as u32;
+    // The pseudo-header's and the IPv4 header's addresses: their sum does not change with
+    // their order.
+    let addresses = if ip_len == IPV6_HDR {
+        addresses_sum(&h[8..40])?
+    } else {
+        addresses_sum(&h[12..20])?
+    };
     if ip_len == IPV6_HDR {
         h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
         h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
         h[6] = parse::IPPROTO_TCP;
         h[7] = 64;
-        sum += addresses_sum(&h[8..40])?;
         for k in 0..16 {
             h.swap(8 + k, 24 + k);
         }
     } else {
+        let total = (IPV4_HDR + tcp_len) as u16;
         h[..2].copy_from_slice(&[0x45, 0]);
-        h[2..4].copy_from_slice(&((IPV4_HDR + tcp_len) as u16).to_be_bytes());
+        h[2..4].copy_from_slice(&total.to_be_bytes());
         h[4..6].copy_from_slice(&[0, 0]);
         h[6..8].copy_from_slice(&[0x40, 0]); // DF
         h[8] = 64;
         h[9] = parse::IPPROTO_TCP;
-        h[10..12].copy_from_slice(&[0, 0]);
-        sum += addresses_sum(&h[12..20])?;
         for k in 0..4 {
             h.swap(12 + k, 16 + k);
         }
-        let c = fold(sum16(&h[..IPV4_HDR]));
-        h[10..12].copy_from_slice(&c.to_be_bytes());
+        // Version and header length, total length, no identification, DF, TTL 64 and TCP.
+        let sum = 0x4500 + total as u32 + 0x4000 + (64 << 8 | parse::IPPROTO_TCP as u32);
+        h[10..12].copy_from_slice(&fold(sum + addresses).to_be_bytes());
     }
     let t = &mut h[ip_len..];
+    let ports = u16::from_be_bytes([t[0], t[1]]) as u32 + u16::from_be_bytes([t[2], t[3]]) as u32;
     t.swap(0, 2);
     t.swap(1, 3);
-    t[4..8].copy_from_slice(&cookie.to_be_bytes());
-    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    t[12] = ((tcp_len / 4) as u8) << 4;
-    t[13] = TCP_SYN | TCP_ACK;
+    let ack = reply.seq.wrapping_add(1);
+    t[4..8].copy_from_slice(&reply.cookie.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    let offset_flags = (((tcp_len / 4) as u16) << 12) | (TCP_SYN | TCP_ACK) as u16;
+    t[12..14].copy_from_slice(&offset_flags.to_be_bytes());
     // The window: ten segments, the least the kernel's own first window offers (SYN windows are
     // never scaled; the kernel's next segment carries the connection's real window).
     let window = (mss as u32 * 10).min(u16::MAX as u32) as u16;
     t[14..16].copy_from_slice(&window.to_be_bytes());
     t[16..20].copy_from_slice(&[0; 4]); // checksum, urgent pointer
-    sum += sum16(&t[..TCP_HDR]);
+    let mut sum = tcp_len as u32
+        + parse::IPPROTO_TCP as u32
+        + addresses
+        + ports
+        + (reply.cookie >> 16)
+        + (reply.cookie & 0xffff)
+        + (ack >> 16)
+        + (ack & 0xffff)
+        + offset_flags as u32
+        + window as u32;
     if opts >= MSS_OPTION {
         let m = bytes_mut::<MSS_OPTION>(ctx, l4 + TCP_HDR)?;
         m.copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
@@ -353,23 +438,53 @@ fn synack<const N: usize>(
     if opts == TS_OPTIONS {
         let o = bytes_mut::<{ TS_OPTIONS - MSS_OPTION }>(ctx, l4 + TCP_HDR + MSS_OPTION)?;
         o.copy_from_slice(&[OPT_EOL; TS_OPTIONS - MSS_OPTION]);
-        if sack {
+        if reply.sack {
             o[..2].copy_from_slice(&[OPT_SACK_PERM, 2]);
         } else {
             o[..2].copy_from_slice(&[OPT_NOP, OPT_NOP]);
         }
         o[2..4].copy_from_slice(&[OPT_TIMESTAMP, 10]);
-        o[4..8].copy_from_slice(&cookie_tsval(wscale, sack).to_be_bytes());
-        o[8..12].copy_from_slice(&tsecr.to_be_bytes());
-        if wscale != NO_WSCALE {
+        o[4..8].copy_from_slice(&cookie_tsval(reply.wscale, reply.sack).to_be_bytes());
+        o[8..12].copy_from_slice(&reply.tsecr.to_be_bytes());
+        if reply.wscale != NO_WSCALE {
             let ours = ((cookies >> COOKIE_WSCALE_SHIFT) & 0xf) as u8;
             o[12..16].copy_from_slice(&[OPT_NOP, OPT_WSCALE, 3, ours.min(TCP_MAX_WSCALE)]);
         }
         sum += sum16(o);
     }
-    let c = fold(sum);
-    bytes_mut::<2>(ctx, l4 + 16)?.copy_from_slice(&c.to_be_bytes());
+    bytes_mut::<2>(ctx, l4 + 16)?.copy_from_slice(&fold(sum).to_be_bytes());
     Ok(())
+}
+
+/// The kernel's cookie for a SYN without options, made on the packet's own IP header (at `l3`,
+/// `N - TCP_HDR` bytes) and TCP header, Linux 6.0; `None` as `raw_cookie`.
+#[inline(always)]
+fn bare_cookie<const N: usize>(ctx: &mut XdpContext, l3: usize) -> Result<Option<u32>, Reason> {
+    let ip_len = N - TCP_HDR;
+    let h = bytes_mut::<N>(ctx, l3)?;
+    if !port_marked(u16::from_be_bytes([h[ip_len + 2], h[ip_len + 3]])) {
+        return Ok(None);
+    }
+    let iph = h.as_mut_ptr();
+    // SAFETY: the helpers read the fixed IP header and `TCP_HDR` bytes of the TCP header, both
+    // in `h`, which `bytes_mut` proved inside the packet (the verifier checks it too).
+    let made = unsafe {
+        let th = iph.add(ip_len) as *mut tcphdr;
+        if ip_len == IPV6_HDR {
+            bpf_tcp_raw_gen_syncookie_ipv6(iph as *mut ipv6hdr, th, TCP_HDR as u32)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th, TCP_HDR as u32)
+        }
+    };
+    Ok((made >= 0).then_some(made as u32))
+}
+
+/// Whether the listeners on `port` were made to accept cookies in the last two minutes
+/// (`COOKIE_PORTS`, kept by the daemon), as the kernel requires of a cookie made from the SYN
+/// alone.
+#[inline(always)]
+fn port_marked(port: u16) -> bool {
+    COOKIE_PORTS.get(port as u32).copied().unwrap_or(0) > clock::coarse_ns()
 }
 
 /// The kernel's cookie for the SYN whose IP header (`iph`, IPv6 when `v6`) and TCP header with
@@ -378,9 +493,7 @@ fn synack<const N: usize>(
 /// none (built without SYN cookies).
 #[inline(always)]
 fn raw_cookie(iph: &mut [u8; 40], v6: bool, th: &mut [u8; 64], th_len: u32) -> Option<u32> {
-    let port = u16::from_be_bytes([th[2], th[3]]) as u32;
-    let until = COOKIE_PORTS.get(port).copied().unwrap_or(0);
-    if until <= clock::coarse_ns() {
+    if !port_marked(u16::from_be_bytes([th[2], th[3]])) {
         return None;
     }
     // 20 to 60 as the verifier sees it, and unchanged for any data offset of 5 to 15 words.

@@ -11,6 +11,11 @@ pub static FLOOR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 pub static BUCKET_TOUCH: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-bucket-touch"));
 
+/// `xdp_cookie_only`: the floor plus the kernel's SYN cookie for the packet (Linux 6.0), the
+/// benchmarks' least cost of a cookie answer.
+pub static COOKIE_ONLY: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-cookie-only"));
+
 /// `xdp_pass`: XDP_PASS, for the lab's veth peers.
 pub static LAB_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-lab-pass"));
 
@@ -43,8 +48,9 @@ mod tests {
         let syn = Packet::v4("198.18.0.2", "198.18.0.1", tcp(40000, 25, SYN)).build();
         // Each object's programs: name, and the action it answers the SYN with (if plain).
         type Programs = &'static [(&'static str, Option<u32>)];
-        let objects: [(&[u8], Programs); 4] = [
+        let objects: [(&[u8], Programs); 5] = [
             (FLOOR, &[("xdp_floor", Some(1))]),
+            (COOKIE_ONLY, &[("xdp_cookie_only", None)]),
             (LAB_PASS, &[("xdp_pass", Some(2))]),
             (BUCKET_TOUCH, &[("xdp_bucket_touch", None)]),
             (
