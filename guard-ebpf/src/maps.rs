@@ -199,7 +199,8 @@ pub static V6_LENGTHS: Array<V6Lengths> = Array::with_max_entries(V6_LENGTH_TABL
 #[map(name = "MG_SCRATCH")]
 pub static SCRATCH: Scratch = PerCpuArray::with_max_entries(1, 0);
 
-/// The SYN cookie's work area (`syncookie.rs`): the SYN's headers and what its options offered.
+/// The SYN cookie's work area (`syncookie.rs`) for a SYN with options: its headers and what
+/// its options offered.
 /// key: `u32` 0; value: `CookieScan`, one per CPU; capacity 1. Never pinned: it holds nothing
 /// between packets.
 #[map(name = "MG_COOKIE_SCAN")]

@@ -17,6 +17,10 @@
 //!   cookie only while `net.ipv4.tcp_syncookies` is 2, which the daemon sets while cookies are
 //!   needed.
 //!
+//! A SYN without options (what flood tools send) gets its cookie from the SYN alone made on
+//! the packet's own headers; a SYN with options is copied first into `COOKIE_SCAN`, as the
+//! helpers read its options, whose length the verifier cannot bound in the packet.
+//!
 //! The SYN-ACK's options are those the kernel's cookie check can decode: the MSS, and when the
 //! SYN carried timestamps (and `COOKIES_TIMESTAMPS` allows them), timestamps whose TSval holds
 //! the window scale and SACK permission in its low six bits as the kernel encodes them

@@ -1,9 +1,13 @@
 //! The smoke test the kernels tier runs inside each Debian kernel it boots (`cargo xtask test`
 //! runs it on the host too): the real `mailguard` binary attached to a veth in the lab, a mail
 //! delivery through a real Postfix passes, a private port is dropped, `status` says so, and
-//! `unload` removes everything. Each step prints its result.
+//! `unload` removes everything. Each step prints its result and the time since the test began
+//! (under QEMU without KVM, where a slow step shows).
 
-use std::time::Duration;
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use guard_tests::lab::{Lab, MAIL_IFACE, MAIL4, MAIL6, PRIVATE_PORTS, addr, swaks, tcp_connects};
 
@@ -15,15 +19,21 @@ mail_ports = [25, 465, 587, 110, 995, 143, 993]
 port = 22
 "#;
 
+/// When the test began.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
 fn step(what: &str) {
-    println!("smoke: {what}: ok");
+    let at = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
+    println!("smoke: {what}: ok ({at:.1} s)");
 }
 
 #[test]
 fn mail_passes_a_private_port_is_dropped_then_unload_removes_it() {
+    STARTED.get_or_init(Instant::now);
     let private = PRIVATE_PORTS[0];
     let mut lab = Lab::create();
     lab.start_services();
+    step("the lab and its services started");
     assert!(
         tcp_connects(&lab.client.ns, addr(MAIL4, private), Duration::from_secs(5)),
         "lab: port {private} unreachable before mailguard"

@@ -520,6 +520,9 @@ pub struct Outcome {
     pub fixtures: String,
     pub smoke: String,
     pub degraded: Vec<String>,
+    /// Tests inside the guest that reported themselves skipped (a line starting `SKIPPED`),
+    /// with their reason.
+    pub skipped: Vec<String>,
     pub refused: Option<String>,
     pub seconds: f64,
     pub problems: Vec<String>,
@@ -713,6 +716,16 @@ fn collect(
     let release = report
         .as_ref()
         .and_then(|r| r["release"].as_str().map(str::to_string));
+    let skipped = ["fixtures.out", "smoke.out"]
+        .iter()
+        .flat_map(|file| {
+            read(out, file)
+                .lines()
+                .filter(|l| l.starts_with("SKIPPED"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     Outcome {
         kernel: match (kernel, release) {
             (None, Some(release)) => format!("{release} (this machine)"),
@@ -728,6 +741,7 @@ fn collect(
         fixtures,
         smoke,
         degraded,
+        skipped,
         refused,
         seconds,
         problems,
@@ -756,6 +770,11 @@ pub fn table(outcomes: &[Outcome]) -> String {
                     o.refused
                         .iter()
                         .map(move |r| format!("- {}: refused: {r}", o.kernel)),
+                )
+                .chain(
+                    o.skipped
+                        .iter()
+                        .map(move |s| format!("- {}: {s}", o.kernel)),
                 )
         })
         .collect();

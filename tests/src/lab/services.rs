@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::daemon::set_mode;
@@ -98,6 +98,16 @@ biff = no
             ),
         };
         fs::write(etc.join("master.cf"), master_cf).expect("master.cf");
+        // Postfix reads a configuration file changed within the last second again and again,
+        // 300 ms apart, until it is older (it may be half written): dated back, the two files
+        // are read at once, and each start saves about 2 s.
+        for file in ["main.cf", "master.cf"] {
+            fs::File::options()
+                .write(true)
+                .open(etc.join(file))
+                .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("date back {file}: {e}"));
+        }
         let pf = Postfix {
             dir: dir.to_path_buf(),
             ns_path: ns.path(),
