@@ -32,8 +32,9 @@ fn mail_passes_a_private_port_is_dropped_then_unload_removes_it() {
     STARTED.get_or_init(Instant::now);
     let private = PRIVATE_PORTS[0];
     let mut lab = Lab::create();
+    step("the lab's namespaces and links made");
     lab.start_services();
-    step("the lab and its services started");
+    step("Postfix and the listeners started");
     assert!(
         tcp_connects(&lab.client.ns, addr(MAIL4, private), Duration::from_secs(5)),
         "lab: port {private} unreachable before mailguard"

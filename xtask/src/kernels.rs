@@ -498,6 +498,7 @@ echo $? > {out}/report.rc
 echo $? > {out}/fixtures.rc
 {smoke} --nocapture > {out}/smoke.out 2>&1
 echo $? > {out}/smoke.rc
+dmesg > {out}/dmesg.txt 2>&1
 echo done > {out}/done
 "#,
         out = out.display(),
