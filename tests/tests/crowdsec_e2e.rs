@@ -16,7 +16,7 @@ use std::{
 use guard_tests::{
     lab::{
         ATTACKER4, ATTACKER6, CLIENT4, CLIENT6, Lab, MAIL2_4, MAIL2_6, MAIL4, MAIL6, Mailguard,
-        SSH_PORT, addr, tcp_connects,
+        SSH_PORT, addr, mailguard_bin, tcp_connects,
     },
     netns::Netns,
 };
@@ -610,14 +610,15 @@ fn a_set_larger_than_the_block_list_is_refused_whole_and_taken_once_it_fits() {
         thread::sleep(Duration::from_millis(500));
     }
     println!(
-        "crowdsec: {in_file} block list entries from a file in force {:?} after mailguard started (debug build)",
-        started.elapsed()
+        "crowdsec: {in_file} block list entries from a file in force {:?} after mailguard started ({})",
+        started.elapsed(),
+        mailguard_bin().display()
     );
     let lapi = lab.crowdsec.as_ref().expect("LAPI");
     lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER4, "--duration", "1h"]);
     let dropped = |lab: &Lab| !quick(&lab.attacker.ns, addr(MAIL4, SSH_PORT));
-    // In force as the daemon says, then dropped: with a million entries the debug daemon's
-    // writes take seconds, during which a probe that times out is no proof.
+    // In force as the daemon says, then dropped: with a million entries a debug daemon's writes
+    // take seconds, during which a probe that times out is no proof.
     let added = Instant::now();
     while crowdsec_status(lab.mailguard())["by_origin"]["cscli"] != 1 {
         assert!(
@@ -724,8 +725,9 @@ fn a_hundred_thousand_decisions() {
             thread::sleep(Duration::from_millis(100));
         };
         println!(
-            "crowdsec: all 100,000 in force at a host {:?} after both started (debug build; its last answer took {:.2} s from request to maps)",
+            "crowdsec: all 100,000 in force at a host {:?} after both started ({}; its last answer took {:.2} s from request to maps)",
             started.elapsed(),
+            mailguard_bin().display(),
             status["last_apply_seconds"].as_f64().unwrap_or(0.0)
         );
         assert_eq!(
@@ -741,8 +743,8 @@ fn a_hundred_thousand_decisions() {
         Duration::from_secs(5),
     );
     assert!(quick(&lab.client.ns, addr(MAIL4, SSH_PORT)));
-    // With them in force, a new decision still arrives (its time with an optimised build:
-    // docs/BENCHMARKS.md; this is the debug build).
+    // With them in force, a new decision still arrives (its time measured apart:
+    // docs/BENCHMARKS.md).
     let lapi = lab.crowdsec.as_ref().expect("LAPI");
     lapi.cscli_ok(&["decisions", "add", "--ip", ATTACKER6, "--duration", "1h"]);
     let took = until_both(
@@ -821,7 +823,11 @@ fn until_failure(mg: &Mailguard, words: &str, within: Duration) -> Value {
         if s["last_error"].as_str().is_some_and(|e| e.contains(words)) {
             return s;
         }
-        assert!(started.elapsed() < within, "no `{words}` failure: {s}");
+        assert!(
+            started.elapsed() < within,
+            "no `{words}` failure: {s}\nthe daemon's log:\n{}",
+            mg.log().join("\n")
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }

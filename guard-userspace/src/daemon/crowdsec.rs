@@ -64,6 +64,11 @@ pub struct CrowdsecKeeper {
     bouncer: Option<Bouncer>,
     agent: Option<Agent>,
     pub summary: CrowdsecSummary,
+    /// The maps refused an answer, and no full answer has been taken since: deltas are left
+    /// out until one is (they build on the refused answer, and the full read holds them too),
+    /// and the refusal stays in `summary` (an empty delta taken would clear it while the
+    /// LAPI's decisions are still not in force).
+    awaiting_full: bool,
 }
 
 impl CrowdsecKeeper {
@@ -78,6 +83,7 @@ impl CrowdsecKeeper {
                 lapi_url: settings.lapi_url.clone(),
                 ..CrowdsecSummary::default()
             },
+            awaiting_full: false,
         };
         keeper.start_bouncer();
         keeper
@@ -177,6 +183,9 @@ impl CrowdsecKeeper {
                     );
                     self.failed(error.to_string());
                 }
+                Report::Answer { full: false, .. } if self.awaiting_full => {
+                    log::debug!("crowdsec: a delta left out: the next full read follows a refusal");
+                }
                 Report::Answer {
                     answer,
                     full,
@@ -261,6 +270,9 @@ impl CrowdsecKeeper {
         set: &DecisionSet,
         applied_in: std::time::Duration,
     ) {
+        if pending.full {
+            self.awaiting_full = false;
+        }
         let s = &mut self.summary;
         s.last_sync = Some(pending.at);
         s.failures_in_a_row = 0;
@@ -281,6 +293,7 @@ impl CrowdsecKeeper {
             "crowdsec: the LAPI's decisions were NOT applied: {why}; the decisions in force stay, whole"
         );
         self.failed(why);
+        self.awaiting_full = true;
         if let Some(b) = &self.bouncer {
             b.refused(self.summary.failures_in_a_row);
         }
