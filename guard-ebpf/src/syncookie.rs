@@ -248,7 +248,8 @@ fn synack<const N: usize>(
     const { assert!(N == IPV4_HDR + TCP_HDR || N == IPV6_HDR + TCP_HDR) };
     let ip_len = N - TCP_HDR;
     let l3 = ip.l3_off & parse::L3_OFF_MASK;
-    let t = &bytes::<N>(ctx, l3)?[ip_len..];
+    let h = bytes_mut::<N>(ctx, l3)?;
+    let t = &h[ip_len..];
     let th_len = ((t[12] >> 4) as usize * 4).min(60);
     if th_len < 20 || t[13] & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return Err(Reason::Malformed);
@@ -257,7 +258,7 @@ fn synack<const N: usize>(
     let reply = if th_len == TCP_HDR && features::has(FEATURE_RAW_SYN_COOKIE) {
         // A SYN without options, what floods send: the cookie is made on the packet's own
         // headers, nothing copied, and the SYN-ACK carries no options either.
-        let cookie = bare_cookie::<N>(ctx, l3)?.ok_or(Reason::SynCookieUnavailable)?;
+        let cookie = bare_cookie(h).ok_or(Reason::SynCookieUnavailable)?;
         Reply {
             cookie,
             seq,
@@ -460,14 +461,14 @@ fn rewrite<const N: usize>(
     Ok(())
 }
 
-/// The kernel's cookie for a SYN without options, made on the packet's own IP header (at `l3`,
-/// `N - TCP_HDR` bytes) and TCP header, Linux 6.0; `None` as `raw_cookie`.
+/// The kernel's cookie for a SYN without options, made on the packet's own IP header and TCP
+/// header (`h`: `N - TCP_HDR` bytes of IP header, then the TCP header), Linux 6.0; `None` as
+/// `raw_cookie`.
 #[inline(always)]
-fn bare_cookie<const N: usize>(ctx: &mut XdpContext, l3: usize) -> Result<Option<u32>, Reason> {
+fn bare_cookie<const N: usize>(h: &mut [u8; N]) -> Option<u32> {
     let ip_len = N - TCP_HDR;
-    let h = bytes_mut::<N>(ctx, l3)?;
     if !port_marked(u16::from_be_bytes([h[ip_len + 2], h[ip_len + 3]])) {
-        return Ok(None);
+        return None;
     }
     let iph = h.as_mut_ptr();
     // SAFETY: the helpers read the fixed IP header and `TCP_HDR` bytes of the TCP header, both
@@ -480,7 +481,7 @@ fn bare_cookie<const N: usize>(ctx: &mut XdpContext, l3: usize) -> Result<Option
             bpf_tcp_raw_gen_syncookie_ipv4(iph as *mut iphdr, th, TCP_HDR as u32)
         }
     };
-    Ok((made >= 0).then_some(made as u32))
+    (made >= 0).then_some(made as u32)
 }
 
 /// Whether the listeners on `port` were made to accept cookies in the last two minutes

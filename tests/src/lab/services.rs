@@ -16,10 +16,7 @@ use std::{
 };
 
 use super::daemon::set_mode;
-use crate::{
-    leftovers,
-    netns::{Netns, sh},
-};
+use crate::{leftovers, netns::Netns};
 
 /// A private Postfix instance (own configuration, queue and maildir) in the mail namespace.
 pub struct Postfix {
@@ -49,7 +46,12 @@ impl Postfix {
             fs::create_dir_all(d).expect("postfix directories");
         }
         set_mode(dir, 0o755);
-        sh(&["chown", "nobody:nogroup", mail.to_str().expect("UTF-8")]);
+        std::os::unix::fs::chown(
+            &mail,
+            Some(account("nobody", false)),
+            Some(account("nogroup", true)),
+        )
+        .expect("chown the maildir nobody:nogroup");
         make_queue(&dir.join("spool"), &data);
         let d = dir.display();
         let users = MAIL_USERS
