@@ -75,38 +75,49 @@ pub enum MarkError {
 }
 
 /// The listeners on `ports` in this network namespace (none where the tables cannot be read).
+/// Read every second while cookies are needed, so only the tables' first lines are read: the
+/// kernel lists its listening sockets before any other (`tcp_get_idx`: the listening hash, then
+/// the established one), and a table read only that far costs the kernel its listeners, not
+/// the host's every connection.
 pub fn listeners(ports: &[u16]) -> Vec<Listener> {
     let mut found = Vec::new();
     for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            found.extend(parse_table(&text, v6, ports));
+        if let Ok(file) = std::fs::File::open(path) {
+            found.extend(read_table(io::BufReader::new(file), v6, ports));
         }
     }
     found.sort_by_key(|l| (l.port, l.inode));
     found
 }
 
-/// The listeners on `ports` in the text of `/proc/net/tcp` (`v6`: `/proc/net/tcp6`). Lines that
-/// do not parse are skipped.
-pub fn parse_table(text: &str, v6: bool, ports: &[u16]) -> Vec<Listener> {
+/// The listeners on `ports` in a table laid out as `/proc/net/tcp` (`v6`: `/proc/net/tcp6`),
+/// read up to its first socket in another state (listeners come first). Lines that do not
+/// parse are skipped.
+pub fn read_table(table: impl io::BufRead, v6: bool, ports: &[u16]) -> Vec<Listener> {
     const LISTEN: &str = "0A";
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) != Some(&LISTEN) {
-                return None;
-            }
-            let (addr, port) = fields.get(1)?.split_once(':')?;
-            let port = u16::from_str_radix(port, 16).ok()?;
-            if !ports.contains(&port) {
-                return None;
-            }
-            let addr = parse_address(addr, v6)?;
-            let inode = fields.get(9)?.parse().ok()?;
-            Some(Listener { addr, port, inode })
-        })
-        .collect()
+    let mut found = Vec::new();
+    for line in table.lines().skip(1).map_while(Result::ok) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.get(3) {
+            Some(&LISTEN) => found.extend(listener(&fields, v6, ports)),
+            // A socket in another state: no listener comes after it.
+            Some(_) => break,
+            None => {}
+        }
+    }
+    found
+}
+
+/// The listener a LISTEN line's `fields` describe, when it is on one of `ports`.
+fn listener(fields: &[&str], v6: bool, ports: &[u16]) -> Option<Listener> {
+    let (addr, port) = fields.get(1)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if !ports.contains(&port) {
+        return None;
+    }
+    let addr = parse_address(addr, v6)?;
+    let inode = fields.get(9)?.parse().ok()?;
+    Some(Listener { addr, port, inode })
 }
 
 /// An address as the kernel prints it there: 32-bit words in hex, each in host byte order.
@@ -283,8 +294,8 @@ mod tests {
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0019 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
    1: 0100007F:024B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 100 0 0 10 0
-   2: 0100007F:0019 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 20 4 30 10 -1
-   3: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4545 1 0000000000000000 100 0 0 10 0
+   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4545 1 0000000000000000 100 0 0 10 0
+   3: 0100007F:0019 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 20 4 30 10 -1
 ";
     const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000000000000:0019 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5151 1 0000000000000000 100 0 0 10 0
@@ -299,7 +310,7 @@ mod tests {
         }
         let ports = [25, 587];
         assert_eq!(
-            parse_table(TCP, false, &ports),
+            read_table(TCP.as_bytes(), false, &ports),
             vec![
                 Listener {
                     addr: "0.0.0.0".parse().unwrap(),
@@ -312,10 +323,10 @@ mod tests {
                     inode: 4343
                 },
             ],
-            "an established connection and port 22 are not mail listeners"
+            "port 22 is no mail port, an established connection no listener"
         );
         assert_eq!(
-            parse_table(TCP6, true, &ports),
+            read_table(TCP6.as_bytes(), true, &ports),
             vec![
                 Listener {
                     addr: "::".parse().unwrap(),
@@ -329,7 +340,51 @@ mod tests {
                 },
             ]
         );
-        assert!(parse_table("header\ngarbage line\n", false, &ports).is_empty());
+        assert!(read_table(&b"header\ngarbage line\n"[..], false, &ports).is_empty());
+    }
+
+    /// A table whose reads are counted.
+    struct Counted<'a> {
+        text: &'a [u8],
+        read: usize,
+    }
+
+    impl io::Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.text.len() - self.read);
+            buf[..n].copy_from_slice(&self.text[self.read..self.read + n]);
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_table_is_read_no_further_than_its_listeners() {
+        let mut text = TCP.to_string();
+        let connection = TCP.lines().nth(4).unwrap();
+        assert!(connection.contains(" 01 "), "{connection}");
+        // A busy host's connections, then a listener where the kernel never lists one.
+        for _ in 0..2000 {
+            text += connection;
+            text += "\n";
+        }
+        text += TCP.lines().nth(1).unwrap();
+        text += "\n";
+        let mut table = Counted {
+            text: text.as_bytes(),
+            read: 0,
+        };
+        let found = read_table(io::BufReader::new(&mut table), false, &[25, 587]);
+        assert_eq!(
+            found.iter().map(|l| l.inode).collect::<Vec<_>>(),
+            vec![4242, 4343]
+        );
+        assert!(
+            table.read < text.len() / 10,
+            "read {} of the table's {} bytes",
+            table.read,
+            text.len()
+        );
     }
 
     #[test]
