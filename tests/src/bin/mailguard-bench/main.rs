@@ -15,8 +15,8 @@
 //! 5. The cost sock_ops adds per connection, from the kernel's run-time statistics
 //!    (`sockops.rs`).
 //! 6. On the wire: legitimate mail under a random-source SYN flood at several rates, with no
-//!    protection, the nftables recipe, and mailguard (`flood.rs`; its fastest generator in
-//!    `lab::xdp_flood`).
+//!    protection, the nftables recipe, and mailguard with and without SYN cookies, and at the
+//!    top rate xdp-filter too (`flood/`; its fastest generator in `lab::xdp_flood`).
 //!
 //! 7. Bans from the mail logs beside fail2ban: event to drop, bans a second, CPU, restoring
 //!    100,000 bans, parsing (`bans.rs`).
