@@ -10,8 +10,9 @@ use crate::kernel::listener_marks::{Listener, MARK_EVERY};
 
 /// How often the listeners are read while cookies are needed: a restarted mail server's new
 /// listeners are marked within about this (and the daemon's half-second turn), while XDP's
-/// cookies for them would be refused. A read of `/proc/net/tcp{,6}` costs about a millisecond
-/// on a host with thousands of connections; cookies made from the SYN alone add no entry.
+/// cookies for them would be refused. A read reads `/proc/net/tcp{,6}` only as far as their
+/// listeners, which the kernel lists first: it costs the kernel the listeners, not the host's
+/// connections (`listener_marks::listeners`); cookies made from the SYN alone add no entry.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
