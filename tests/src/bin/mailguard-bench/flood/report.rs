@@ -392,13 +392,7 @@ pub fn cookies_at_top(points: &[Point]) -> String {
         let trials: Vec<String> = x
             .trials
             .iter()
-            .map(|t| {
-                format!(
-                    "{:.0} SYNs/s and {:.1}%",
-                    t.attack_pps,
-                    t.success * 100.0
-                )
-            })
+            .map(|t| format!("{:.0} SYNs/s and {:.1}%", t.attack_pps, t.success * 100.0))
             .collect();
         s += &format!(
             "\nThe same flood SYN on the whole machine: answered in XDP by mailguard with the kernel's cookie, \
