@@ -28,6 +28,23 @@ impl Point {
     pub fn syns_lost(&self) -> (f64, f64, f64) {
         median(self.trials.iter().map(|t| t.syns_lost * 100.0).collect())
     }
+    /// The share of the XDP generator's SYNs the mail host took in, in percent.
+    pub fn received(&self) -> (f64, f64, f64) {
+        median(
+            self.trials
+                .iter()
+                .map(|t| t.flood_received * 100.0)
+                .collect(),
+        )
+    }
+    pub fn softirq_ns_per_flood_syn(&self) -> (f64, f64, f64) {
+        median(
+            self.trials
+                .iter()
+                .map(|t| t.softirq_ns_per_flood_syn)
+                .collect(),
+        )
+    }
     pub fn conntrack_evictions_per_s(&self) -> (f64, f64, f64) {
         median(
             self.trials
@@ -355,21 +372,12 @@ pub fn cookies_at_top(points: &[Point]) -> String {
          legitimate sender's frames with the flood's): it falls where the mail host spends more per flood SYN.\n\n\
          | protection | attack pkt/s | received % | legitimate msg/s | success % | softirq ns per flood SYN |\n|---|---:|---:|---:|---:|---:|\n"
     );
-    let received = |p: &Point| median(p.trials.iter().map(|t| t.flood_received * 100.0).collect());
-    let softirq = |p: &Point| {
-        median(
-            p.trials
-                .iter()
-                .map(|t| t.softirq_ns_per_flood_syn)
-                .collect(),
-        )
-    };
     for p in top_points(points) {
         let (a, _, _) = p.attack_pps();
         let (m, m0, m1) = p.messages_per_s();
         let (ok, ok0, ok1) = p.success();
-        let (irq, irq0, irq1) = softirq(p);
-        let (r, r0, r1) = received(p);
+        let (irq, irq0, irq1) = p.softirq_ns_per_flood_syn();
+        let (r, r0, r1) = p.received();
         s += &format!(
             "| {} | {a:.0} | {r:.0} ({r0:.0}-{r1:.0}) | {m:.1} ({m0:.1}-{m1:.1}) | {ok:.1} ({ok0:.1}-{ok1:.1}) | {irq:.0} ({irq0:.0}-{irq1:.0}) |\n",
             p.protection
@@ -387,8 +395,11 @@ pub fn cookies_at_top(points: &[Point]) -> String {
         );
     }
     if let (Some(c), Some(x)) = (at("mailguard-cookies"), at(XDP_FILTER)) {
-        let (ci, xi) = (softirq(c).0, softirq(x).0);
-        let (cr, xr) = (received(c).0, received(x).0);
+        let (ci, xi) = (
+            c.softirq_ns_per_flood_syn().0,
+            x.softirq_ns_per_flood_syn().0,
+        );
+        let (cr, xr) = (c.received().0, x.received().0);
         let trials: Vec<String> = x
             .trials
             .iter()
